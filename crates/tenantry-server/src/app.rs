@@ -1,0 +1,251 @@
+//! Building and running the server: `Application::build(settings)` binds (port 0 works, for
+//! tests), connects, migrates, and assembles the router; `run_until` serves until a shutdown
+//! signal, then drains in-flight requests and stops the managed PostgreSQL if it started one.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use rand::distr::{Alphanumeric, SampleString};
+use tenantry::db::{Database, PoolSettings, RoleNames};
+use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
+use tenantry::resolve::ResolverConfig;
+use tenantry::{Catalog, RequestIdLayer, Tenancy, TenancyConfig, TenancyLayer};
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::local_pg::{LocalPgError, LocalPostgres};
+use crate::migrations::TENANT_MIGRATIONS;
+use crate::routes::{self, admin};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub tenancy: Tenancy,
+    pub admin: admin::AdminTokens,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    LocalPostgres(#[from] LocalPgError),
+    #[error("invalid database URL: {0}")]
+    DatabaseUrl(String),
+    #[error(transparent)]
+    Database(#[from] tenantry::db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    local_pg: Option<Arc<LocalPostgres>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+        let (control, local_pg) = match &settings.database_url {
+            Some(url) => (
+                url.parse::<tokio_postgres::Config>()
+                    .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
+                None,
+            ),
+            None => {
+                let dir = settings.data_dir.clone();
+                let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&dir))
+                    .await
+                    .expect("local PostgreSQL start-up does not panic")?;
+                (pg.config(), Some(Arc::new(pg)))
+            }
+        };
+        let runtime = match &settings.runtime_database_url {
+            Some(url) => Some(
+                url.parse::<tokio_postgres::Config>()
+                    .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let roles = RoleNames::from_prefix(&settings.role_prefix)?;
+        let db = match Database::connect(
+            control.clone(),
+            runtime,
+            &roles,
+            TENANT_MIGRATIONS,
+            &PoolSettings::default(),
+        )
+        .await
+        {
+            Ok(db) => db,
+            Err(e) => {
+                if let Some(pg) = &local_pg {
+                    pg.stop();
+                }
+                return Err(e.into());
+            }
+        };
+        let catalog = Catalog::new(db);
+        let tenancy = Tenancy::new(
+            catalog.clone(),
+            TenancyConfig {
+                resolver: ResolverConfig {
+                    base_domain: Some(settings.base_domain.clone()),
+                    ..ResolverConfig::default()
+                },
+                plans: settings.plans.clone(),
+            },
+        );
+        let admin_token = match &settings.admin_token {
+            Some(t) => t.clone(),
+            None => {
+                let t = Alphanumeric.sample_string(&mut rand::rng(), 40);
+                // Printed once, on stderr, not through the log pipeline.
+                eprintln!("tenantry: generated admin token (shown once): {t}");
+                t
+            }
+        };
+        let state = AppState {
+            tenancy: tenancy.clone(),
+            admin: admin::AdminTokens::single(admin_token),
+        };
+        let mut background = vec![tokio::spawn(catalog.listen(control))];
+        let limiter_tenancy = tenancy.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                limiter_tenancy.limiter().sweep();
+            }
+        }));
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            router: router(state),
+            local_pg,
+            background,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish,
+    /// and stops the managed PostgreSQL if this process started it.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        tracing::info!(addr = %self.listener.local_addr()?, "tenantry listening");
+        let r = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        for t in &self.background {
+            t.abort();
+        }
+        if let Some(pg) = self.local_pg {
+            let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+        }
+        r
+    }
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let tenancy_layer = TenancyLayer::new(state.tenancy.clone());
+    let tenant_plane = Router::new()
+        .route("/v1/tenant", get(routes::tenant::get))
+        .nest("/v1", routes::tenant_data())
+        .route("/v1/tenants/{tenant}/tenant", get(routes::tenant::get))
+        .nest("/v1/tenants/{tenant}", routes::tenant_data())
+        .layer(tenancy_layer);
+
+    let admin_data = routes::tenant_data().layer(middleware::from_fn_with_state(
+        state.clone(),
+        admin::tenant_context,
+    ));
+    let admin_plane = Router::new()
+        .route(
+            "/admin/v1/tenants",
+            get(admin::list_tenants).post(admin::create_tenant),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}",
+            get(admin::get_tenant).patch(admin::patch_tenant),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/api-keys",
+            get(admin::list_keys).post(admin::create_key),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/api-keys/{id}",
+            axum::routing::delete(admin::revoke_key),
+        )
+        .route("/admin/v1/audit", get(admin::audit_log))
+        .nest("/admin/v1/tenants/{tenant}", admin_data)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ));
+
+    Router::new()
+        .route("/healthz", get(routes::ops::healthz))
+        .route("/readyz", get(routes::ops::readyz))
+        .merge(tenant_plane)
+        .merge(admin_plane)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &axum::http::Request<_>| {
+                    let rid = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id = %rid,
+                        tenant_id = tracing::field::Empty,
+                        principal = tracing::field::Empty,
+                    )
+                })
+                .on_response(
+                    |res: &Response, latency: Duration, _span: &tracing::Span| {
+                        tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1e3, "response");
+                    },
+                ),
+        )
+        .layer(RequestIdLayer)
+}
+
+async fn not_found() -> Problem {
+    Problem::new(ErrorCode::NotFound, "no such route")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    Problem::internal(&"handler panicked").into_response()
+}

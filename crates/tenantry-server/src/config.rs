@@ -1,0 +1,235 @@
+//! Settings: flags win over environment variables, which win over `tenantry.toml`, which wins
+//! over defaults (API.md "Running").
+//!
+//! Clap reads flags and environment together (each flag names its variable); the file fills
+//! whatever neither set. Unknown keys in the file are errors with their line, because a
+//! misspelt setting that is silently ignored is how production ends up on defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Deserialize;
+use tenantry::{Plan, Plans};
+
+/// Settings shared by every subcommand that talks to the database.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "TENANTRY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Control-plane PostgreSQL (a role allowed to create roles and schemas). Unset: a local
+    /// cluster is started under ./.tenantry/pg.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Connection for tenant traffic, when the operator provides the unprivileged role
+    /// (default: the server creates `<prefix>_app` and connects as it).
+    #[arg(long, env = "TENANTRY_RUNTIME_DATABASE_URL", hide_env_values = true)]
+    pub runtime_database_url: Option<String>,
+    /// Admin bearer token. Unset: a random one is generated and printed once.
+    #[arg(long, env = "TENANTRY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Base domain for subdomain resolution (`acme.<base>` is tenant `acme`).
+    #[arg(long, env = "TENANTRY_BASE_DOMAIN")]
+    pub base_domain: Option<String>,
+    /// Prefix of the owner and runtime role names (`<prefix>_owner`, `<prefix>_app`).
+    #[arg(long, env = "TENANTRY_ROLE_PREFIX")]
+    pub role_prefix: Option<String>,
+    /// Where the managed local PostgreSQL lives.
+    #[arg(long, env = "TENANTRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Configuration file (default: ./tenantry.toml when it exists).
+    #[arg(long, env = "TENANTRY_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// The file's shape.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    runtime_database_url: Option<String>,
+    admin_token: Option<String>,
+    base_domain: Option<String>,
+    role_prefix: Option<String>,
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    plans: BTreeMap<String, FilePlan>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePlan {
+    requests: u32,
+    #[serde(default = "hour")]
+    per_seconds: u64,
+}
+
+fn hour() -> u64 {
+    3600
+}
+
+/// The effective settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database_url: Option<String>,
+    pub runtime_database_url: Option<String>,
+    pub admin_token: Option<String>,
+    pub base_domain: String,
+    pub role_prefix: String,
+    pub data_dir: PathBuf,
+    pub plans: Plans,
+}
+
+impl std::fmt::Debug for Settings {
+    /// Secrets are never printed, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("listen", &self.listen)
+            .field("database_url", &self.database_url.as_ref().map(|_| "<redacted>"))
+            .field(
+                "runtime_database_url",
+                &self.runtime_database_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field("base_domain", &self.base_domain)
+            .field("role_prefix", &self.role_prefix)
+            .field("data_dir", &self.data_dir)
+            .field("plans", &self.plans)
+            .finish()
+    }
+}
+
+/// A settings error, said so an operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Merges flags/environment over the file over defaults.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(p) => read_file(p)?,
+            None if Path::new("tenantry.toml").exists() => read_file(Path::new("tenantry.toml"))?,
+            None => FileConfig::default(),
+        };
+        let plans = if file.plans.is_empty() {
+            Plans::default()
+        } else {
+            let mut m = BTreeMap::new();
+            for (name, p) in file.plans {
+                if !valid_plan_name(&name) {
+                    return Err(ConfigError::Invalid(format!(
+                        "plan name {name:?} must match ^[a-z][a-z0-9_-]{{0,31}}$"
+                    )));
+                }
+                if p.requests == 0 || p.per_seconds == 0 {
+                    return Err(ConfigError::Invalid(format!(
+                        "plan {name}: requests and per_seconds must be positive"
+                    )));
+                }
+                m.insert(
+                    name,
+                    Plan {
+                        requests: p.requests,
+                        window: Duration::from_secs(p.per_seconds),
+                    },
+                );
+            }
+            Plans(m)
+        };
+        let settings = Settings {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("static address")),
+            database_url: args.database_url.clone().or(file.database_url),
+            runtime_database_url: args
+                .runtime_database_url
+                .clone()
+                .or(file.runtime_database_url),
+            admin_token: args.admin_token.clone().or(file.admin_token),
+            base_domain: args
+                .base_domain
+                .clone()
+                .or(file.base_domain)
+                .unwrap_or_else(|| "localhost".into())
+                .to_ascii_lowercase(),
+            role_prefix: args
+                .role_prefix
+                .clone()
+                .or(file.role_prefix)
+                .unwrap_or_else(|| "tenantry".into()),
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from(".tenantry")),
+            plans,
+        };
+        if let Some(t) = &settings.admin_token {
+            if t.len() < 16 {
+                return Err(ConfigError::Invalid(
+                    "the admin token must be at least 16 characters".into(),
+                ));
+            }
+        }
+        Ok(settings)
+    }
+}
+
+fn valid_plan_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 32
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_line() {
+        let e = toml::from_str::<FileConfig>("listen = \"127.0.0.1:1\"\nlisten_adress = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(e.contains("listen_adress"), "{e}");
+    }
+
+    #[test]
+    fn plans_parse() {
+        let f: FileConfig =
+            toml::from_str("[plans.free]\nrequests = 5\n[plans.gold]\nrequests = 9\nper_seconds = 60\n")
+                .unwrap();
+        assert_eq!(f.plans["gold"].per_seconds, 60);
+        assert_eq!(f.plans["free"].per_seconds, 3600);
+    }
+}

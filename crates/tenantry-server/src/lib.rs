@@ -1,0 +1,18 @@
+//! The `tenantry` server: a reference multi-tenant SaaS API built on the `tenantry` library,
+//! and the operator's CLI.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from flags, environment and `tenantry.toml`.
+//! - [`local_pg`]: the managed local PostgreSQL used when `DATABASE_URL` is unset.
+//! - [`app`]: building the router and serving with graceful shutdown.
+//! - [`routes`]: thin handlers per resource (tenant, users, orders, admin, ops).
+//! - [`migrations`]: the tenant tables, defined once for every placement.
+//! - [`validate`]: field checks shared by handlers.
+
+pub mod app;
+pub mod config;
+pub mod local_pg;
+pub mod migrations;
+pub mod routes;
+pub mod validate;

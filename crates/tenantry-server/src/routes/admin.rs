@@ -1,0 +1,488 @@
+//! The admin plane: tenants, API keys, the audit log, and tenant data inside an explicitly
+//! named tenant. Every route needs the admin bearer token; every action is audited.
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer};
+use subtle::ConstantTimeEq;
+use tenantry::audit::{self, Actor};
+use tenantry::auth::Scope;
+use tenantry::catalog::{ApiKeyInfo, CatalogError, NewTenant, TenantPatch};
+use tenantry::http::{ErrorCode, FieldError, Problem, RequestId};
+use tenantry::tenancy::AdminContextError;
+use tenantry::tenant::RateLimitOverride;
+use tenantry::{Isolation, Json, Query, Tenant, TenantId, TenantStatus};
+
+use super::page::{self, Page};
+use crate::app::AppState;
+use crate::validate;
+
+/// The admin tokens this server accepts, by name.
+#[derive(Clone)]
+pub struct AdminTokens {
+    tokens: Vec<(String, String)>,
+}
+
+impl AdminTokens {
+    pub fn single(token: String) -> Self {
+        Self {
+            tokens: vec![("default".into(), token)],
+        }
+    }
+
+    /// The name of the token presented, compared in constant time against each.
+    fn identify(&self, presented: &str) -> Option<&str> {
+        let mut found = None;
+        for (name, token) in &self.tokens {
+            if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
+                found = Some(name.as_str());
+            }
+        }
+        found
+    }
+}
+
+/// Who is acting: set by [`require_admin`].
+#[derive(Debug, Clone)]
+struct AdminName(String);
+
+/// Checks the admin bearer token on every admin route.
+pub async fn require_admin(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let mut values = req.headers().get_all(axum::http::header::AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Problem::new(ErrorCode::InvalidHeader, "more than one Authorization header")
+            .into_response();
+    }
+    let Some(value) = first else {
+        return Problem::new(ErrorCode::Unauthenticated, "admin bearer token required")
+            .into_response();
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    match token.and_then(|t| state.admin.identify(t)) {
+        Some(name) => {
+            let name = format!("admin:{name}");
+            tracing::Span::current().record("principal", name.as_str());
+            req.extensions_mut().insert(AdminName(name));
+            next.run(req).await
+        }
+        None => Problem::new(ErrorCode::InvalidCredentials, "invalid admin token").into_response(),
+    }
+}
+
+/// The acting admin and the request id, for audit entries.
+pub struct AdminActor(pub Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdminActor {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let name = parts
+            .extensions
+            .get::<AdminName>()
+            .ok_or_else(|| Problem::internal(&"admin route without require_admin"))?;
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_default();
+        Ok(AdminActor(Actor {
+            name: name.0.clone(),
+            request_id,
+        }))
+    }
+}
+
+/// The `{tenant}` path segment, validated (400 `invalid_tenant` before any lookup).
+pub struct TenantPath(pub TenantId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Problem::new(ErrorCode::InvalidTenant, "invalid tenant in path"))?;
+        let raw = params
+            .iter()
+            .find(|(k, _)| *k == "tenant")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        TenantId::parse(raw)
+            .map(TenantPath)
+            .map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))
+    }
+}
+
+/// Opens an audited admin context for the tenant in the path and runs the tenant-data handler
+/// inside it. The audit entry is written first; no entry, no access.
+pub async fn tenant_context(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+    AdminActor(actor): AdminActor,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_default();
+    let action = format!("{} {route}", req.method());
+    let target = req.uri().path().to_owned();
+    match state
+        .tenancy
+        .admin_context(&slug, &actor, &action, &target)
+        .await
+    {
+        Ok(ctx) => {
+            tracing::Span::current().record("tenant_id", slug.as_str());
+            req.extensions_mut().insert(ctx);
+            next.run(req).await
+        }
+        Err(AdminContextError::TenantNotFound) => tenant_not_found().into_response(),
+        Err(AdminContextError::Db(e)) => Problem::from(e).into_response(),
+    }
+}
+
+fn tenant_not_found() -> Problem {
+    Problem::new(ErrorCode::TenantNotFound, "no such tenant")
+}
+
+fn catalog_error(e: CatalogError) -> Problem {
+    match e {
+        CatalogError::TenantExists(slug) => Problem::new(
+            ErrorCode::Conflict,
+            format!("tenant slug {slug} is already taken"),
+        ),
+        CatalogError::TenantNotFound => tenant_not_found(),
+        CatalogError::Db(e) => e.into(),
+    }
+}
+
+// ----- tenants -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    slug: String,
+    name: String,
+    #[serde(default = "free")]
+    plan: String,
+    #[serde(default = "shared")]
+    isolation: String,
+}
+
+fn free() -> String {
+    "free".into()
+}
+fn shared() -> String {
+    "shared".into()
+}
+
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    AdminActor(actor): AdminActor,
+    Json(body): Json<CreateTenant>,
+) -> Result<(StatusCode, Json<Tenant>), Problem> {
+    let slug = TenantId::parse(&body.slug)
+        .map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?;
+    let mut errors = Vec::new();
+    validate::name("name", &body.name, &mut errors);
+    if !state.tenancy.plans().contains(&body.plan) {
+        errors.push(plan_error(&state));
+    }
+    let isolation = match Isolation::parse(&body.isolation) {
+        Some(Isolation::Shared) => Some(Isolation::Shared),
+        Some(other) => {
+            errors.push(FieldError::new(
+                "isolation",
+                format!("{} placement is not available in this build; use shared", other.as_str()),
+            ));
+            None
+        }
+        None => {
+            errors.push(FieldError::new("isolation", "must be one of: shared, schema, database"));
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let new = NewTenant {
+        slug,
+        name: body.name,
+        plan: body.plan,
+        isolation: isolation.unwrap_or(Isolation::Shared),
+    };
+    let t = state
+        .tenancy
+        .catalog()
+        .create_tenant(&new, &actor)
+        .await
+        .map_err(catalog_error)?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+fn plan_error(state: &AppState) -> FieldError {
+    let names: Vec<&str> = state.tenancy.plans().0.keys().map(String::as_str).collect();
+    FieldError::new("plan", format!("must be one of: {}", names.join(", ")))
+}
+
+pub async fn list_tenants(
+    State(state): State<AppState>,
+    Query(q): Query<page::PageQuery>,
+) -> Result<Json<Page<Tenant>>, Problem> {
+    let limit = page::limit(q.limit).map_err(|e| Problem::validation(vec![e]))?;
+    if let Some(c) = &q.cursor {
+        TenantId::parse(c).map_err(|_| {
+            Problem::validation(vec![FieldError::new("cursor", "not a cursor from this list")])
+        })?;
+    }
+    let rows = state
+        .tenancy
+        .catalog()
+        .list_tenants(limit + 1, q.cursor.as_deref())
+        .await?;
+    Ok(Json(Page::from_rows(rows, limit, |t: &Tenant| {
+        t.slug.to_string()
+    })))
+}
+
+pub async fn get_tenant(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+) -> Result<Json<Tenant>, Problem> {
+    state
+        .tenancy
+        .catalog()
+        .get_tenant(&slug)
+        .await?
+        .map(Json)
+        .ok_or_else(tenant_not_found)
+}
+
+/// `rate_limit` distinguishes absent (leave alone) from `null` (clear).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchTenant {
+    name: Option<String>,
+    plan: Option<String>,
+    status: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    rate_limit: Option<Option<RateLimitOverride>>,
+}
+
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+pub async fn patch_tenant(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+    AdminActor(actor): AdminActor,
+    Json(body): Json<PatchTenant>,
+) -> Result<Json<Tenant>, Problem> {
+    let mut errors = Vec::new();
+    if let Some(n) = &body.name {
+        validate::name("name", n, &mut errors);
+    }
+    if let Some(p) = &body.plan {
+        if !state.tenancy.plans().contains(p) {
+            errors.push(plan_error(&state));
+        }
+    }
+    let status = match body.status.as_deref() {
+        None => None,
+        Some(s) => match TenantStatus::parse(s) {
+            Some(st) => Some(st),
+            None => {
+                errors.push(FieldError::new("status", "must be one of: active, suspended"));
+                None
+            }
+        },
+    };
+    if let Some(Some(r)) = &body.rate_limit {
+        if r.requests == 0 || r.per_seconds == 0 || r.per_seconds > 86_400 * 31 {
+            errors.push(FieldError::new(
+                "rate_limit",
+                "requests must be positive and per_seconds between 1 and 2678400",
+            ));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let patch = TenantPatch {
+        name: body.name,
+        plan: body.plan,
+        status,
+        rate_limit: body.rate_limit,
+    };
+    let t = state
+        .tenancy
+        .catalog()
+        .update_tenant(&slug, &patch, &actor)
+        .await
+        .map_err(catalog_error)?;
+    Ok(Json(t))
+}
+
+// ----- API keys -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    #[serde(default = "default_key_name")]
+    name: String,
+    #[serde(default = "all_scopes")]
+    scopes: Vec<Scope>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+fn default_key_name() -> String {
+    "default".into()
+}
+fn all_scopes() -> Vec<Scope> {
+    vec![Scope::Read, Scope::Write]
+}
+
+#[derive(serde::Serialize)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    info: ApiKeyInfo,
+    key: String,
+}
+
+pub async fn create_key(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+    AdminActor(actor): AdminActor,
+    Json(body): Json<CreateKey>,
+) -> Result<(StatusCode, Json<CreatedKey>), Problem> {
+    let mut errors = Vec::new();
+    validate::name("name", &body.name, &mut errors);
+    if body.scopes.is_empty() {
+        errors.push(FieldError::new("scopes", "at least one of: read, write"));
+    }
+    if body.expires_at.is_some_and(|e| e <= Utc::now()) {
+        errors.push(FieldError::new("expires_at", "must be in the future"));
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let mut scopes = body.scopes.clone();
+    // A write key can read: writing usually needs reading what was written.
+    if scopes.contains(&Scope::Write) && !scopes.contains(&Scope::Read) {
+        scopes.insert(0, Scope::Read);
+    }
+    scopes.dedup();
+    let (info, key) = state
+        .tenancy
+        .catalog()
+        .create_key(&slug, &body.name, &scopes, body.expires_at, &actor)
+        .await
+        .map_err(catalog_error)?;
+    Ok((StatusCode::CREATED, Json(CreatedKey { info, key })))
+}
+
+pub async fn list_keys(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+    Query(q): Query<page::PageQuery>,
+) -> Result<Json<Page<ApiKeyInfo>>, Problem> {
+    let page = page::uuid_page(q.limit, q.cursor.as_deref())?;
+    if state.tenancy.catalog().get_tenant(&slug).await?.is_none() {
+        return Err(tenant_not_found());
+    }
+    let rows = state
+        .tenancy
+        .catalog()
+        .list_keys(&slug, page.fetch(), page.after)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page.limit, |k: &ApiKeyInfo| {
+        k.id.to_string()
+    })))
+}
+
+pub async fn revoke_key(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+    AdminActor(actor): AdminActor,
+    super::users::ResourceId(id): super::users::ResourceId,
+) -> Result<Json<ApiKeyInfo>, Problem> {
+    if state.tenancy.catalog().get_tenant(&slug).await?.is_none() {
+        return Err(tenant_not_found());
+    }
+    state
+        .tenancy
+        .catalog()
+        .revoke_key(&slug, id, &actor)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such API key in this tenant"))
+}
+
+// ----- audit -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    tenant: Option<String>,
+    cursor: Option<String>,
+    limit: Option<i64>,
+}
+
+pub async fn audit_log(
+    State(state): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Page<audit::AuditEntry>>, Problem> {
+    let mut errors = Vec::new();
+    let limit = page::limit(q.limit).unwrap_or_else(|e| {
+        errors.push(e);
+        0
+    });
+    let tenant = match q.tenant.as_deref() {
+        None | Some("") => None,
+        Some(t) => Some(
+            TenantId::parse(t).map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?,
+        ),
+    };
+    let before = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => match c.parse::<i64>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                errors.push(FieldError::new("cursor", "not a cursor from this list"));
+                None
+            }
+        },
+    };
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let rows = audit::list(
+        state.tenancy.catalog().database().runtime(),
+        tenant.as_ref(),
+        before,
+        limit + 1,
+    )
+    .await?;
+    Ok(Json(Page::from_rows(rows, limit, |e: &audit::AuditEntry| {
+        e.id.clone()
+    })))
+}
+

@@ -1,0 +1,202 @@
+//! `/orders`: a tenant's orders. `user_id` must be a user of the same tenant: the composite
+//! foreign key `(tenant_id, user_id)` refuses anything else in the database itself.
+
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tenantry::db::DbError;
+use tenantry::http::{FieldError, Problem};
+use tenantry::{Json, Query, TenantContext};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::page::{uuid_page, Page};
+use super::users::ResourceId;
+use crate::validate;
+
+#[derive(Debug, Serialize)]
+pub struct Order {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn from_row(r: &Row) -> Order {
+    Order {
+        id: r.get(0),
+        user_id: r.get(1),
+        amount_cents: r.get(2),
+        currency: r.get(3),
+        status: r.get(4),
+        created_at: r.get(5),
+        updated_at: r.get(6),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrder {
+    user_id: Uuid,
+    amount_cents: i64,
+    currency: String,
+    #[serde(default = "pending")]
+    status: String,
+}
+
+fn pending() -> String {
+    "pending".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateOrder {
+    user_id: Option<Uuid>,
+    amount_cents: Option<i64>,
+    currency: Option<String>,
+    status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<i64>,
+    cursor: Option<String>,
+    status: Option<String>,
+}
+
+/// A reference to a user the tenant does not have is a validation error on `user_id`: whether
+/// the id exists in another tenant is never revealed.
+fn user_ref(e: DbError) -> Problem {
+    match &e {
+        DbError::ForeignKey { constraint } if constraint == "orders_user_fkey" => {
+            Problem::validation(vec![FieldError::new(
+                "user_id",
+                "no such user in this tenant",
+            )])
+        }
+        _ => e.into(),
+    }
+}
+
+pub async fn list(
+    ctx: TenantContext,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<Order>>, Problem> {
+    let page = uuid_page(q.limit, q.cursor.as_deref())?;
+    if let Some(s) = &q.status {
+        let mut errors = Vec::new();
+        validate::one_of("status", s, validate::ORDER_STATUSES, &mut errors);
+        if !errors.is_empty() {
+            return Err(Problem::validation(errors));
+        }
+    }
+    let rows = ctx
+        .db()
+        .run(
+            "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+             FROM orders
+             WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+               AND ($3::uuid IS NULL OR id > $3)
+             ORDER BY id LIMIT $4",
+            &[&q.status, &page.after, &page.fetch()],
+        )
+        .await?;
+    let items = rows.iter().map(from_row).collect();
+    Ok(Json(Page::from_rows(items, page.limit, |o: &Order| {
+        o.id.to_string()
+    })))
+}
+
+pub async fn create(
+    ctx: TenantContext,
+    Json(body): Json<CreateOrder>,
+) -> Result<(StatusCode, Json<Order>), Problem> {
+    let mut errors = Vec::new();
+    validate::amount(body.amount_cents, &mut errors);
+    validate::currency(&body.currency, &mut errors);
+    validate::one_of("status", &body.status, validate::ORDER_STATUSES, &mut errors);
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let row = ctx
+        .db()
+        .run_opt(
+            "INSERT INTO orders (tenant_id, id, user_id, amount_cents, currency, status)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             RETURNING id, user_id, amount_cents, currency, status, created_at, updated_at",
+            &[
+                &Uuid::now_v7(),
+                &body.user_id,
+                &body.amount_cents,
+                &body.currency,
+                &body.status,
+            ],
+        )
+        .await
+        .map_err(user_ref)?
+        .ok_or_else(|| Problem::internal(&"insert returned no row"))?;
+    Ok((StatusCode::CREATED, Json(from_row(&row))))
+}
+
+pub async fn get(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<Order>, Problem> {
+    let row = ctx
+        .db()
+        .run_opt(
+            "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+             FROM orders WHERE tenant_id = $1 AND id = $2",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(Json(from_row(&row)))
+}
+
+pub async fn update(
+    ctx: TenantContext,
+    ResourceId(id): ResourceId,
+    Json(body): Json<UpdateOrder>,
+) -> Result<Json<Order>, Problem> {
+    let mut errors = Vec::new();
+    if let Some(a) = body.amount_cents {
+        validate::amount(a, &mut errors);
+    }
+    if let Some(c) = &body.currency {
+        validate::currency(c, &mut errors);
+    }
+    if let Some(s) = &body.status {
+        validate::one_of("status", s, validate::ORDER_STATUSES, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let row = ctx
+        .db()
+        .run_opt(
+            "UPDATE orders SET user_id = COALESCE($3, user_id),
+                    amount_cents = COALESCE($4, amount_cents),
+                    currency = COALESCE($5, currency), status = COALESCE($6, status),
+                    updated_at = now()
+             WHERE tenant_id = $1 AND id = $2
+             RETURNING id, user_id, amount_cents, currency, status, created_at, updated_at",
+            &[&id, &body.user_id, &body.amount_cents, &body.currency, &body.status],
+        )
+        .await
+        .map_err(user_ref)?
+        .ok_or_else(Problem::not_found)?;
+    Ok(Json(from_row(&row)))
+}
+
+pub async fn delete(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<StatusCode, Problem> {
+    ctx.db()
+        .run_opt(
+            "DELETE FROM orders WHERE tenant_id = $1 AND id = $2 RETURNING id",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(StatusCode::NO_CONTENT)
+}

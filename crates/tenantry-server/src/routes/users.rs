@@ -1,0 +1,195 @@
+//! `/users`: a tenant's users. Email is unique within the tenant (not globally).
+
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tenantry::db::DbError;
+use tenantry::http::{ErrorCode, FieldError, Problem};
+use tenantry::{Json, Query, TenantContext};
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use super::page::{uuid_page, Page, PageQuery};
+use crate::validate;
+
+#[derive(Debug, Serialize)]
+pub struct User {
+    pub id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+
+fn from_row(r: &Row) -> User {
+    User {
+        id: r.get(0),
+        email: r.get(1),
+        name: r.get(2),
+        role: r.get(3),
+        created_at: r.get(4),
+        updated_at: r.get(5),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    email: String,
+    name: String,
+    #[serde(default = "default_role")]
+    role: String,
+}
+
+fn default_role() -> String {
+    "member".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    email: Option<String>,
+    name: Option<String>,
+    role: Option<String>,
+}
+
+/// A resource id from the path. An id that is not a UUID cannot exist, so it is 404 like any
+/// other missing id: a malformed id and another tenant's id look the same.
+pub struct ResourceId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for ResourceId {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|_| Problem::not_found())?;
+        params
+            .iter()
+            .find(|(k, _)| *k == "id")
+            .and_then(|(_, v)| Uuid::try_parse(v).ok())
+            .map(ResourceId)
+            .ok_or_else(Problem::not_found)
+    }
+}
+
+fn conflict_or(e: DbError) -> Problem {
+    match &e {
+        DbError::Unique { constraint } if constraint == "users_email_key" => Problem::new(
+            ErrorCode::Conflict,
+            "a user with this email already exists in this tenant",
+        ),
+        DbError::ForeignKey { constraint } if constraint == "orders_user_fkey" => Problem::new(
+            ErrorCode::Conflict,
+            "the user still has orders; delete or reassign them first",
+        ),
+        _ => e.into(),
+    }
+}
+
+pub async fn list(
+    ctx: TenantContext,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page<User>>, Problem> {
+    let page = uuid_page(q.limit, q.cursor.as_deref())?;
+    let rows = ctx
+        .db()
+        .run(
+            "SELECT id, email, name, role, created_at, updated_at FROM users
+             WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2)
+             ORDER BY id LIMIT $3",
+            &[&page.after, &page.fetch()],
+        )
+        .await?;
+    let items = rows.iter().map(from_row).collect();
+    Ok(Json(Page::from_rows(items, page.limit, |u: &User| {
+        u.id.to_string()
+    })))
+}
+
+pub async fn create(
+    ctx: TenantContext,
+    Json(body): Json<CreateUser>,
+) -> Result<(StatusCode, Json<User>), Problem> {
+    let mut errors = Vec::new();
+    let email = validate::email(&body.email, &mut errors);
+    validate::name("name", &body.name, &mut errors);
+    validate::one_of("role", &body.role, validate::ROLES, &mut errors);
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let row = ctx
+        .db()
+        .run_opt(
+            "INSERT INTO users (tenant_id, id, email, name, role) VALUES ($1, $2, $3, $4, $5)
+             RETURNING id, email, name, role, created_at, updated_at",
+            &[&Uuid::now_v7(), &email, &body.name, &body.role],
+        )
+        .await
+        .map_err(conflict_or)?
+        .ok_or_else(|| Problem::internal(&"insert returned no row"))?;
+    Ok((StatusCode::CREATED, Json(from_row(&row))))
+}
+
+pub async fn get(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<User>, Problem> {
+    let row = ctx
+        .db()
+        .run_opt(
+            "SELECT id, email, name, role, created_at, updated_at FROM users
+             WHERE tenant_id = $1 AND id = $2",
+            &[&id],
+        )
+        .await?
+        .ok_or_else(Problem::not_found)?;
+    Ok(Json(from_row(&row)))
+}
+
+pub async fn update(
+    ctx: TenantContext,
+    ResourceId(id): ResourceId,
+    Json(body): Json<UpdateUser>,
+) -> Result<Json<User>, Problem> {
+    let mut errors: Vec<FieldError> = Vec::new();
+    let email = body.email.as_deref().map(|e| validate::email(e, &mut errors));
+    if let Some(n) = &body.name {
+        validate::name("name", n, &mut errors);
+    }
+    if let Some(r) = &body.role {
+        validate::one_of("role", r, validate::ROLES, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let row = ctx
+        .db()
+        .run_opt(
+            "UPDATE users SET email = COALESCE($3, email), name = COALESCE($4, name),
+                    role = COALESCE($5, role), updated_at = now()
+             WHERE tenant_id = $1 AND id = $2
+             RETURNING id, email, name, role, created_at, updated_at",
+            &[&id, &email, &body.name, &body.role],
+        )
+        .await
+        .map_err(conflict_or)?
+        .ok_or_else(Problem::not_found)?;
+    Ok(Json(from_row(&row)))
+}
+
+pub async fn delete(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<StatusCode, Problem> {
+    ctx.db()
+        .run_opt(
+            "DELETE FROM users WHERE tenant_id = $1 AND id = $2 RETURNING id",
+            &[&id],
+        )
+        .await
+        .map_err(conflict_or)?
+        .ok_or_else(Problem::not_found)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+

@@ -1,0 +1,498 @@
+//! The control-plane catalog: tenants and API keys, with the resolution cache in front.
+//!
+//! Reads on the request path (key by prefix, tenant by slug) go through an in-process cache with
+//! single-flight loads, so a hot key costs no database work and a stampede on a cold one costs
+//! one query. Every write that changes what resolution would decide (a revocation, a suspension,
+//! a plan change) commits a `pg_notify` in the same transaction; each node's
+//! [`listen`](Catalog::listen) task evicts the entry when it arrives, and the writing node evicts
+//! at once. If the listening connection drops, notifications may have been missed, so the
+//! whole cache is cleared and the connection re-established.
+//!
+//! Catalog writes run on the control pool and record their audit entry in the same transaction:
+//! an admin action and its audit record commit together or not at all.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use moka::future::Cache;
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::audit::{self, Actor};
+use crate::auth::api_key::NewKey;
+use crate::auth::Scope;
+use crate::db::{Database, DbError};
+use crate::tenant::{Isolation, RateLimitOverride, Tenant, TenantId, TenantStatus};
+
+/// The notification channel for cache invalidation.
+pub const CHANNEL: &str = "tenantry_catalog";
+
+/// What the resolution path needs to know about a key.
+#[derive(Debug, Clone)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub tenant: TenantId,
+    pub hash: Vec<u8>,
+    pub scopes: Vec<Scope>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked: bool,
+}
+
+impl KeyRecord {
+    /// Usable now: not revoked and not expired.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        !self.revoked && self.expires_at.is_none_or(|e| e > now)
+    }
+}
+
+/// An API key as the admin plane shows it (never the secret).
+#[derive(Debug, Clone, Serialize)]
+pub struct ApiKeyInfo {
+    pub id: Uuid,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<Scope>,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A new tenant.
+#[derive(Debug, Clone)]
+pub struct NewTenant {
+    pub slug: TenantId,
+    pub name: String,
+    pub plan: String,
+    pub isolation: Isolation,
+}
+
+/// A change to a tenant; `None` leaves a field alone. `rate_limit: Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct TenantPatch {
+    pub name: Option<String>,
+    pub plan: Option<String>,
+    pub status: Option<TenantStatus>,
+    pub rate_limit: Option<Option<RateLimitOverride>>,
+}
+
+/// Catalog write errors.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("tenant {0} already exists")]
+    TenantExists(TenantId),
+    #[error("no such tenant")]
+    TenantNotFound,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The catalog and its cache.
+#[derive(Clone)]
+pub struct Catalog {
+    db: Database,
+    tenants: Cache<TenantId, Option<Arc<Tenant>>>,
+    keys: Cache<String, Option<Arc<KeyRecord>>>,
+}
+
+const TENANT_COLS: &str = "slug, name, plan, status, isolation, rate_limit, created_at";
+const KEY_COLS: &str =
+    "id, name, prefix, scopes, created_at, expires_at, last_used_at, revoked_at";
+
+impl Catalog {
+    pub fn new(db: Database) -> Self {
+        // The TTL bounds staleness if a notification is ever lost without the connection
+        // dropping; invalidation, not expiry, is what makes changes take effect at once.
+        let ttl = Duration::from_secs(300);
+        Self {
+            db,
+            tenants: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+            keys: Cache::builder()
+                .max_capacity(200_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
+    /// A tenant by slug, from the cache or the catalog.
+    pub async fn tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
+        let db = self.db.clone();
+        let s = slug.clone();
+        self.tenants
+            .try_get_with(slug.clone(), async move {
+                let client = db.runtime().get().await?;
+                let stmt = client
+                    .prepare_cached(&format!(
+                        "SELECT {TENANT_COLS} FROM tenantry.tenants WHERE slug = $1"
+                    ))
+                    .await?;
+                let row = client.query_opt(&stmt, &[&s.as_str()]).await?;
+                Ok::<_, DbError>(row.map(|r| Arc::new(tenant_from_row(&r))))
+            })
+            .await
+            .map_err(flatten)
+    }
+
+    /// A key by its lookup prefix, from the cache or the catalog. Revoked and expired keys are
+    /// cached too, so their repeated use costs nothing either.
+    pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
+        let db = self.db.clone();
+        let p = prefix.to_owned();
+        self.keys
+            .try_get_with(prefix.to_owned(), async move {
+                let client = db.runtime().get().await?;
+                let stmt = client
+                    .prepare_cached(
+                        "SELECT id, tenant_id, secret_hash, scopes, expires_at, revoked_at IS NOT NULL
+                         FROM tenantry.api_keys WHERE prefix = $1",
+                    )
+                    .await?;
+                let row = client.query_opt(&stmt, &[&p]).await?;
+                Ok::<_, DbError>(row.map(|r| {
+                    let scopes: Vec<String> = r.get(3);
+                    Arc::new(KeyRecord {
+                        id: r.get(0),
+                        tenant: TenantId::parse(r.get(1)).expect("catalog CHECK keeps slugs valid"),
+                        hash: r.get(2),
+                        scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                        expires_at: r.get(4),
+                        revoked: r.get(5),
+                    })
+                }))
+            })
+            .await
+            .map_err(flatten)
+    }
+
+    pub async fn invalidate_tenant(&self, slug: &TenantId) {
+        self.tenants.invalidate(slug).await;
+    }
+
+    pub async fn invalidate_key(&self, prefix: &str) {
+        self.keys.invalidate(prefix).await;
+    }
+
+    pub fn invalidate_all(&self) {
+        self.tenants.invalidate_all();
+        self.keys.invalidate_all();
+    }
+
+    async fn apply_notification(&self, payload: &str) {
+        match payload.split_once(':') {
+            Some(("tenant", slug)) => {
+                if let Ok(t) = TenantId::parse(slug) {
+                    self.invalidate_tenant(&t).await;
+                }
+            }
+            Some(("key", prefix)) => self.invalidate_key(prefix).await,
+            _ => self.invalidate_all(),
+        }
+    }
+
+    /// Runs forever: LISTENs for invalidations on a dedicated control connection, reconnecting
+    /// (and clearing the cache, since notifications may have been missed) when it drops.
+    pub async fn listen(self, config: tokio_postgres::Config) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match config.connect(tokio_postgres::NoTls).await {
+                Ok((client, mut conn)) => {
+                    let mut stream =
+                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    let listen_sql = format!("LISTEN {CHANNEL}");
+                    let ok = {
+                        let listen = client.batch_execute(&listen_sql);
+                        // The connection must be polled for LISTEN to complete.
+                        let mut listen = std::pin::pin!(listen);
+                        loop {
+                            tokio::select! {
+                                r = &mut listen => break r.is_ok(),
+                                m = stream.next() => if m.is_none() { break false },
+                            }
+                        }
+                    };
+                    if ok {
+                        backoff = Duration::from_millis(100);
+                        // Anything cached before LISTEN took effect may be stale.
+                        self.invalidate_all();
+                        while let Some(msg) = stream.next().await {
+                            match msg {
+                                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                                    self.apply_notification(n.payload()).await;
+                                }
+                                Ok(_) => {}
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "catalog listener lost its connection");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    drop(client);
+                    self.invalidate_all();
+                }
+                Err(e) => tracing::warn!(error = %e, "catalog listener cannot connect"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    // ----- writes (control pool, audited in the same transaction) -----
+
+    /// Creates a tenant row. Storage provisioning for non-shared placements happens elsewhere.
+    pub async fn create_tenant(&self, t: &NewTenant, actor: &Actor) -> Result<Tenant, CatalogError> {
+        let mut client = self.db.control().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "INSERT INTO tenantry.tenants (slug, name, plan, isolation) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (slug) DO NOTHING RETURNING {TENANT_COLS}"
+                ),
+                &[&t.slug.as_str(), &t.name, &t.plan, &t.isolation.as_str()],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let Some(row) = row else {
+            return Err(CatalogError::TenantExists(t.slug.clone()));
+        };
+        audit::record_in(&tx, actor, Some(&t.slug), "tenant.create", t.slug.as_str()).await?;
+        notify(&tx, &format!("tenant:{}", t.slug)).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        self.invalidate_tenant(&t.slug).await;
+        Ok(tenant_from_row(&row))
+    }
+
+    /// Lists tenants in slug order, after `cursor`.
+    pub async fn list_tenants(
+        &self,
+        limit: i64,
+        after: Option<&str>,
+    ) -> Result<Vec<Tenant>, DbError> {
+        let client = self.db.control().get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {TENANT_COLS} FROM tenantry.tenants
+                     WHERE ($1::text IS NULL OR slug > $1) ORDER BY slug LIMIT $2"
+                ),
+                &[&after, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(tenant_from_row).collect())
+    }
+
+    /// Reads a tenant straight from the catalog (the admin plane never trusts the cache).
+    pub async fn get_tenant(&self, slug: &TenantId) -> Result<Option<Tenant>, DbError> {
+        let client = self.db.control().get().await?;
+        let row = client
+            .query_opt(
+                &format!("SELECT {TENANT_COLS} FROM tenantry.tenants WHERE slug = $1"),
+                &[&slug.as_str()],
+            )
+            .await?;
+        Ok(row.as_ref().map(tenant_from_row))
+    }
+
+    /// Applies a patch, invalidating every node's cached copy in the same commit.
+    pub async fn update_tenant(
+        &self,
+        slug: &TenantId,
+        patch: &TenantPatch,
+        actor: &Actor,
+    ) -> Result<Tenant, CatalogError> {
+        let mut client = self.db.control().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let set_rate = patch.rate_limit.is_some();
+        let rate: Option<serde_json::Value> = patch
+            .rate_limit
+            .flatten()
+            .map(|r| serde_json::to_value(r).expect("plain struct serialises"));
+        let status = patch.status.map(TenantStatus::as_str);
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE tenantry.tenants SET
+                        name = COALESCE($2, name),
+                        plan = COALESCE($3, plan),
+                        status = COALESCE($4, status),
+                        rate_limit = CASE WHEN $5 THEN $6 ELSE rate_limit END,
+                        updated_at = now()
+                     WHERE slug = $1 RETURNING {TENANT_COLS}"
+                ),
+                &[&slug.as_str(), &patch.name, &patch.plan, &status, &set_rate, &rate],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let Some(row) = row else {
+            return Err(CatalogError::TenantNotFound);
+        };
+        let mut what = Vec::new();
+        if patch.name.is_some() {
+            what.push("name");
+        }
+        if patch.plan.is_some() {
+            what.push("plan");
+        }
+        if patch.status.is_some() {
+            what.push("status");
+        }
+        if set_rate {
+            what.push("rate_limit");
+        }
+        let target = format!("{slug} ({})", what.join(","));
+        audit::record_in(&tx, actor, Some(slug), "tenant.update", &target).await?;
+        notify(&tx, &format!("tenant:{slug}")).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        self.invalidate_tenant(slug).await;
+        Ok(tenant_from_row(&row))
+    }
+
+    /// Creates a key and returns it with the only copy of its secret.
+    pub async fn create_key(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        scopes: &[Scope],
+        expires_at: Option<DateTime<Utc>>,
+        actor: &Actor,
+    ) -> Result<(ApiKeyInfo, String), CatalogError> {
+        let new = NewKey::generate();
+        let mut client = self.db.control().get().await.map_err(DbError::from)?;
+        let tx = client.transaction().await.map_err(DbError::from)?;
+        let exists = tx
+            .query_opt(
+                "SELECT 1 FROM tenantry.tenants WHERE slug = $1 FOR SHARE",
+                &[&tenant.as_str()],
+            )
+            .await
+            .map_err(DbError::from)?;
+        if exists.is_none() {
+            return Err(CatalogError::TenantNotFound);
+        }
+        let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO tenantry.api_keys (id, tenant_id, name, prefix, secret_hash, scopes, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLS}"
+                ),
+                &[
+                    &Uuid::now_v7(),
+                    &tenant.as_str(),
+                    &name,
+                    &new.prefix,
+                    &new.hash.as_slice(),
+                    &scopes,
+                    &expires_at,
+                ],
+            )
+            .await
+            .map_err(DbError::from)?;
+        let info = key_from_row(&row);
+        audit::record_in(&tx, actor, Some(tenant), "api_key.create", &info.id.to_string()).await?;
+        tx.commit().await.map_err(DbError::from)?;
+        Ok((info, new.key))
+    }
+
+    /// Lists a tenant's keys, oldest first, after `cursor` (a key id).
+    pub async fn list_keys(
+        &self,
+        tenant: &TenantId,
+        limit: i64,
+        after: Option<Uuid>,
+    ) -> Result<Vec<ApiKeyInfo>, DbError> {
+        let client = self.db.control().get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT {KEY_COLS} FROM tenantry.api_keys
+                     WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2)
+                     ORDER BY id LIMIT $3"
+                ),
+                &[&tenant.as_str(), &after, &limit],
+            )
+            .await?;
+        Ok(rows.iter().map(key_from_row).collect())
+    }
+
+    /// Revokes a key of `tenant` (idempotent: revoking twice keeps the first time). `None` when
+    /// the tenant has no such key.
+    pub async fn revoke_key(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        actor: &Actor,
+    ) -> Result<Option<ApiKeyInfo>, DbError> {
+        let mut client = self.db.control().get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE tenantry.api_keys SET revoked_at = COALESCE(revoked_at, now())
+                     WHERE tenant_id = $1 AND id = $2 RETURNING {KEY_COLS}"
+                ),
+                &[&tenant.as_str(), &id],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let info = key_from_row(&row);
+        let bare = info.prefix.trim_start_matches("tk_").to_owned();
+        audit::record_in(&tx, actor, Some(tenant), "api_key.revoke", &id.to_string()).await?;
+        notify(&tx, &format!("key:{bare}")).await?;
+        tx.commit().await?;
+        self.invalidate_key(&bare).await;
+        Ok(Some(info))
+    }
+}
+
+async fn notify(tx: &tokio_postgres::Transaction<'_>, payload: &str) -> Result<(), DbError> {
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+        .await?;
+    Ok(())
+}
+
+fn flatten(e: Arc<DbError>) -> DbError {
+    match &*e {
+        DbError::Unavailable(m) => DbError::Unavailable(m.clone()),
+        other => DbError::Unavailable(other.to_string()),
+    }
+}
+
+fn tenant_from_row(r: &Row) -> Tenant {
+    let rate: Option<serde_json::Value> = r.get(5);
+    Tenant {
+        slug: TenantId::parse(r.get(0)).expect("catalog CHECK keeps slugs valid"),
+        name: r.get(1),
+        plan: r.get(2),
+        status: TenantStatus::parse(r.get(3)).unwrap_or(TenantStatus::Suspended),
+        isolation: Isolation::parse(r.get(4)).unwrap_or(Isolation::Shared),
+        rate_limit: rate.and_then(|v| serde_json::from_value(v).ok()),
+        created_at: r.get(6),
+    }
+}
+
+fn key_from_row(r: &Row) -> ApiKeyInfo {
+    let scopes: Vec<String> = r.get(3);
+    let prefix: String = r.get(2);
+    ApiKeyInfo {
+        id: r.get(0),
+        name: r.get(1),
+        prefix: format!("tk_{prefix}"),
+        scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+        created_at: r.get(4),
+        expires_at: r.get(5),
+        last_used_at: r.get(6),
+        revoked_at: r.get(7),
+    }
+}

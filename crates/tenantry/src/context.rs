@@ -1,0 +1,80 @@
+//! [`TenantContext`]: proof that a request (or job) was resolved to one tenant.
+//!
+//! The constructor is crate-private. Outside this crate a context comes only from the
+//! resolution layer (credential checked, hints agreed, tenant active, rate limit passed) or from
+//! [`Tenancy::admin_context`](crate::Tenancy::admin_context), which writes an audit entry first.
+//! Tenant storage is reachable only through [`TenantContext::db`], so a handler without a
+//! context has no way to touch tenant rows.
+
+use std::sync::Arc;
+
+use crate::auth::Principal;
+use crate::db::{Database, TenantDb};
+use crate::ratelimit::Decision;
+use crate::tenant::{Tenant, TenantId};
+
+/// A resolved tenant, the principal acting in it, and the door to its storage.
+#[derive(Clone)]
+pub struct TenantContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tenant: Arc<Tenant>,
+    principal: Principal,
+    db: Database,
+    rate: Option<Decision>,
+    policy: String,
+}
+
+impl TenantContext {
+    pub(crate) fn new(
+        tenant: Arc<Tenant>,
+        principal: Principal,
+        db: Database,
+        rate: Option<Decision>,
+        policy: String,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                tenant,
+                principal,
+                db,
+                rate,
+                policy,
+            }),
+        }
+    }
+
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.inner.tenant.slug
+    }
+
+    /// The catalog record as of resolution.
+    pub fn tenant(&self) -> &Tenant {
+        &self.inner.tenant
+    }
+
+    pub fn principal(&self) -> &Principal {
+        &self.inner.principal
+    }
+
+    /// The tenant's storage: every transaction from here is scoped to this tenant.
+    pub fn db(&self) -> TenantDb<'_> {
+        TenantDb::new(self.inner.db.runtime(), &self.inner.tenant.slug)
+    }
+
+    /// The rate-limit decision that admitted this request (none for admin contexts).
+    pub fn rate_decision(&self) -> Option<(&str, Decision)> {
+        self.inner.rate.map(|d| (self.inner.policy.as_str(), d))
+    }
+}
+
+impl std::fmt::Debug for TenantContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantContext")
+            .field("tenant", &self.inner.tenant.slug)
+            .field("principal", &self.inner.principal)
+            .finish()
+    }
+}

@@ -1,0 +1,233 @@
+//! Migrations: the control-plane catalog, and the tenant tables.
+//!
+//! Tenant tables are defined once (a list of [`TenantMigration`]s, written with unqualified
+//! names) and applied to a placement by running them with `search_path` set to its schema and
+//! the owner role as the current role. After every migration the runner *secures* the schema:
+//! every table must have a `tenant_id` column, and gets RLS enabled and forced with the one
+//! fail-closed policy. A migration cannot forget the safety net, because the runner adds it.
+//!
+//! Each placement keeps a ledger of applied versions (`tenantry.migrations`, keyed by scope),
+//! and each run holds an advisory lock so concurrent starts apply a version once.
+
+use deadpool_postgres::Object;
+
+use super::roles::{quote_ident, RoleNames};
+use super::{DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
+
+/// One step of the tenant-table schema. Versions increase; applied versions never change.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantMigration {
+    pub version: i32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// The RLS expression every tenant table carries, for both USING and WITH CHECK. With no
+/// setting (NULL) or a reset one (`''`) it compares to NULL: no row is visible or writable.
+pub const POLICY_EXPR: &str =
+    "(tenant_id = (SELECT NULLIF(current_setting('app.tenant_id', true), '')))";
+
+/// The name of that policy on every tenant table.
+pub const POLICY_NAME: &str = "tenant_isolation";
+
+const LOCK_KEY: i64 = 727263002;
+
+/// Control-plane catalog migrations. `{app}` is replaced by the quoted runtime role.
+const CONTROL: &[(i32, &str, &str)] = &[(
+    1,
+    "catalog",
+    r#"
+    CREATE TABLE tenants (
+        slug        text PRIMARY KEY CHECK (slug ~ '^[a-z][a-z0-9-]{1,62}$'),
+        name        text NOT NULL,
+        plan        text NOT NULL,
+        status      text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended')),
+        isolation   text NOT NULL CHECK (isolation IN ('shared', 'schema', 'database')),
+        rate_limit  jsonb,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        updated_at  timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE api_keys (
+        id           uuid PRIMARY KEY,
+        tenant_id    text NOT NULL REFERENCES tenants (slug) ON DELETE CASCADE,
+        name         text NOT NULL,
+        prefix       text NOT NULL,
+        secret_hash  bytea NOT NULL,
+        scopes       text[] NOT NULL,
+        created_at   timestamptz NOT NULL DEFAULT now(),
+        expires_at   timestamptz,
+        last_used_at timestamptz,
+        revoked_at   timestamptz,
+        CONSTRAINT api_keys_prefix_key UNIQUE (prefix)
+    );
+    CREATE INDEX api_keys_tenant_idx ON api_keys (tenant_id, created_at, id);
+    -- No foreign key to tenants: the audit trail outlives a deleted tenant.
+    CREATE TABLE audit_log (
+        id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        at          timestamptz NOT NULL DEFAULT now(),
+        actor       text NOT NULL,
+        tenant_id   text,
+        action      text NOT NULL,
+        target      text NOT NULL,
+        request_id  text NOT NULL
+    );
+    CREATE INDEX audit_log_tenant_idx ON audit_log (tenant_id, id);
+    GRANT SELECT ON tenants, api_keys TO {app};
+    -- Append-only for the runtime role: no UPDATE, no DELETE, no TRUNCATE.
+    GRANT SELECT, INSERT ON audit_log TO {app};
+    "#,
+)];
+
+/// Applies pending control-plane migrations.
+pub async fn control_plane(client: &mut Object, roles: &RoleNames) -> Result<(), DbError> {
+    let owner = quote_ident(&roles.owner);
+    client
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock({LOCK_KEY});
+             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.migrations (
+                 scope      text NOT NULL,
+                 version    integer NOT NULL,
+                 name       text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now(),
+                 PRIMARY KEY (scope, version)
+             );
+             ALTER TABLE {CONTROL_SCHEMA}.migrations OWNER TO {owner};
+             COMMIT;"
+        ))
+        .await?;
+    let app = quote_ident(&roles.runtime);
+    let steps: Vec<(i32, &'static str, String)> = CONTROL
+        .iter()
+        .map(|(v, n, sql)| (*v, *n, sql.replace("{app}", &app)))
+        .collect();
+    apply(client, roles, "control", CONTROL_SCHEMA, &steps, false).await
+}
+
+/// Applies pending tenant migrations to the shared-placement schema.
+pub async fn shared_tables(
+    client: &mut Object,
+    roles: &RoleNames,
+    migrations: &[TenantMigration],
+) -> Result<(), DbError> {
+    let steps: Vec<(i32, &'static str, String)> = migrations
+        .iter()
+        .map(|m| (m.version, m.name, m.sql.to_owned()))
+        .collect();
+    apply(client, roles, "shared", SHARED_SCHEMA, &steps, true).await?;
+    grant_tenant_tables(client, roles, SHARED_SCHEMA).await
+}
+
+async fn apply(
+    client: &mut Object,
+    roles: &RoleNames,
+    scope: &str,
+    schema: &str,
+    steps: &[(i32, &'static str, String)],
+    tenant_tables: bool,
+) -> Result<(), DbError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+        .await?;
+    let applied: Vec<i32> = tx
+        .query(
+            &format!("SELECT version FROM {CONTROL_SCHEMA}.migrations WHERE scope = $1"),
+            &[&scope],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let schema_q = quote_ident(schema);
+    let owner = quote_ident(&roles.owner);
+    for (version, name, sql) in steps.iter().filter(|s| !applied.contains(&s.0)) {
+        let run = async {
+            tx.batch_execute(&format!(
+                "SET LOCAL search_path = {schema_q}; SET LOCAL ROLE {owner};"
+            ))
+            .await?;
+            tx.batch_execute(sql).await?;
+            if tenant_tables {
+                secure_schema(&tx, schema).await?;
+            }
+            tx.batch_execute("RESET ROLE; RESET search_path;").await?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO {CONTROL_SCHEMA}.migrations (scope, version, name) VALUES ($1, $2, $3)"
+                ),
+                &[&scope, version, name],
+            )
+            .await?;
+            Ok::<_, DbError>(())
+        };
+        run.await.map_err(|e| DbError::Migration {
+            version: *version,
+            name,
+            source: Box::new(e),
+        })?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Makes every table in `schema` a proper tenant table: it must have `tenant_id`, and gets RLS
+/// enabled and forced with the standard policy (created if missing).
+pub async fn secure_schema(
+    tx: &tokio_postgres::Transaction<'_>,
+    schema: &str,
+) -> Result<(), DbError> {
+    let rows = tx
+        .query(
+            "SELECT c.relname::text,
+                    EXISTS (SELECT 1 FROM pg_attribute a
+                            WHERE a.attrelid = c.oid AND a.attname = 'tenant_id'
+                              AND NOT a.attisdropped),
+                    EXISTS (SELECT 1 FROM pg_policy p
+                            WHERE p.polrelid = c.oid AND p.polname = $2)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')",
+            &[&schema, &POLICY_NAME],
+        )
+        .await?;
+    let schema_q = quote_ident(schema);
+    for row in rows {
+        let table: String = row.get(0);
+        let has_tenant: bool = row.get(1);
+        let has_policy: bool = row.get(2);
+        if !has_tenant {
+            return Err(DbError::Config(format!(
+                "table {schema}.{table} has no tenant_id column; every tenant table needs one"
+            )));
+        }
+        let t = format!("{schema_q}.{}", quote_ident(&table));
+        let mut sql = format!(
+            "ALTER TABLE {t} ENABLE ROW LEVEL SECURITY; ALTER TABLE {t} FORCE ROW LEVEL SECURITY;"
+        );
+        if !has_policy {
+            sql.push_str(&format!(
+                "CREATE POLICY {POLICY_NAME} ON {t} USING {POLICY_EXPR} WITH CHECK {POLICY_EXPR};"
+            ));
+        }
+        tx.batch_execute(&sql).await?;
+    }
+    Ok(())
+}
+
+/// The runtime role may read and write rows in tenant tables, and nothing else: no TRUNCATE,
+/// no REFERENCES, no TRIGGER.
+async fn grant_tenant_tables(
+    client: &mut Object,
+    roles: &RoleNames,
+    schema: &str,
+) -> Result<(), DbError> {
+    let s = quote_ident(schema);
+    let app = quote_ident(&roles.runtime);
+    client
+        .batch_execute(&format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {app};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {app};
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {app};"
+        ))
+        .await?;
+    Ok(())
+}

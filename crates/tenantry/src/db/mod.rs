@@ -1,0 +1,152 @@
+//! PostgreSQL access: the control plane, the runtime pool, and the scoped transaction.
+//!
+//! Two kinds of connection exist and never mix:
+//! - **control**: the operator's `DATABASE_URL` role (allowed to create roles and schemas). It
+//!   runs migrations and provisioning (as the owner role, via `SET LOCAL ROLE`) and catalog
+//!   writes. It never runs a tenant's request.
+//! - **runtime**: the unprivileged role that serves tenant traffic. It is not a superuser, has no
+//!   BYPASSRLS, owns nothing and has no TRUNCATE, so forced RLS holds whatever the application
+//!   does. [`Database::connect`] refuses to start otherwise.
+
+mod error;
+pub mod migrate;
+pub mod roles;
+mod scoped;
+
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+
+pub use error::DbError;
+pub use migrate::TenantMigration;
+pub use roles::RoleNames;
+pub use scoped::{Params, ScopedTx, TenantDb};
+
+/// The schema that holds the shared-placement tenant tables.
+pub const SHARED_SCHEMA: &str = "shared";
+/// The schema that holds the control-plane catalog.
+pub const CONTROL_SCHEMA: &str = "tenantry";
+
+/// Pool sizes and timeouts.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub runtime_max: usize,
+    pub control_max: usize,
+    /// How long a request may wait for a connection before it gets 503 `unavailable`.
+    pub wait_timeout: Duration,
+    /// Default statement timeout on runtime connections.
+    pub statement_timeout: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            runtime_max: 16,
+            control_max: 4,
+            wait_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Both pools, ready to serve.
+#[derive(Clone)]
+pub struct Database {
+    control: Pool,
+    runtime: Pool,
+}
+
+impl Database {
+    /// Connects the control plane, bootstraps roles, schemas and migrations, opens the runtime
+    /// pool and checks that the runtime role cannot bypass RLS.
+    ///
+    /// `runtime_override` is an operator-supplied runtime connection; without it the runtime role
+    /// is created (named by `roles`) and its password kept in the catalog.
+    pub async fn connect(
+        control: tokio_postgres::Config,
+        runtime_override: Option<tokio_postgres::Config>,
+        roles: &RoleNames,
+        migrations: &[TenantMigration],
+        settings: &PoolSettings,
+    ) -> Result<Self, DbError> {
+        let control_pool = pool(control.clone(), settings.control_max, settings.wait_timeout)?;
+        let password = {
+            let client = control_pool.get().await?;
+            roles::bootstrap(&client, roles).await?
+        };
+        {
+            let mut client = control_pool.get().await?;
+            migrate::control_plane(&mut client, roles).await?;
+            migrate::shared_tables(&mut client, roles, migrations).await?;
+        }
+        let runtime_cfg = match runtime_override {
+            Some(cfg) => cfg,
+            None => {
+                let mut cfg = control.clone();
+                cfg.user(&roles.runtime);
+                cfg.password(password);
+                cfg
+            }
+        };
+        let runtime_cfg = runtime_config(runtime_cfg, settings);
+        let runtime_pool = pool(runtime_cfg, settings.runtime_max, settings.wait_timeout)?;
+        {
+            let client = runtime_pool.get().await?;
+            roles::check_runtime_role(&client, roles).await?;
+        }
+        Ok(Self {
+            control: control_pool,
+            runtime: runtime_pool,
+        })
+    }
+
+    /// The privileged pool: catalog writes and provisioning only.
+    pub fn control(&self) -> &Pool {
+        &self.control
+    }
+
+    /// The unprivileged pool that serves tenant traffic.
+    pub fn runtime(&self) -> &Pool {
+        &self.runtime
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        let client = self.runtime.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+}
+
+/// Every runtime connection starts with the shared schema alone on its path (never `public`),
+/// and a statement timeout so a runaway query cannot hold a connection forever.
+fn runtime_config(
+    mut cfg: tokio_postgres::Config,
+    settings: &PoolSettings,
+) -> tokio_postgres::Config {
+    cfg.options(format!(
+        "-c search_path={SHARED_SCHEMA} -c statement_timeout={}",
+        settings.statement_timeout.as_millis()
+    ));
+    cfg.application_name("tenantry");
+    cfg
+}
+
+fn pool(cfg: tokio_postgres::Config, max: usize, wait: Duration) -> Result<Pool, DbError> {
+    let mgr = Manager::from_config(
+        cfg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(max)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(wait))
+        .create_timeout(Some(wait))
+        .recycle_timeout(Some(wait))
+        .build()
+        .map_err(|e| DbError::Config(e.to_string()))
+}

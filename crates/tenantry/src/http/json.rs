@@ -1,0 +1,130 @@
+//! `Json` and `Query` extractors whose rejections are [`Problem`]s, so malformed input gets the
+//! same problem+json body as every other error (the axum `error-handling` example's pattern).
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderValue};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::problem::{ErrorCode, FieldError, Problem};
+
+/// Request bodies above this size get 413 `payload_too_large`.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// A JSON body in, or a JSON body out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json<T>(pub T);
+
+impl<T, S> FromRequest<S> for Json<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim();
+                m.eq_ignore_ascii_case("application/json")
+                    || (m.len() > 5 && m[m.len() - 5..].eq_ignore_ascii_case("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(Problem::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body as Content-Type: application/json",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            if rej.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!("request bodies are limited to {BODY_LIMIT} bytes"),
+                )
+            } else {
+                Problem::new(ErrorCode::MalformedBody, "could not read the request body")
+            }
+        })?;
+        parse(&bytes).map(Json)
+    }
+}
+
+/// Parses JSON: syntax errors are 400 `malformed_body`; well-formed JSON of the wrong shape is
+/// 422 `validation_failed` naming the field.
+pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            match inner.classify() {
+                serde_json::error::Category::Data => {
+                    let field = if path == "." { "body".to_owned() } else { path };
+                    Err(Problem::validation(vec![FieldError::new(
+                        field,
+                        strip_position(&inner.to_string()),
+                    )]))
+                }
+                _ => Err(Problem::new(
+                    ErrorCode::MalformedBody,
+                    format!("malformed JSON: {inner}"),
+                )),
+            }
+        }
+    }
+}
+
+/// serde_json appends " at line L column C"; the field path says more to a client.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+impl<T: Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        match serde_json::to_vec(&self.0) {
+            Ok(bytes) => {
+                let mut res = bytes.into_response();
+                res.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                res
+            }
+            Err(e) => Problem::internal(&e).into_response(),
+        }
+    }
+}
+
+/// A query string, with 422 naming the bad parameter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::try_from_uri(&parts.uri) {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(e) => Err(Problem::validation(vec![FieldError::new(
+                "query",
+                e.body_text(),
+            )])),
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! [`TenancyLayer`]: resolves every request to a [`TenantContext`] before the handler runs, and
+//! puts the tenant's rate-limit state on every response.
+//!
+//! A request that fails resolution never reaches the inner service: it is answered here with
+//! problem+json, so a 429 or 401 costs no handler and no tenant database work.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, Request};
+use tower::{Layer, Service};
+
+use super::problem::Problem;
+use crate::context::TenantContext;
+use crate::ratelimit::Decision;
+use crate::resolve::ResolveError;
+use crate::tenancy::Tenancy;
+
+/// Adds tenant resolution in front of a service.
+#[derive(Clone)]
+pub struct TenancyLayer {
+    tenancy: Tenancy,
+}
+
+impl TenancyLayer {
+    pub fn new(tenancy: Tenancy) -> Self {
+        Self { tenancy }
+    }
+}
+
+impl<S> Layer<S> for TenancyLayer {
+    type Service = TenancyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        TenancyService {
+            inner,
+            tenancy: self.tenancy.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TenancyService<S> {
+    inner: S,
+    tenancy: Tenancy,
+}
+
+impl<S> Service<Request<Body>> for TenancyService<S>
+where
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // The clone that was driven to readiness is the one we call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let tenancy = self.tenancy.clone();
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            match tenancy.resolve(&parts).await {
+                Ok(ctx) => {
+                    tracing::Span::current().record("tenant_id", ctx.tenant_id().as_str());
+                    parts.extensions.insert(ctx.clone());
+                    let mut res = inner.call(Request::from_parts(parts, body)).await?;
+                    if let Some((policy, d)) = ctx.rate_decision() {
+                        rate_headers(res.headers_mut(), policy, &d);
+                    }
+                    res.extensions_mut().insert(ctx);
+                    Ok(res)
+                }
+                Err(e) => {
+                    let rate = match &e {
+                        ResolveError::RateLimited { decision, policy } => {
+                            Some((policy.clone(), *decision))
+                        }
+                        _ => None,
+                    };
+                    let mut res = Problem::from(e).into_response();
+                    if let Some((policy, d)) = rate {
+                        rate_headers(res.headers_mut(), &policy, &d);
+                    }
+                    Ok(res)
+                }
+            }
+        })
+    }
+}
+
+/// The IETF draft headers (`RateLimit-Policy`, `RateLimit`) and the older trio.
+pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
+    let window = d.window_secs;
+    let pairs = [
+        (
+            "ratelimit-policy",
+            format!("\"{policy}\";q={};w={window}", d.limit),
+        ),
+        (
+            "ratelimit",
+            format!("\"{policy}\";r={};t={}", d.remaining, d.reset_secs),
+        ),
+        ("ratelimit-limit", d.limit.to_string()),
+        ("ratelimit-remaining", d.remaining.to_string()),
+        ("ratelimit-reset", d.reset_secs.to_string()),
+    ];
+    for (name, value) in pairs {
+        if let Ok(v) = HeaderValue::try_from(value) {
+            h.insert(name, v);
+        }
+    }
+}
+
+impl TenantContext {
+    /// The context a [`TenancyLayer`] attached to a response, for outer layers (logging).
+    pub fn from_response(res: &Response) -> Option<&TenantContext> {
+        res.extensions().get::<TenantContext>()
+    }
+}

@@ -1,0 +1,49 @@
+//! The HTTP edge: tower layers, extractors and problem+json errors.
+
+pub mod json;
+pub mod layer;
+pub mod problem;
+pub mod request_id;
+
+use axum::extract::FromRequestParts;
+use http::request::Parts;
+
+pub use json::{Json, Query, BODY_LIMIT};
+pub use layer::TenancyLayer;
+pub use problem::{ErrorCode, FieldError, Problem};
+pub use request_id::{RequestId, RequestIdLayer};
+
+use crate::context::TenantContext;
+use crate::resolve::ResolveError;
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantContext {
+    type Rejection = Problem;
+
+    /// A handler that takes a `TenantContext` can only run after resolution put one here. On a
+    /// route mounted without [`TenancyLayer`] this fails closed (500), never "all tenants".
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<TenantContext>().cloned().ok_or_else(|| {
+            Problem::internal(&"a tenant route is mounted without the tenancy layer")
+        })
+    }
+}
+
+impl From<ResolveError> for Problem {
+    fn from(e: ResolveError) -> Self {
+        let code = match &e {
+            ResolveError::InvalidTenant(_) => ErrorCode::InvalidTenant,
+            ResolveError::Unauthenticated => ErrorCode::Unauthenticated,
+            ResolveError::InvalidCredentials => ErrorCode::InvalidCredentials,
+            ResolveError::Mismatch(_) => ErrorCode::TenantMismatch,
+            ResolveError::Suspended => ErrorCode::TenantSuspended,
+            ResolveError::Forbidden(_) => ErrorCode::Forbidden,
+            ResolveError::BadHeader(_) => ErrorCode::InvalidHeader,
+            ResolveError::RateLimited { decision, .. } => {
+                return Problem::new(ErrorCode::RateLimited, "over the tenant's rate limit")
+                    .with_retry_after(decision.retry_after_secs);
+            }
+            ResolveError::Unavailable => return Problem::unavailable(&e),
+        };
+        Problem::new(code, e.to_string())
+    }
+}

@@ -1,0 +1,231 @@
+//! `application/problem+json` (RFC 9457) errors with stable machine-readable codes.
+//!
+//! Every error any layer produces is mapped here, once. 5xx details are logged, never sent.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+/// The stable error codes of the HTTP contract. Clients branch on these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    Unauthenticated,
+    InvalidCredentials,
+    InvalidTenant,
+    TenantMismatch,
+    TenantSuspended,
+    TenantNotFound,
+    Forbidden,
+    NotFound,
+    Conflict,
+    ValidationFailed,
+    RateLimited,
+    PayloadTooLarge,
+    Unavailable,
+    /// The body is not well-formed JSON (400).
+    MalformedBody,
+    /// The body is not declared as JSON (415).
+    UnsupportedMediaType,
+    /// A header is malformed or contradicts another (400).
+    InvalidHeader,
+    /// The route exists but not with this method (405).
+    MethodNotAllowed,
+    /// Something broke on our side (500); details are in the log under the request id.
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InvalidCredentials => "invalid_credentials",
+            ErrorCode::InvalidTenant => "invalid_tenant",
+            ErrorCode::TenantMismatch => "tenant_mismatch",
+            ErrorCode::TenantSuspended => "tenant_suspended",
+            ErrorCode::TenantNotFound => "tenant_not_found",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::MalformedBody => "malformed_body",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::InvalidHeader => "invalid_header",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::Unauthenticated | ErrorCode::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidTenant | ErrorCode::MalformedBody | ErrorCode::InvalidHeader => {
+                StatusCode::BAD_REQUEST
+            }
+            ErrorCode::TenantMismatch | ErrorCode::TenantSuspended | ErrorCode::Forbidden => {
+                StatusCode::FORBIDDEN
+            }
+            ErrorCode::TenantNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "Authentication required",
+            ErrorCode::InvalidCredentials => "Invalid credentials",
+            ErrorCode::InvalidTenant => "Invalid tenant identifier",
+            ErrorCode::TenantMismatch => "Tenant does not match the credential",
+            ErrorCode::TenantSuspended => "Tenant suspended",
+            ErrorCode::TenantNotFound => "Tenant not found",
+            ErrorCode::Forbidden => "Forbidden",
+            ErrorCode::NotFound => "Not found",
+            ErrorCode::Conflict => "Conflict",
+            ErrorCode::ValidationFailed => "Validation failed",
+            ErrorCode::RateLimited => "Rate limit exceeded",
+            ErrorCode::PayloadTooLarge => "Payload too large",
+            ErrorCode::Unavailable => "Service unavailable",
+            ErrorCode::MalformedBody => "Malformed request body",
+            ErrorCode::UnsupportedMediaType => "Unsupported media type",
+            ErrorCode::InvalidHeader => "Invalid header",
+            ErrorCode::MethodNotAllowed => "Method not allowed",
+            ErrorCode::Internal => "Internal error",
+        }
+    }
+}
+
+/// One field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// An error response.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub code: ErrorCode,
+    pub detail: String,
+    pub errors: Vec<FieldError>,
+    /// Seconds, sent as `Retry-After` (429 and 503).
+    pub retry_after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'static str,
+    status: u16,
+    detail: &'a str,
+    code: &'static str,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    errors: &'a [FieldError],
+}
+
+impl Problem {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+            errors: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 422 with the failing fields.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        Self {
+            errors,
+            ..Self::new(ErrorCode::ValidationFailed, detail)
+        }
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(ErrorCode::NotFound, "no such resource in this tenant")
+    }
+
+    /// A 500 whose cause is logged here and not sent to the client.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::new(ErrorCode::Internal, "internal error; see the server log for this request id")
+    }
+
+    pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "dependency unavailable");
+        Self {
+            retry_after: Some(1),
+            ..Self::new(ErrorCode::Unavailable, "a dependency is unavailable; retry shortly")
+        }
+    }
+
+    pub fn with_retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = self.code.status();
+        let body = Body {
+            kind: format!("urn:tenantry:problem:{}", self.code.as_str()),
+            title: self.code.title(),
+            status: status.as_u16(),
+            detail: &self.detail,
+            code: self.code.as_str(),
+            errors: &self.errors,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let mut res = (status, bytes).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(secs) = self.retry_after {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        // Lets outer layers (metrics, logs) see the code without parsing the body.
+        res.extensions_mut().insert(self.code);
+        res
+    }
+}
+
+impl From<crate::db::DbError> for Problem {
+    fn from(e: crate::db::DbError) -> Self {
+        use crate::db::DbError;
+        match e {
+            DbError::Unavailable(_) | DbError::Timeout => Problem::unavailable(&e),
+            DbError::Unique { .. } => Problem::new(ErrorCode::Conflict, "already exists"),
+            DbError::ForeignKey { .. } | DbError::Check { .. } => Problem::validation(vec![
+                FieldError::new("body", "violates a constraint"),
+            ]),
+            other => Problem::internal(&other),
+        }
+    }
+}

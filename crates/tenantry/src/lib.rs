@@ -1,0 +1,69 @@
+//! Tenantry: multi-tenancy for axum/tower services on PostgreSQL, where one tenant seeing
+//! another's data is made impossible by construction.
+//!
+//! # Layout
+//!
+//! - [`tenant`]: tenant ids (validated slugs), status, placement.
+//! - [`resolve`]: finding the tenant of a request: credential first, hints (subdomain,
+//!   `X-Tenant-Id`, path) must agree.
+//! - [`auth`]: API keys (format, hashing, constant-time checks) and principals.
+//! - [`catalog`]: the control-plane catalog of tenants and keys, with a cache that every node
+//!   invalidates through PostgreSQL LISTEN/NOTIFY.
+//! - [`ratelimit`]: per-tenant GCRA limits by plan.
+//! - [`db`]: the runtime and control pools, roles, migrations, and the scoped transaction that
+//!   is the only way to tenant tables.
+//! - [`context`]: [`TenantContext`], the proof a request was resolved.
+//! - [`audit`]: the append-only audit log.
+//! - [`http`]: tower layers ([`TenancyLayer`], [`RequestIdLayer`]), extractors and
+//!   problem+json errors.
+//! - [`tenancy`]: [`Tenancy`], which ties them together.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use tenantry::{db, Catalog, Json, Problem, Tenancy, TenancyConfig, TenancyLayer, TenantContext};
+//!
+//! async fn count(ctx: TenantContext) -> Result<Json<i64>, Problem> {
+//!     // `$1` is always the context's tenant; the statement must say `tenant_id = $1`.
+//!     let row = ctx
+//!         .db()
+//!         .run_opt("SELECT count(*) FROM notes WHERE tenant_id = $1", &[])
+//!         .await?;
+//!     Ok(Json(row.map(|r| r.get(0)).unwrap_or(0)))
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let control: tokio_postgres::Config = "postgres://postgres@127.0.0.1/app".parse()?;
+//! let migrations = [db::TenantMigration {
+//!     version: 1,
+//!     name: "notes",
+//!     sql: "CREATE TABLE notes (tenant_id text NOT NULL CHECK (tenant_id <> ''),
+//!           id uuid NOT NULL, body text NOT NULL, PRIMARY KEY (tenant_id, id))",
+//! }];
+//! let database = db::Database::connect(
+//!     control, None, &db::RoleNames::default(), &migrations, &Default::default(),
+//! ).await?;
+//! let tenancy = Tenancy::new(Catalog::new(database), TenancyConfig::default());
+//! let app: Router = Router::new()
+//!     .route("/notes/count", get(count))
+//!     .layer(TenancyLayer::new(tenancy));
+//! # Ok(()) }
+//! ```
+
+pub mod audit;
+pub mod auth;
+pub mod catalog;
+pub mod context;
+pub mod db;
+pub mod http;
+pub mod ratelimit;
+pub mod resolve;
+pub mod tenancy;
+pub mod tenant;
+
+pub use catalog::Catalog;
+pub use context::TenantContext;
+pub use http::{Json, Problem, Query, RequestIdLayer, TenancyLayer};
+pub use tenancy::{Plan, Plans, Tenancy, TenancyConfig};
+pub use tenant::{Isolation, Tenant, TenantId, TenantStatus};

@@ -1,0 +1,122 @@
+//! Tenant resolution: which tenant a request is for, and whether the caller may act in it.
+//!
+//! The rules, in order:
+//! 1. **Hints are parsed first** (subdomain, `X-Tenant-Id`, path). A hint that is not a valid
+//!    slug is 400 `invalid_tenant`, before any lookup.
+//! 2. **The credential decides the tenant.** No credential is 401 `unauthenticated`, even when a
+//!    hint names a tenant: a hint is a claim, never a credential.
+//! 3. **Every hint must agree** with the credential's tenant, or the answer is 403
+//!    `tenant_mismatch`. Agreement is checked for each hint present, not just the first.
+//! 4. The tenant must exist and be active (403 `tenant_suspended`), the credential must allow
+//!    the method (403 `forbidden` for a read-only key writing), and the plan's rate limit must
+//!    admit the request (429, decided before any tenant database work).
+//!
+//! Each hint source is its own module so apps can enable the ones they use.
+
+pub mod credential;
+pub mod header;
+pub mod path;
+pub mod subdomain;
+
+use crate::tenant::TenantId;
+
+/// Where a tenant hint came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintSource {
+    Subdomain,
+    Header,
+    Path,
+}
+
+impl HintSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HintSource::Subdomain => "subdomain",
+            HintSource::Header => "X-Tenant-Id header",
+            HintSource::Path => "path",
+        }
+    }
+}
+
+/// Why a request cannot be resolved to a tenant context.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("the {0} does not name a valid tenant")]
+    InvalidTenant(&'static str),
+    #[error("credentials required")]
+    Unauthenticated,
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("the {0} names a tenant other than the credential's")]
+    Mismatch(&'static str),
+    #[error("tenant suspended")]
+    Suspended,
+    #[error("this credential may not {0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
+    BadHeader(&'static str),
+    #[error("rate limit exceeded")]
+    RateLimited {
+        decision: crate::ratelimit::Decision,
+        policy: String,
+    },
+    #[error("tenant lookups unavailable")]
+    Unavailable,
+}
+
+/// Which hint sources a deployment believes, and how to read them.
+#[derive(Debug, Clone)]
+pub struct ResolverConfig {
+    /// Subdomain hints under this domain (`acme.<base>`); `None` disables them.
+    pub base_domain: Option<String>,
+    /// Subdomains that are never tenants (`www`, `api`).
+    pub ignored_subdomains: Vec<String>,
+    /// Whether `X-Tenant-Id` is read.
+    pub header: bool,
+    /// Path hints: the prefix before the slug segment (`/v1/tenants/`).
+    pub path_prefix: Option<String>,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            base_domain: Some("localhost".into()),
+            ignored_subdomains: vec!["www".into(), "api".into()],
+            header: true,
+            path_prefix: Some("/v1/tenants/".into()),
+        }
+    }
+}
+
+/// All tenant hints of a request, each validated. Empty when the request names no tenant.
+pub fn hints(
+    parts: &http::request::Parts,
+    cfg: &ResolverConfig,
+) -> Result<Vec<(HintSource, TenantId)>, ResolveError> {
+    let mut out = Vec::new();
+    if let Some(base) = &cfg.base_domain {
+        if let Some(t) = subdomain::hint(parts, base, &cfg.ignored_subdomains)? {
+            out.push((HintSource::Subdomain, t));
+        }
+    }
+    if cfg.header {
+        header::hints(&parts.headers, &mut out)?;
+    }
+    if let Some(prefix) = &cfg.path_prefix {
+        if let Some(t) = path::hint(parts.uri.path(), prefix)? {
+            out.push((HintSource::Path, t));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks that every hint names `tenant`.
+pub fn check_hints(
+    hints: &[(HintSource, TenantId)],
+    tenant: &TenantId,
+) -> Result<(), ResolveError> {
+    match hints.iter().find(|(_, t)| t != tenant) {
+        Some((src, _)) => Err(ResolveError::Mismatch(src.as_str())),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,250 @@
+//! [`Tenancy`]: the library's entry point, tying the catalog, the resolution rules, the plans and
+//! the rate limiter together. One per process, cheap to clone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use http::request::Parts;
+use http::Method;
+
+use crate::audit::{self, Actor};
+use crate::auth::api_key::PresentedKey;
+use crate::auth::{Principal, Scope};
+use crate::catalog::Catalog;
+use crate::context::TenantContext;
+use crate::db::DbError;
+use crate::ratelimit::{Quota, RateLimiter};
+use crate::resolve::credential::{self, Credential};
+use crate::resolve::{self, ResolveError, ResolverConfig};
+use crate::tenant::{Tenant, TenantId, TenantStatus};
+
+/// A plan's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub requests: u32,
+    pub window: Duration,
+}
+
+/// The plans by name. `free`, `pro` and `enterprise` unless configured otherwise.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plans(pub BTreeMap<String, Plan>);
+
+impl Default for Plans {
+    fn default() -> Self {
+        let hour = Duration::from_secs(3600);
+        let mut m = BTreeMap::new();
+        for (name, requests) in [("free", 100), ("pro", 10_000), ("enterprise", 100_000)] {
+            m.insert(
+                name.to_owned(),
+                Plan {
+                    requests,
+                    window: hour,
+                },
+            );
+        }
+        Plans(m)
+    }
+}
+
+impl Plans {
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// The quota that applies to a tenant: its override, else its plan. A plan name that is no
+    /// longer configured falls back to the most restrictive plan (fail closed, not open).
+    pub fn quota_for(&self, tenant: &Tenant) -> Quota {
+        if let Some(o) = tenant.rate_limit {
+            return Quota {
+                name: tenant.plan.clone(),
+                requests: o.requests,
+                window: Duration::from_secs(o.per_seconds.max(1) as u64),
+            };
+        }
+        let plan = self.0.get(&tenant.plan).or_else(|| {
+            tracing::warn!(plan = %tenant.plan, tenant = %tenant.slug, "unknown plan; using the most restrictive");
+            self.0.values().min_by(|a, b| {
+                (a.requests as f64 / a.window.as_secs_f64())
+                    .total_cmp(&(b.requests as f64 / b.window.as_secs_f64()))
+            })
+        });
+        match plan {
+            Some(p) => Quota {
+                name: tenant.plan.clone(),
+                requests: p.requests,
+                window: p.window,
+            },
+            None => Quota {
+                name: tenant.plan.clone(),
+                requests: 1,
+                window: Duration::from_secs(3600),
+            },
+        }
+    }
+}
+
+/// Settings for [`Tenancy`].
+#[derive(Debug, Clone, Default)]
+pub struct TenancyConfig {
+    pub resolver: ResolverConfig,
+    pub plans: Plans,
+}
+
+/// Why an admin context could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminContextError {
+    #[error("no such tenant")]
+    TenantNotFound,
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// The tenancy machinery for one process.
+#[derive(Clone)]
+pub struct Tenancy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    catalog: Catalog,
+    limiter: RateLimiter,
+    config: TenancyConfig,
+}
+
+impl Tenancy {
+    pub fn new(catalog: Catalog, config: TenancyConfig) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                catalog,
+                limiter: RateLimiter::new(),
+                config,
+            }),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn plans(&self) -> &Plans {
+        &self.inner.config.plans
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
+    }
+
+    /// Resolves a request to a tenant context, applying every rule in [`crate::resolve`].
+    pub async fn resolve(&self, parts: &Parts) -> Result<TenantContext, ResolveError> {
+        let hints = resolve::hints(parts, &self.inner.config.resolver)?;
+        let cred = credential::from_headers(&parts.headers)?.ok_or(ResolveError::Unauthenticated)?;
+        let (tenant_id, principal) = match cred {
+            Credential::ApiKey(text) => self.verify_key(text).await?,
+            // JWT verification is not configured in this build: a bearer token that is not an
+            // API key is not a credential we can check.
+            Credential::Bearer(_) => return Err(ResolveError::InvalidCredentials),
+        };
+        resolve::check_hints(&hints, &tenant_id)?;
+        let tenant = self
+            .inner
+            .catalog
+            .tenant(&tenant_id)
+            .await
+            .map_err(|_| ResolveError::Unavailable)?
+            .ok_or(ResolveError::InvalidCredentials)?;
+        self.admit(tenant, principal, &parts.method)
+    }
+
+    async fn verify_key(&self, text: &str) -> Result<(TenantId, Principal), ResolveError> {
+        let key = PresentedKey::parse(text).map_err(|_| ResolveError::InvalidCredentials)?;
+        let rec = self
+            .inner
+            .catalog
+            .key(key.prefix())
+            .await
+            .map_err(|_| ResolveError::Unavailable)?
+            .ok_or(ResolveError::InvalidCredentials)?;
+        if !key.matches(&rec.hash) || !rec.is_live(Utc::now()) {
+            return Err(ResolveError::InvalidCredentials);
+        }
+        let read_only = !rec.scopes.contains(&Scope::Write);
+        Ok((
+            rec.tenant.clone(),
+            Principal::ApiKey {
+                id: rec.id,
+                read_only,
+            },
+        ))
+    }
+
+    fn admit(
+        &self,
+        tenant: Arc<Tenant>,
+        principal: Principal,
+        method: &Method,
+    ) -> Result<TenantContext, ResolveError> {
+        if tenant.status != TenantStatus::Active {
+            return Err(ResolveError::Suspended);
+        }
+        if !is_safe(method) && !principal.can_write() {
+            return Err(ResolveError::Forbidden("write"));
+        }
+        let quota = self.inner.config.plans.quota_for(&tenant);
+        let decision = self.inner.limiter.check(&tenant.slug, &quota);
+        if !decision.allowed {
+            return Err(ResolveError::RateLimited {
+                decision,
+                policy: quota.name,
+            });
+        }
+        Ok(TenantContext::new(
+            tenant,
+            principal,
+            self.inner.catalog.database().clone(),
+            Some(decision),
+            quota.name,
+        ))
+    }
+
+    /// Opens a context for an operator acting inside `slug`, after writing the audit entry.
+    /// There is no other way for an admin to reach tenant data, and no way without naming the
+    /// tenant. The catalog is read directly (not the cache): admins see the truth.
+    pub async fn admin_context(
+        &self,
+        slug: &TenantId,
+        actor: &Actor,
+        action: &str,
+        target: &str,
+    ) -> Result<TenantContext, AdminContextError> {
+        let tenant = self
+            .inner
+            .catalog
+            .get_tenant(slug)
+            .await?
+            .ok_or(AdminContextError::TenantNotFound)?;
+        audit::record(
+            self.inner.catalog.database().runtime(),
+            actor,
+            Some(slug),
+            action,
+            target,
+        )
+        .await?;
+        Ok(TenantContext::new(
+            Arc::new(tenant),
+            Principal::Admin {
+                token: actor.name.clone(),
+            },
+            self.inner.catalog.database().clone(),
+            None,
+            String::new(),
+        ))
+    }
+}
+
+/// Methods that only read.
+fn is_safe(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}

@@ -1,0 +1,179 @@
+//! Tenant identity and the catalog record that describes a tenant.
+//!
+//! A [`TenantId`] is a validated slug. Parsing is the only way to get one ("parse, don't
+//! validate"), so every layer below the HTTP edge can rely on the grammar
+//! `^[a-z][a-z0-9-]{1,62}$`: schema names, cache keys and log fields are built from it without
+//! further escaping worries.
+
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A tenant slug that matches `^[a-z][a-z0-9-]{1,62}$`.
+///
+/// Cheap to clone (`Arc<str>`): it travels in every request context, cache key and job.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TenantId(Arc<str>);
+
+/// Why a string is not a tenant slug.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("tenant slugs match ^[a-z][a-z0-9-]{{1,62}}$")]
+pub struct InvalidTenantId;
+
+impl TenantId {
+    /// Parses a slug; anything outside the grammar is rejected.
+    pub fn parse(s: &str) -> Result<Self, InvalidTenantId> {
+        if is_valid_slug(s) {
+            Ok(Self(Arc::from(s)))
+        } else {
+            Err(InvalidTenantId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The slug grammar, checked byte by byte (no regex engine on the hot path).
+pub fn is_valid_slug(s: &str) -> bool {
+    let b = s.as_bytes();
+    (2..=63).contains(&b.len())
+        && b[0].is_ascii_lowercase()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TenantId({})", &self.0)
+    }
+}
+
+impl Serialize for TenantId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TenantId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        TenantId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Whether a tenant may be served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "suspended" => Some(Self::Suspended),
+            _ => None,
+        }
+    }
+}
+
+/// Where a tenant's rows live. The same tables and the same forced RLS policy exist in every
+/// placement; only the place differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Shared,
+    Schema,
+    Database,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Shared => "shared",
+            Isolation::Schema => "schema",
+            Isolation::Database => "database",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "shared" => Some(Self::Shared),
+            "schema" => Some(Self::Schema),
+            "database" => Some(Self::Database),
+            _ => None,
+        }
+    }
+}
+
+/// A per-tenant rate-limit override: `requests` per `per_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitOverride {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+/// A tenant as the catalog knows it. Shared read-only through `Arc` by the resolution cache.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tenant {
+    pub slug: TenantId,
+    pub name: String,
+    pub plan: String,
+    pub status: TenantStatus,
+    pub isolation: Isolation,
+    pub rate_limit: Option<RateLimitOverride>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slug_grammar() {
+        for ok in ["ab", "acme", "a1", "acme-corp", "a-", &format!("a{}", "b".repeat(62))] {
+            assert!(TenantId::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a",
+            "1abc",
+            "-abc",
+            "Acme",
+            "ac_me",
+            "ac.me",
+            "ac me",
+            "acmé",
+            &format!("a{}", "b".repeat(63)),
+        ] {
+            assert!(TenantId::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn deserialize_rejects_bad_slug() {
+        assert!(serde_json::from_str::<TenantId>("\"acme\"").is_ok());
+        assert!(serde_json::from_str::<TenantId>("\"ACME\"").is_err());
+    }
+}
