@@ -1,0 +1,341 @@
+//! The scoped transaction against real PostgreSQL: isolation at the SQL level, no leakage
+//! through pooled connections (including after a cancelled transaction), and the round-trip
+//! cost, counted by a TCP proxy between the pool and the server.
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tenantry::db::{Database, DbError, PoolSettings, RoleNames, TenantMigration};
+use tenantry::audit::Actor;
+use tenantry::catalog::NewTenant;
+use tenantry::{Catalog, Tenancy, TenancyConfig, TenantContext, TenantId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_postgres::NoTls;
+
+const MIGRATIONS: &[TenantMigration] = &[TenantMigration {
+    version: 1,
+    name: "notes",
+    sql: "CREATE TABLE notes (
+              tenant_id text NOT NULL CHECK (tenant_id <> ''),
+              id int NOT NULL,
+              body text NOT NULL,
+              PRIMARY KEY (tenant_id, id))",
+}];
+
+fn base_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A fresh database and a unique role prefix for one test.
+async fn fresh_db() -> (tokio_postgres::Config, String) {
+    let name = format!("tl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls)
+        .await
+        .expect("PostgreSQL at TEST_DATABASE_URL (default 127.0.0.1:5432)");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let cfg: tokio_postgres::Config = format!("{}/{name}", base_url()).parse().unwrap();
+    (cfg, name)
+}
+
+async fn connect(cfg: tokio_postgres::Config, prefix: &str, settings: &PoolSettings) -> Database {
+    Database::connect(
+        cfg,
+        None,
+        &RoleNames::from_prefix(prefix).unwrap(),
+        MIGRATIONS,
+        settings,
+    )
+    .await
+    .unwrap()
+}
+
+fn db_msg(e: &tokio_postgres::Error) -> String {
+    e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default()
+}
+
+fn t(s: &str) -> TenantId {
+    TenantId::parse(s).unwrap()
+}
+
+/// Seeds rows for two tenants through the control connection (as the superuser, bypassing RLS
+/// on purpose: this is the test's setup, not the system under test).
+async fn seed(cfg: &tokio_postgres::Config) {
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(
+        "INSERT INTO shared.notes VALUES ('aa', 1, 'a1'), ('aa', 2, 'a2'), ('bb', 1, 'b1')",
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn runtime_role_without_context_sees_nothing_and_cannot_insert() {
+    let (cfg, name) = fresh_db().await;
+    let db = connect(cfg.clone(), &name, &PoolSettings::default()).await;
+    seed(&cfg).await;
+    let client = db.runtime().get().await.unwrap();
+    // Plain queries, no scoped transaction: no app.tenant_id at all.
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM notes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "no tenant context must mean no rows");
+    let err = client
+        .execute("INSERT INTO notes VALUES ('aa', 9, 'x')", &[])
+        .await
+        .unwrap_err();
+    assert!(db_msg(&err).contains("row-level security"), "{err:?}");
+    // A setting reset to '' (what a pooled connection carries after a local set_config) is
+    // also nothing.
+    client
+        .batch_execute("BEGIN; SELECT set_config('app.tenant_id', 'aa', true); COMMIT;")
+        .await
+        .unwrap();
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM notes", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+    // And the runtime role cannot bypass: no TRUNCATE, no policy changes.
+    assert!(client.batch_execute("TRUNCATE notes").await.is_err());
+    assert!(client
+        .batch_execute("ALTER TABLE notes DISABLE ROW LEVEL SECURITY")
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn scoped_transaction_sees_only_its_tenant() {
+    let (cfg, name) = fresh_db().await;
+    let db = connect(cfg.clone(), &name, &PoolSettings::default()).await;
+    seed(&cfg).await;
+    let a = ctx_for(&db, &t("aa")).await;
+    let tdb = a.db();
+    // Even a statement whose own filter would match everything sees one tenant: RLS holds
+    // although the statement says `tenant_id = $1 OR true`.
+    let rows = tdb
+        .run("SELECT id FROM notes WHERE tenant_id = $1 OR true ORDER BY id", &[])
+        .await
+        .unwrap();
+    let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![1, 2]);
+    // Writing a row for another tenant is refused by WITH CHECK.
+    let mut tx = tdb.begin().await.unwrap();
+    let err = tx
+        .query(
+            "INSERT INTO notes (tenant_id, id, body) VALUES ($1, 5, 'ok')",
+            &[],
+        )
+        .await;
+    assert!(err.is_ok());
+    tx.commit().await.unwrap();
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let rt = db.runtime().get().await.unwrap();
+    let e = rt
+        .batch_execute(
+            "BEGIN; SELECT set_config('app.tenant_id', 'aa', true);
+             INSERT INTO notes VALUES ('bb', 7, 'smuggled'); COMMIT;",
+        )
+        .await
+        .unwrap_err();
+    assert!(db_msg(&e).contains("row-level security"), "{e:?}");
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM shared.notes WHERE tenant_id = 'bb'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1, "nothing was smuggled into bb");
+}
+
+#[tokio::test]
+async fn statements_without_the_tenant_filter_are_refused() {
+    let (cfg, name) = fresh_db().await;
+    let db = connect(cfg, &name, &PoolSettings::default()).await;
+    let a = ctx_for(&db, &t("aa")).await;
+    let e = a
+        .db()
+        .run("SELECT id FROM notes", &[])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DbError::Unscoped(_)));
+}
+
+#[tokio::test]
+async fn pooled_connection_never_carries_a_tenant_even_after_cancellation() {
+    let (cfg, name) = fresh_db().await;
+    let settings = PoolSettings {
+        runtime_max: 1,
+        ..PoolSettings::default()
+    };
+    let db = connect(cfg.clone(), &name, &settings).await;
+    seed(&cfg).await;
+    let a = ctx_for(&db, &t("aa")).await;
+    // 1. An open transaction dropped without commit (an error path or a panic).
+    {
+        let mut tx = a.db().begin().await.unwrap();
+        tx.query("SELECT id FROM notes WHERE tenant_id = $1", &[])
+            .await
+            .unwrap();
+        drop(tx);
+    }
+    assert_clean(&db).await;
+    // 2. A handler future cancelled mid-statement (a client that hung up).
+    {
+        let fut = async {
+            let mut tx = a.db().begin().await.unwrap();
+            tx.query(
+                "SELECT id FROM notes, pg_sleep(2) WHERE tenant_id = $1",
+                &[],
+            )
+            .await
+        };
+        let r = tokio::time::timeout(std::time::Duration::from_millis(200), fut).await;
+        assert!(r.is_err(), "the statement must have been cancelled by the timeout");
+    }
+    assert_clean(&db).await;
+}
+
+/// The only runtime connection is idle, outside any transaction, with no tenant setting.
+async fn assert_clean(db: &Database) {
+    let c = db.runtime().get().await.unwrap();
+    // SAVEPOINT fails outside a transaction block: if it succeeds, the connection came back
+    // from the pool inside someone's transaction.
+    let e = c.batch_execute("SAVEPOINT probe").await.unwrap_err();
+    assert!(
+        db_msg(&e).contains("transaction blocks"),
+        "connection was returned inside a transaction: {e:?}"
+    );
+    let row = c
+        .query_one(
+            "SELECT coalesce(current_setting('app.tenant_id', true), ''),
+                    (SELECT count(*) FROM notes)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "");
+    assert_eq!(row.get::<_, i64>(1), 0);
+}
+
+/// Counts "turns": each time traffic flows client→server after the server last spoke is one
+/// round trip begun by the client.
+struct TurnCounter {
+    turns: AtomicUsize,
+    last: AtomicU8,
+}
+
+async fn proxy(target: String) -> (u16, Arc<TurnCounter>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counter = Arc::new(TurnCounter {
+        turns: AtomicUsize::new(0),
+        last: AtomicU8::new(1),
+    });
+    let c = counter.clone();
+    tokio::spawn(async move {
+        loop {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = TcpStream::connect(&target).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let c1 = c.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || sw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    if c1.last.swap(0, Ordering::SeqCst) != 0 {
+                        c1.turns.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+            let c2 = c.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 || cw.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    c2.last.store(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (port, counter)
+}
+
+#[tokio::test]
+async fn a_scoped_read_costs_one_round_trip() {
+    let (cfg, name) = fresh_db().await;
+    // Bootstrap directly, then route the runtime pool through the counting proxy.
+    let _ = connect(cfg.clone(), &name, &PoolSettings::default()).await;
+    seed(&cfg).await;
+    let (port, counter) = proxy("127.0.0.1:5432".into()).await;
+    let via_proxy: tokio_postgres::Config =
+        format!("postgres://postgres@127.0.0.1:{port}/{name}").parse().unwrap();
+    let settings = PoolSettings {
+        runtime_max: 1,
+        ..PoolSettings::default()
+    };
+    let db = connect(via_proxy, &name, &settings).await;
+    let a = ctx_for(&db, &t("aa")).await;
+    let sql = "SELECT body FROM notes WHERE tenant_id = $1 AND id = $2";
+    // Warm the connection's statement cache.
+    a.db().run(sql, &[&1i32]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    let mut scoped = Vec::new();
+    for _ in 0..20 {
+        let before = counter.turns.load(Ordering::SeqCst);
+        let rows = a.db().run(sql, &[&1i32]).await.unwrap();
+        assert_eq!(rows.len(), 1);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        scoped.push(counter.turns.load(Ordering::SeqCst) - before);
+    }
+    // A bare prepared query on the same connection, for comparison.
+    let client = db.runtime().get().await.unwrap();
+    let stmt = client
+        .prepare("SELECT body FROM notes WHERE tenant_id = $1 AND id = $2")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let before = counter.turns.load(Ordering::SeqCst);
+    client.query(&stmt, &[&"aa", &1i32]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let bare = counter.turns.load(Ordering::SeqCst) - before;
+    eprintln!("round trips: scoped read {scoped:?}, bare query {bare}");
+    assert_eq!(bare, 1);
+    // BEGIN + set_config + query + COMMIT travel together: the same single round trip.
+    assert!(scoped.iter().all(|&n| n == 1), "scoped reads took {scoped:?} round trips");
+}
+
+/// A tenant context through the public, audited admin path (the only way in from outside the
+/// crate besides request resolution), creating the tenant in the catalog if needed.
+async fn ctx_for(db: &Database, slug: &TenantId) -> TenantContext {
+    let tenancy = Tenancy::new(Catalog::new(db.clone()), TenancyConfig::default());
+    let actor = Actor {
+        name: "test".into(),
+        request_id: "test".into(),
+    };
+    let new = NewTenant {
+        slug: slug.clone(),
+        name: slug.to_string(),
+        plan: "free".into(),
+        isolation: tenantry::Isolation::Shared,
+    };
+    let _ = tenancy.catalog().create_tenant(&new, &actor).await;
+    tenancy
+        .admin_context(slug, &actor, "test", "test")
+        .await
+        .unwrap()
+}
