@@ -129,12 +129,13 @@ impl Application {
                 limiter_tenancy.limiter().sweep();
             }
         }));
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
         Ok(Self {
             listener,
             router: router(state),
@@ -149,7 +150,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests finish,
     /// and stops the managed PostgreSQL if this process started it.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "tenantry listening");
         let r = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
@@ -229,11 +233,13 @@ pub fn router(state: AppState) -> Router {
                         principal = tracing::field::Empty,
                     )
                 })
-                .on_response(
-                    |res: &Response, latency: Duration, _span: &tracing::Span| {
-                        tracing::info!(status = res.status().as_u16(), latency_ms = latency.as_secs_f64() * 1e3, "response");
-                    },
-                ),
+                .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
+                    tracing::info!(
+                        status = res.status().as_u16(),
+                        latency_ms = latency.as_secs_f64() * 1e3,
+                        "response"
+                    );
+                }),
         )
         .layer(RequestIdLayer)
 }
@@ -243,7 +249,10 @@ async fn not_found() -> Problem {
 }
 
 async fn method_not_allowed() -> Problem {
-    Problem::new(ErrorCode::MethodNotAllowed, "method not allowed on this route")
+    Problem::new(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed on this route",
+    )
 }
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {

@@ -90,12 +90,18 @@ impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Settings")
             .field("listen", &self.listen)
-            .field("database_url", &self.database_url.as_ref().map(|_| "<redacted>"))
+            .field(
+                "database_url",
+                &self.database_url.as_ref().map(|_| "<redacted>"),
+            )
             .field(
                 "runtime_database_url",
                 &self.runtime_database_url.as_ref().map(|_| "<redacted>"),
             )
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("base_domain", &self.base_domain)
             .field("role_prefix", &self.role_prefix)
             .field("data_dir", &self.data_dir)
@@ -226,9 +232,10 @@ mod tests {
 
     #[test]
     fn plans_parse() {
-        let f: FileConfig =
-            toml::from_str("[plans.free]\nrequests = 5\n[plans.gold]\nrequests = 9\nper_seconds = 60\n")
-                .unwrap();
+        let f: FileConfig = toml::from_str(
+            "[plans.free]\nrequests = 5\n[plans.gold]\nrequests = 9\nper_seconds = 60\n",
+        )
+        .unwrap();
         assert_eq!(f.plans["gold"].per_seconds, 60);
         assert_eq!(f.plans["free"].per_seconds, 3600);
     }

@@ -7,7 +7,11 @@ use tenantry_server::app::Application;
 use tenantry_server::config::{ServeArgs, Settings};
 
 #[derive(Parser)]
-#[command(name = "tenantry", version, about = "Multi-tenant API server and operator CLI")]
+#[command(
+    name = "tenantry",
+    version,
+    about = "Multi-tenant API server and operator CLI"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -95,7 +95,17 @@ mod tests {
         let mut e = Vec::new();
         assert_eq!(email(" A@Example.com ", &mut e), "a@example.com");
         assert!(e.is_empty());
-        for bad in ["", "a", "a@b", "@b.c", "a@@b.c", "a b@c.d", "a@.c", "a@c.", "a@b\u{0}.c"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.c",
+            "a@@b.c",
+            "a b@c.d",
+            "a@.c",
+            "a@c.",
+            "a@b\u{0}.c",
+        ] {
             let mut e = Vec::new();
             email(bad, &mut e);
             assert_eq!(e.len(), 1, "{bad:?}");

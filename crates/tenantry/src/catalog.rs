@@ -99,8 +99,7 @@ pub struct Catalog {
 }
 
 const TENANT_COLS: &str = "slug, name, plan, status, isolation, rate_limit, created_at";
-const KEY_COLS: &str =
-    "id, name, prefix, scopes, created_at, expires_at, last_used_at, revoked_at";
+const KEY_COLS: &str = "id, name, prefix, scopes, created_at, expires_at, last_used_at, revoked_at";
 
 impl Catalog {
     pub fn new(db: Database) -> Self {
@@ -206,8 +205,7 @@ impl Catalog {
         loop {
             match config.connect(tokio_postgres::NoTls).await {
                 Ok((client, mut conn)) => {
-                    let mut stream =
-                        futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                    let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
                     let listen_sql = format!("LISTEN {CHANNEL}");
                     let ok = {
                         let listen = client.batch_execute(&listen_sql);
@@ -250,7 +248,11 @@ impl Catalog {
     // ----- writes (control pool, audited in the same transaction) -----
 
     /// Creates a tenant row. Storage provisioning for non-shared placements happens elsewhere.
-    pub async fn create_tenant(&self, t: &NewTenant, actor: &Actor) -> Result<Tenant, CatalogError> {
+    pub async fn create_tenant(
+        &self,
+        t: &NewTenant,
+        actor: &Actor,
+    ) -> Result<Tenant, CatalogError> {
         let mut client = self.db.control().get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         let row = tx
@@ -330,7 +332,14 @@ impl Catalog {
                         updated_at = now()
                      WHERE slug = $1 RETURNING {TENANT_COLS}"
                 ),
-                &[&slug.as_str(), &patch.name, &patch.plan, &status, &set_rate, &rate],
+                &[
+                    &slug.as_str(),
+                    &patch.name,
+                    &patch.plan,
+                    &status,
+                    &set_rate,
+                    &rate,
+                ],
             )
             .await
             .map_err(DbError::from)?;
@@ -400,7 +409,14 @@ impl Catalog {
             .await
             .map_err(DbError::from)?;
         let info = key_from_row(&row);
-        audit::record_in(&tx, actor, Some(tenant), "api_key.create", &info.id.to_string()).await?;
+        audit::record_in(
+            &tx,
+            actor,
+            Some(tenant),
+            "api_key.create",
+            &info.id.to_string(),
+        )
+        .await?;
         tx.commit().await.map_err(DbError::from)?;
         Ok((info, new.key))
     }

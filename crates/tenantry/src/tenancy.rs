@@ -139,7 +139,8 @@ impl Tenancy {
     /// Resolves a request to a tenant context, applying every rule in [`crate::resolve`].
     pub async fn resolve(&self, parts: &Parts) -> Result<TenantContext, ResolveError> {
         let hints = resolve::hints(parts, &self.inner.config.resolver)?;
-        let cred = credential::from_headers(&parts.headers)?.ok_or(ResolveError::Unauthenticated)?;
+        let cred =
+            credential::from_headers(&parts.headers)?.ok_or(ResolveError::Unauthenticated)?;
         let (tenant_id, principal) = match cred {
             Credential::ApiKey(text) => self.verify_key(text).await?,
             // JWT verification is not configured in this build: a bearer token that is not an

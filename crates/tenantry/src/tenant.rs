@@ -152,7 +152,14 @@ mod tests {
 
     #[test]
     fn slug_grammar() {
-        for ok in ["ab", "acme", "a1", "acme-corp", "a-", &format!("a{}", "b".repeat(62))] {
+        for ok in [
+            "ab",
+            "acme",
+            "a1",
+            "acme-corp",
+            "a-",
+            &format!("a{}", "b".repeat(62)),
+        ] {
             assert!(TenantId::parse(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -5,9 +5,9 @@
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tenantry::db::{Database, DbError, PoolSettings, RoleNames, TenantMigration};
 use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
+use tenantry::db::{Database, DbError, PoolSettings, RoleNames, TenantMigration};
 use tenantry::{Catalog, Tenancy, TenancyConfig, TenantContext, TenantId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,7 +24,8 @@ const MIGRATIONS: &[TenantMigration] = &[TenantMigration {
 }];
 
 fn base_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
 /// A fresh database and a unique role prefix for one test.
@@ -55,7 +56,9 @@ async fn connect(cfg: tokio_postgres::Config, prefix: &str, settings: &PoolSetti
 }
 
 fn db_msg(e: &tokio_postgres::Error) -> String {
-    e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default()
+    e.as_db_error()
+        .map(|d| d.message().to_owned())
+        .unwrap_or_default()
 }
 
 fn t(s: &str) -> TenantId {
@@ -122,7 +125,10 @@ async fn scoped_transaction_sees_only_its_tenant() {
     // Even a statement whose own filter would match everything sees one tenant: RLS holds
     // although the statement says `tenant_id = $1 OR true`.
     let rows = tdb
-        .run("SELECT id FROM notes WHERE tenant_id = $1 OR true ORDER BY id", &[])
+        .run(
+            "SELECT id FROM notes WHERE tenant_id = $1 OR true ORDER BY id",
+            &[],
+        )
         .await
         .unwrap();
     let ids: Vec<i32> = rows.iter().map(|r| r.get(0)).collect();
@@ -149,7 +155,10 @@ async fn scoped_transaction_sees_only_its_tenant() {
         .unwrap_err();
     assert!(db_msg(&e).contains("row-level security"), "{e:?}");
     let n: i64 = c
-        .query_one("SELECT count(*) FROM shared.notes WHERE tenant_id = 'bb'", &[])
+        .query_one(
+            "SELECT count(*) FROM shared.notes WHERE tenant_id = 'bb'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -161,11 +170,7 @@ async fn statements_without_the_tenant_filter_are_refused() {
     let (cfg, name) = fresh_db().await;
     let db = connect(cfg, &name, &PoolSettings::default()).await;
     let a = ctx_for(&db, &t("aa")).await;
-    let e = a
-        .db()
-        .run("SELECT id FROM notes", &[])
-        .await
-        .unwrap_err();
+    let e = a.db().run("SELECT id FROM notes", &[]).await.unwrap_err();
     assert!(matches!(e, DbError::Unscoped(_)));
 }
 
@@ -199,7 +204,10 @@ async fn pooled_connection_never_carries_a_tenant_even_after_cancellation() {
             .await
         };
         let r = tokio::time::timeout(std::time::Duration::from_millis(200), fut).await;
-        assert!(r.is_err(), "the statement must have been cancelled by the timeout");
+        assert!(
+            r.is_err(),
+            "the statement must have been cancelled by the timeout"
+        );
     }
     assert_clean(&db).await;
 }
@@ -281,8 +289,9 @@ async fn a_scoped_read_costs_one_round_trip() {
     let _ = connect(cfg.clone(), &name, &PoolSettings::default()).await;
     seed(&cfg).await;
     let (port, counter) = proxy("127.0.0.1:5432".into()).await;
-    let via_proxy: tokio_postgres::Config =
-        format!("postgres://postgres@127.0.0.1:{port}/{name}").parse().unwrap();
+    let via_proxy: tokio_postgres::Config = format!("postgres://postgres@127.0.0.1:{port}/{name}")
+        .parse()
+        .unwrap();
     let settings = PoolSettings {
         runtime_max: 1,
         ..PoolSettings::default()
@@ -316,7 +325,10 @@ async fn a_scoped_read_costs_one_round_trip() {
     eprintln!("round trips: scoped read {scoped:?}, bare query {bare}");
     assert_eq!(bare, 1);
     // BEGIN + set_config + query + COMMIT travel together: the same single round trip.
-    assert!(scoped.iter().all(|&n| n == 1), "scoped reads took {scoped:?} round trips");
+    assert!(
+        scoped.iter().all(|&n| n == 1),
+        "scoped reads took {scoped:?} round trips"
+    );
 }
 
 /// A tenant context through the public, audited admin path (the only way in from outside the

@@ -51,12 +51,22 @@ impl AdminTokens {
 struct AdminName(String);
 
 /// Checks the admin bearer token on every admin route.
-pub async fn require_admin(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let mut values = req.headers().get_all(axum::http::header::AUTHORIZATION).iter();
+pub async fn require_admin(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let mut values = req
+        .headers()
+        .get_all(axum::http::header::AUTHORIZATION)
+        .iter();
     let first = values.next();
     if values.next().is_some() {
-        return Problem::new(ErrorCode::InvalidHeader, "more than one Authorization header")
-            .into_response();
+        return Problem::new(
+            ErrorCode::InvalidHeader,
+            "more than one Authorization header",
+        )
+        .into_response();
     }
     let Some(value) = first else {
         return Problem::new(ErrorCode::Unauthenticated, "admin bearer token required")
@@ -206,12 +216,18 @@ pub async fn create_tenant(
         Some(other) => {
             errors.push(FieldError::new(
                 "isolation",
-                format!("{} placement is not available in this build; use shared", other.as_str()),
+                format!(
+                    "{} placement is not available in this build; use shared",
+                    other.as_str()
+                ),
             ));
             None
         }
         None => {
-            errors.push(FieldError::new("isolation", "must be one of: shared, schema, database"));
+            errors.push(FieldError::new(
+                "isolation",
+                "must be one of: shared, schema, database",
+            ));
             None
         }
     };
@@ -245,7 +261,10 @@ pub async fn list_tenants(
     let limit = page::limit(q.limit).map_err(|e| Problem::validation(vec![e]))?;
     if let Some(c) = &q.cursor {
         TenantId::parse(c).map_err(|_| {
-            Problem::validation(vec![FieldError::new("cursor", "not a cursor from this list")])
+            Problem::validation(vec![FieldError::new(
+                "cursor",
+                "not a cursor from this list",
+            )])
         })?;
     }
     let rows = state
@@ -310,7 +329,10 @@ pub async fn patch_tenant(
         Some(s) => match TenantStatus::parse(s) {
             Some(st) => Some(st),
             None => {
-                errors.push(FieldError::new("status", "must be one of: active, suspended"));
+                errors.push(FieldError::new(
+                    "status",
+                    "must be one of: active, suspended",
+                ));
                 None
             }
         },
@@ -458,7 +480,8 @@ pub async fn audit_log(
     let tenant = match q.tenant.as_deref() {
         None | Some("") => None,
         Some(t) => Some(
-            TenantId::parse(t).map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?,
+            TenantId::parse(t)
+                .map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?,
         ),
     };
     let before = match q.cursor.as_deref() {
@@ -481,8 +504,9 @@ pub async fn audit_log(
         limit + 1,
     )
     .await?;
-    Ok(Json(Page::from_rows(rows, limit, |e: &audit::AuditEntry| {
-        e.id.clone()
-    })))
+    Ok(Json(Page::from_rows(
+        rows,
+        limit,
+        |e: &audit::AuditEntry| e.id.clone(),
+    )))
 }
-

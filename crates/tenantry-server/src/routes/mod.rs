@@ -24,6 +24,8 @@ pub fn tenant_data() -> Router<AppState> {
         .route("/orders", get(orders::list).post(orders::create))
         .route(
             "/orders/{id}",
-            get(orders::get).patch(orders::update).delete(orders::delete),
+            get(orders::get)
+                .patch(orders::update)
+                .delete(orders::delete),
         )
 }

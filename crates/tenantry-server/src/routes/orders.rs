@@ -118,7 +118,12 @@ pub async fn create(
     let mut errors = Vec::new();
     validate::amount(body.amount_cents, &mut errors);
     validate::currency(&body.currency, &mut errors);
-    validate::one_of("status", &body.status, validate::ORDER_STATUSES, &mut errors);
+    validate::one_of(
+        "status",
+        &body.status,
+        validate::ORDER_STATUSES,
+        &mut errors,
+    );
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
@@ -182,7 +187,13 @@ pub async fn update(
                     updated_at = now()
              WHERE tenant_id = $1 AND id = $2
              RETURNING id, user_id, amount_cents, currency, status, created_at, updated_at",
-            &[&id, &body.user_id, &body.amount_cents, &body.currency, &body.status],
+            &[
+                &id,
+                &body.user_id,
+                &body.amount_cents,
+                &body.currency,
+                &body.status,
+            ],
         )
         .await
         .map_err(user_ref)?

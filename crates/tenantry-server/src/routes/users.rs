@@ -23,7 +23,6 @@ pub struct User {
     pub updated_at: DateTime<Utc>,
 }
 
-
 fn from_row(r: &Row) -> User {
     User {
         id: r.get(0),
@@ -156,7 +155,10 @@ pub async fn update(
     Json(body): Json<UpdateUser>,
 ) -> Result<Json<User>, Problem> {
     let mut errors: Vec<FieldError> = Vec::new();
-    let email = body.email.as_deref().map(|e| validate::email(e, &mut errors));
+    let email = body
+        .email
+        .as_deref()
+        .map(|e| validate::email(e, &mut errors));
     if let Some(n) = &body.name {
         validate::name("name", n, &mut errors);
     }
@@ -192,4 +194,3 @@ pub async fn delete(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<St
         .ok_or_else(Problem::not_found)?;
     Ok(StatusCode::NO_CONTENT)
 }
-

@@ -135,13 +135,19 @@ mod tests {
         let i = 20;
         bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
         let typo = String::from_utf8(bytes).unwrap();
-        assert_eq!(PresentedKey::parse(&typo).unwrap_err(), KeyFormatError::Checksum);
+        assert_eq!(
+            PresentedKey::parse(&typo).unwrap_err(),
+            KeyFormatError::Checksum
+        );
     }
 
     #[test]
     fn malformed() {
         for bad in ["", "tk_", "tk_short", &"x".repeat(KEY_LEN), "tk_é"] {
-            assert_eq!(PresentedKey::parse(bad).unwrap_err(), KeyFormatError::Malformed);
+            assert_eq!(
+                PresentedKey::parse(bad).unwrap_err(),
+                KeyFormatError::Malformed
+            );
         }
         let k = NewKey::generate();
         let swapped = k.key.replacen("tk_", "tx_", 1);

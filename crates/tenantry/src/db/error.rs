@@ -45,8 +45,16 @@ pub enum DbError {
         source: Box<DbError>,
     },
     /// Anything else from PostgreSQL.
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Other(tokio_postgres::Error),
+}
+
+/// tokio-postgres's Display says only "db error"; operators need the server's message.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
 }
 
 impl From<tokio_postgres::Error> for DbError {

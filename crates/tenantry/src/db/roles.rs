@@ -150,9 +150,9 @@ pub async fn check_runtime_role(client: &Object, roles: &RoleNames) -> Result<()
     }
     let truncate: i64 = client
         .query_one(
-            "SELECT count(*) FROM pg_tables
-             WHERE schemaname = $1
-               AND has_table_privilege(format('%I.%I', schemaname, tablename), 'TRUNCATE')",
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+               AND has_table_privilege(c.oid, 'TRUNCATE')",
             &[&SHARED_SCHEMA],
         )
         .await?

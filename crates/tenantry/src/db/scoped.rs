@@ -38,7 +38,10 @@ const TENANT_FILTER: &str = "tenant_id = $1";
 /// forgetting, not against malice: forced RLS is what holds against the latter.
 fn is_scoped(sql: &str) -> bool {
     let head = sql.trim_start();
-    if head.get(..6).is_some_and(|h| h.eq_ignore_ascii_case("insert")) {
+    if head
+        .get(..6)
+        .is_some_and(|h| h.eq_ignore_ascii_case("insert"))
+    {
         let compact: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
         return compact.contains("(tenant_id,") && compact.contains("($1,");
     }
@@ -245,9 +248,13 @@ mod tests {
 
     #[test]
     fn scoped_statements() {
-        assert!(is_scoped("SELECT * FROM t WHERE tenant_id = $1 AND id = $2"));
+        assert!(is_scoped(
+            "SELECT * FROM t WHERE tenant_id = $1 AND id = $2"
+        ));
         assert!(is_scoped("INSERT INTO t (tenant_id, id) VALUES ($1, $2)"));
-        assert!(is_scoped("insert into t\n  (tenant_id, id)\n  values ($1, $2)"));
+        assert!(is_scoped(
+            "insert into t\n  (tenant_id, id)\n  values ($1, $2)"
+        ));
         assert!(!is_scoped("SELECT * FROM t WHERE id = $2"));
         assert!(!is_scoped("INSERT INTO t (id, tenant_id) VALUES ($2, $1)"));
         assert!(!is_scoped("DELETE FROM t"));

@@ -22,9 +22,13 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantContext {
     /// A handler that takes a `TenantContext` can only run after resolution put one here. On a
     /// route mounted without [`TenancyLayer`] this fails closed (500), never "all tenants".
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<TenantContext>().cloned().ok_or_else(|| {
-            Problem::internal(&"a tenant route is mounted without the tenancy layer")
-        })
+        parts
+            .extensions
+            .get::<TenantContext>()
+            .cloned()
+            .ok_or_else(|| {
+                Problem::internal(&"a tenant route is mounted without the tenancy layer")
+            })
     }
 }
 

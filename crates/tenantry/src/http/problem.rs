@@ -172,14 +172,20 @@ impl Problem {
     /// A 500 whose cause is logged here and not sent to the client.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(ErrorCode::Internal, "internal error; see the server log for this request id")
+        Self::new(
+            ErrorCode::Internal,
+            "internal error; see the server log for this request id",
+        )
     }
 
     pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
         tracing::warn!(error = %cause, "dependency unavailable");
         Self {
             retry_after: Some(1),
-            ..Self::new(ErrorCode::Unavailable, "a dependency is unavailable; retry shortly")
+            ..Self::new(
+                ErrorCode::Unavailable,
+                "a dependency is unavailable; retry shortly",
+            )
         }
     }
 
@@ -222,9 +228,9 @@ impl From<crate::db::DbError> for Problem {
         match e {
             DbError::Unavailable(_) | DbError::Timeout => Problem::unavailable(&e),
             DbError::Unique { .. } => Problem::new(ErrorCode::Conflict, "already exists"),
-            DbError::ForeignKey { .. } | DbError::Check { .. } => Problem::validation(vec![
-                FieldError::new("body", "violates a constraint"),
-            ]),
+            DbError::ForeignKey { .. } | DbError::Check { .. } => {
+                Problem::validation(vec![FieldError::new("body", "violates a constraint")])
+            }
             other => Problem::internal(&other),
         }
     }

@@ -22,7 +22,11 @@ pub enum Credential<'a> {
 
 /// The request's credential, if any.
 pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ResolveError> {
-    let auth = single(headers, http::header::AUTHORIZATION.as_str(), "Authorization")?;
+    let auth = single(
+        headers,
+        http::header::AUTHORIZATION.as_str(),
+        "Authorization",
+    )?;
     let api_key = single(headers, "x-api-key", "X-Api-Key")?;
     let bearer = match auth {
         None => None,
@@ -108,11 +112,17 @@ mod tests {
             Ok(Some(Credential::Bearer("eyJ")))
         );
         assert!(matches!(
-            from_headers(&map(&[("authorization", "Bearer a"), ("authorization", "Bearer b")])),
+            from_headers(&map(&[
+                ("authorization", "Bearer a"),
+                ("authorization", "Bearer b")
+            ])),
             Err(ResolveError::BadHeader(_))
         ));
         assert!(matches!(
-            from_headers(&map(&[("authorization", "Bearer tk_a"), ("x-api-key", "tk_b")])),
+            from_headers(&map(&[
+                ("authorization", "Bearer tk_a"),
+                ("x-api-key", "tk_b")
+            ])),
             Err(ResolveError::BadHeader(_))
         ));
         assert_eq!(

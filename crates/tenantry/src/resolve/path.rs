@@ -21,8 +21,17 @@ mod tests {
     #[test]
     fn cases() {
         let p = "/v1/tenants/";
-        assert_eq!(hint("/v1/tenants/acme/orders", p).unwrap().unwrap().as_str(), "acme");
-        assert_eq!(hint("/v1/tenants/acme", p).unwrap().unwrap().as_str(), "acme");
+        assert_eq!(
+            hint("/v1/tenants/acme/orders", p)
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "acme"
+        );
+        assert_eq!(
+            hint("/v1/tenants/acme", p).unwrap().unwrap().as_str(),
+            "acme"
+        );
         assert!(hint("/v1/orders", p).unwrap().is_none());
         assert!(hint("/v1/tenant", p).unwrap().is_none());
         assert!(hint("/v1/tenants/ACME/orders", p).is_err());

@@ -11,7 +11,11 @@ use crate::tenant::TenantId;
 const WHAT: &str = "subdomain";
 
 /// The tenant named by the host, if the host is a subdomain of `base`.
-pub fn hint(parts: &Parts, base: &str, ignored: &[String]) -> Result<Option<TenantId>, ResolveError> {
+pub fn hint(
+    parts: &Parts,
+    base: &str,
+    ignored: &[String],
+) -> Result<Option<TenantId>, ResolveError> {
     let host = match parts.headers.get(http::header::HOST) {
         Some(v) => v
             .to_str()
@@ -25,7 +29,11 @@ pub fn hint(parts: &Parts, base: &str, ignored: &[String]) -> Result<Option<Tena
 }
 
 /// Parses a `Host` value against the base domain.
-pub fn from_host(host: &str, base: &str, ignored: &[String]) -> Result<Option<TenantId>, ResolveError> {
+pub fn from_host(
+    host: &str,
+    base: &str,
+    ignored: &[String],
+) -> Result<Option<TenantId>, ResolveError> {
     if !host.is_ascii() {
         return Err(ResolveError::BadHeader("the Host header is not ASCII"));
     }

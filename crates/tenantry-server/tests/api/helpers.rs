@@ -1,0 +1,219 @@
+//! `spawn_app()`: a server on port 0 over a fresh database with its own role prefix.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tenantry::Plans;
+use tenantry_server::app::Application;
+use tenantry_server::config::Settings;
+use tokio_postgres::NoTls;
+
+pub const ADMIN: &str = "test-admin-token-0123456789";
+
+pub fn base_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub struct TestApp {
+    pub addr: String,
+    pub client: reqwest::Client,
+    pub db_name: String,
+    pub db_url: String,
+}
+
+/// Creates a fresh database named like the role prefix (`tt_<random>`).
+pub async fn fresh_database() -> (String, String) {
+    let name = format!("tt_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls)
+        .await
+        .expect("PostgreSQL reachable at TEST_DATABASE_URL (default 127.0.0.1:5432)");
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    (name.clone(), format!("{}/{name}", base_url()))
+}
+
+pub fn settings(db_name: &str, db_url: &str) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database_url: Some(db_url.to_owned()),
+        runtime_database_url: None,
+        admin_token: Some(ADMIN.into()),
+        base_domain: "localhost".into(),
+        role_prefix: db_name.to_owned(),
+        data_dir: std::env::temp_dir().join(db_name),
+        plans: Plans::default(),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    let (db_name, db_url) = fresh_database().await;
+    spawn_with(settings(&db_name, &db_url)).await
+}
+
+pub async fn spawn_with(s: Settings) -> TestApp {
+    let db_name = s.role_prefix.clone();
+    let db_url = s.database_url.clone().unwrap_or_default();
+    let app = Application::build(s).await.expect("server starts");
+    let port = app.port();
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp {
+        addr: format!("http://127.0.0.1:{port}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        db_name,
+        db_url,
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Res {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Res {
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    /// Asserts a problem response with this status and code.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        assert_eq!(self.code(), code, "{self:?}");
+        assert_eq!(
+            self.headers["content-type"], "application/problem+json",
+            "{self:?}"
+        );
+    }
+
+    #[track_caller]
+    pub fn ok(&self, status: u16) -> &Value {
+        assert_eq!(self.status.as_u16(), status, "{self:?}");
+        &self.body
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    /// Sends a request with optional JSON body and extra headers.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Res {
+        let mut req = self.client.request(method, self.url(path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        into_res(req.send().await.expect("request sent")).await
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Res {
+        let auth = format!("Bearer {ADMIN}");
+        self.send(method, path, &[("authorization", &auth)], body)
+            .await
+    }
+
+    /// A tenant-plane request with an API key.
+    pub async fn with_key(
+        &self,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Res {
+        let auth = format!("Bearer {key}");
+        self.send(method, path, &[("authorization", &auth)], body)
+            .await
+    }
+
+    /// Creates a tenant and a read-write key; returns the key.
+    pub async fn tenant(&self, slug: &str) -> String {
+        self.tenant_with(slug, json!({"slug": slug, "name": slug, "plan": "pro"}))
+            .await
+    }
+
+    pub async fn tenant_with(&self, slug: &str, body: Value) -> String {
+        self.admin(Method::POST, "/admin/v1/tenants", Some(body))
+            .await
+            .ok(201);
+        self.key(slug, json!({"name": "test"})).await
+    }
+
+    pub async fn key(&self, slug: &str, body: Value) -> String {
+        let r = self
+            .admin(
+                Method::POST,
+                &format!("/admin/v1/tenants/{slug}/api-keys"),
+                Some(body),
+            )
+            .await;
+        r.ok(201)["key"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn user(&self, key: &str, email: &str) -> String {
+        let r = self
+            .with_key(
+                key,
+                Method::POST,
+                "/v1/users",
+                Some(json!({"email": email, "name": "U"})),
+            )
+            .await;
+        r.ok(201)["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn order(&self, key: &str, user: &str, amount: i64) -> String {
+        let r = self
+            .with_key(
+                key,
+                Method::POST,
+                "/v1/orders",
+                Some(json!({"user_id": user, "amount_cents": amount, "currency": "EUR"})),
+            )
+            .await;
+        r.ok(201)["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A superuser connection to this test's database (for SQL-level checks only).
+    pub async fn sql(&self) -> tokio_postgres::Client {
+        let (c, conn) = tokio_postgres::connect(&self.db_url, NoTls).await.unwrap();
+        tokio::spawn(conn);
+        c
+    }
+}
+
+pub async fn into_res(r: reqwest::Response) -> Res {
+    let status = r.status();
+    let headers = r.headers().clone();
+    let bytes = r.bytes().await.unwrap_or_default();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    Res {
+        status,
+        headers,
+        body,
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: each starts the real server against a fresh PostgreSQL database and talks
+//! HTTP to it. One test binary (one link, shared helpers), many modules.
+
+mod admin;
+mod helpers;
+mod input;
+mod isolation;
+mod resolution;
+mod startup;
