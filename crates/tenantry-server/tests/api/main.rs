@@ -5,5 +5,6 @@ mod admin;
 mod helpers;
 mod input;
 mod isolation;
+mod lifecycle;
 mod resolution;
 mod startup;
