@@ -189,7 +189,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/admin/v1/tenants/{tenant}",
-            get(admin::get_tenant).patch(admin::patch_tenant),
+            get(admin::get_tenant)
+                .patch(admin::patch_tenant)
+                .delete(admin::delete_tenant),
+        )
+        .route(
+            "/admin/v1/servers",
+            get(admin::list_servers).post(admin::add_server),
         )
         .route(
             "/admin/v1/tenants/{tenant}/api-keys",

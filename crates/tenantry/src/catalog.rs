@@ -24,8 +24,9 @@ use uuid::Uuid;
 use crate::audit::{self, Actor};
 use crate::auth::api_key::NewKey;
 use crate::auth::Scope;
+use crate::db::Placement;
 use crate::db::{Database, DbError};
-use crate::tenant::{Isolation, RateLimitOverride, Tenant, TenantId, TenantStatus};
+use crate::tenant::{Isolation, RateLimitOverride, StorageState, Tenant, TenantId, TenantStatus};
 
 /// The notification channel for cache invalidation.
 pub const CHANNEL: &str = "tenantry_catalog";
@@ -68,6 +69,8 @@ pub struct NewTenant {
     pub name: String,
     pub plan: String,
     pub isolation: Isolation,
+    /// For `database` tenants: the server (default: the control plane's own).
+    pub server: Option<String>,
 }
 
 /// A change to a tenant; `None` leaves a field alone. `rate_limit: Some(None)` clears it.
@@ -98,7 +101,8 @@ pub struct Catalog {
     keys: Cache<String, Option<Arc<KeyRecord>>>,
 }
 
-const TENANT_COLS: &str = "slug, name, plan, status, isolation, rate_limit, created_at";
+const TENANT_COLS: &str = "slug, name, plan, status, isolation, rate_limit, created_at, \
+                           state, server, storage, schema_version";
 const KEY_COLS: &str = "id, name, prefix, scopes, created_at, expires_at, last_used_at, revoked_at";
 
 impl Catalog {
@@ -247,21 +251,37 @@ impl Catalog {
 
     // ----- writes (control pool, audited in the same transaction) -----
 
-    /// Creates a tenant row. Storage provisioning for non-shared placements happens elsewhere.
+    /// Records a new tenant in state `provisioning` (never served until
+    /// [`mark_ready`](Self::mark_ready)). Re-creating a tenant whose provisioning did not finish,
+    /// with the same placement, resumes it instead of failing.
     pub async fn create_tenant(
         &self,
         t: &NewTenant,
+        placement: &Placement,
         actor: &Actor,
     ) -> Result<Tenant, CatalogError> {
         let mut client = self.db.control().get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
+        let (server, storage) = placement.columns();
         let row = tx
             .query_opt(
                 &format!(
-                    "INSERT INTO tenantry.tenants (slug, name, plan, isolation) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (slug) DO NOTHING RETURNING {TENANT_COLS}"
+                    "INSERT INTO tenantry.tenants (slug, name, plan, isolation, state, server, storage)
+                     VALUES ($1, $2, $3, $4, 'provisioning', $5, $6)
+                     ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name, plan = EXCLUDED.plan
+                       WHERE tenants.state = 'provisioning'
+                         AND tenants.isolation = EXCLUDED.isolation
+                         AND tenants.server IS NOT DISTINCT FROM EXCLUDED.server
+                     RETURNING {TENANT_COLS}"
                 ),
-                &[&t.slug.as_str(), &t.name, &t.plan, &t.isolation.as_str()],
+                &[
+                    &t.slug.as_str(),
+                    &t.name,
+                    &t.plan,
+                    &t.isolation.as_str(),
+                    &server,
+                    &storage,
+                ],
             )
             .await
             .map_err(DbError::from)?;
@@ -273,6 +293,82 @@ impl Catalog {
         tx.commit().await.map_err(DbError::from)?;
         self.invalidate_tenant(&t.slug).await;
         Ok(tenant_from_row(&row))
+    }
+
+    /// Marks a tenant's storage complete: from now on it is served.
+    pub async fn mark_ready(&self, slug: &TenantId, version: i32) -> Result<Tenant, DbError> {
+        let mut client = self.db.control().get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "UPDATE tenantry.tenants SET state = 'ready', schema_version = $2, updated_at = now()
+                     WHERE slug = $1 RETURNING {TENANT_COLS}"
+                ),
+                &[&slug.as_str(), &version],
+            )
+            .await?;
+        notify(&tx, &format!("tenant:{slug}")).await?;
+        tx.commit().await?;
+        self.invalidate_tenant(slug).await;
+        Ok(tenant_from_row(&row))
+    }
+
+    /// First step of deprovisioning: the tenant stops being served on every node and its keys
+    /// are deleted, in one transaction. Returns the tenant (as it now is), or `None` if there
+    /// is no such tenant.
+    pub async fn begin_delete(
+        &self,
+        slug: &TenantId,
+        actor: &Actor,
+    ) -> Result<Option<Tenant>, DbError> {
+        let mut client = self.db.control().get().await?;
+        let tx = client.transaction().await?;
+        let row = tx
+            .query_opt(
+                &format!(
+                    "UPDATE tenantry.tenants SET state = 'deleting', updated_at = now()
+                     WHERE slug = $1 RETURNING {TENANT_COLS}"
+                ),
+                &[&slug.as_str()],
+            )
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let prefixes: Vec<String> = tx
+            .query(
+                "DELETE FROM tenantry.api_keys WHERE tenant_id = $1 RETURNING prefix",
+                &[&slug.as_str()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        audit::record_in(&tx, actor, Some(slug), "tenant.delete", slug.as_str()).await?;
+        notify(&tx, &format!("tenant:{slug}")).await?;
+        for p in &prefixes {
+            notify(&tx, &format!("key:{p}")).await?;
+        }
+        tx.commit().await?;
+        self.invalidate_tenant(slug).await;
+        for p in &prefixes {
+            self.invalidate_key(p).await;
+        }
+        Ok(Some(tenant_from_row(&row)))
+    }
+
+    /// Last step of deprovisioning, once the storage is gone.
+    pub async fn finish_delete(&self, slug: &TenantId) -> Result<(), DbError> {
+        let mut client = self.db.control().get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM tenantry.tenants WHERE slug = $1 AND state = 'deleting'",
+            &[&slug.as_str()],
+        )
+        .await?;
+        notify(&tx, &format!("tenant:{slug}")).await?;
+        tx.commit().await?;
+        self.invalidate_tenant(slug).await;
+        Ok(())
     }
 
     /// Lists tenants in slug order, after `cursor`.
@@ -381,7 +477,7 @@ impl Catalog {
         let tx = client.transaction().await.map_err(DbError::from)?;
         let exists = tx
             .query_opt(
-                "SELECT 1 FROM tenantry.tenants WHERE slug = $1 FOR SHARE",
+                "SELECT 1 FROM tenantry.tenants WHERE slug = $1 AND state <> 'deleting' FOR SHARE",
                 &[&tenant.as_str()],
             )
             .await
@@ -487,14 +583,31 @@ fn flatten(e: Arc<DbError>) -> DbError {
 
 fn tenant_from_row(r: &Row) -> Tenant {
     let rate: Option<serde_json::Value> = r.get(5);
+    let isolation = Isolation::parse(r.get(4)).unwrap_or(Isolation::Shared);
+    let server: Option<String> = r.get(8);
+    let storage: Option<String> = r.get(9);
+    let placement = Placement::from_catalog(isolation, server.clone(), storage);
+    // A placement the catalog cannot describe is never served (fail closed).
+    let state = match placement {
+        Some(_) => StorageState::parse(r.get(7)).unwrap_or(StorageState::Provisioning),
+        None => StorageState::Provisioning,
+    };
     Tenant {
         slug: TenantId::parse(r.get(0)).expect("catalog CHECK keeps slugs valid"),
         name: r.get(1),
         plan: r.get(2),
         status: TenantStatus::parse(r.get(3)).unwrap_or(TenantStatus::Suspended),
-        isolation: Isolation::parse(r.get(4)).unwrap_or(Isolation::Shared),
+        isolation,
         rate_limit: rate.and_then(|v| serde_json::from_value(v).ok()),
         created_at: r.get(6),
+        server: if isolation == Isolation::Database {
+            server
+        } else {
+            None
+        },
+        storage_state: state,
+        placement: placement.unwrap_or(Placement::Shared),
+        schema_version: r.get(10),
     }
 }
 

@@ -61,7 +61,7 @@ impl TenantContext {
 
     /// The tenant's storage: every transaction from here is scoped to this tenant.
     pub fn db(&self) -> TenantDb<'_> {
-        TenantDb::new(self.inner.db.runtime(), &self.inner.tenant.slug)
+        TenantDb::new(&self.inner.db, &self.inner.tenant)
     }
 
     /// The rate-limit decision that admitted this request (none for admin contexts).

@@ -16,6 +16,7 @@
 //! - [`audit`]: the append-only audit log.
 //! - [`http`]: tower layers ([`TenancyLayer`], [`RequestIdLayer`]), extractors and
 //!   problem+json errors.
+//! - [`lifecycle`]: provisioning and deprovisioning tenants in every placement.
 //! - [`tenancy`]: [`Tenancy`], which ties them together.
 //!
 //! # Quick start
@@ -57,6 +58,7 @@ pub mod catalog;
 pub mod context;
 pub mod db;
 pub mod http;
+pub mod lifecycle;
 pub mod ratelimit;
 pub mod resolve;
 pub mod tenancy;

@@ -18,7 +18,7 @@ use crate::db::DbError;
 use crate::ratelimit::{Quota, RateLimiter};
 use crate::resolve::credential::{self, Credential};
 use crate::resolve::{self, ResolveError, ResolverConfig};
-use crate::tenant::{Tenant, TenantId, TenantStatus};
+use crate::tenant::{StorageState, Tenant, TenantId, TenantStatus};
 
 /// A plan's limits.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +186,13 @@ impl Tenancy {
         principal: Principal,
         method: &Method,
     ) -> Result<TenantContext, ResolveError> {
+        match tenant.storage_state {
+            StorageState::Ready => {}
+            // Still being created (or its creation crashed): never served.
+            StorageState::Provisioning => return Err(ResolveError::Unavailable),
+            // Being removed: its keys are already gone; anything left is refused.
+            StorageState::Deleting => return Err(ResolveError::InvalidCredentials),
+        }
         if tenant.status != TenantStatus::Active {
             return Err(ResolveError::Suspended);
         }
@@ -224,6 +231,7 @@ impl Tenancy {
             .catalog
             .get_tenant(slug)
             .await?
+            .filter(|t| t.storage_state == StorageState::Ready)
             .ok_or(AdminContextError::TenantNotFound)?;
         audit::record(
             self.inner.catalog.database().runtime(),

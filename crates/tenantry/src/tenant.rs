@@ -134,6 +134,35 @@ pub struct RateLimitOverride {
     pub per_seconds: u32,
 }
 
+/// Whether a tenant's storage is complete. Only `Ready` tenants are served: a tenant whose
+/// provisioning crashed half-way stays `Provisioning` and is never reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageState {
+    Provisioning,
+    Ready,
+    Deleting,
+}
+
+impl StorageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageState::Provisioning => "provisioning",
+            StorageState::Ready => "ready",
+            StorageState::Deleting => "deleting",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "provisioning" => Some(Self::Provisioning),
+            "ready" => Some(Self::Ready),
+            "deleting" => Some(Self::Deleting),
+            _ => None,
+        }
+    }
+}
+
 /// A tenant as the catalog knows it. Shared read-only through `Arc` by the resolution cache.
 #[derive(Debug, Clone, Serialize)]
 pub struct Tenant {
@@ -144,6 +173,16 @@ pub struct Tenant {
     pub isolation: Isolation,
     pub rate_limit: Option<RateLimitOverride>,
     pub created_at: DateTime<Utc>,
+    /// The database server of a `database` tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `ready` unless provisioning or deletion is under way (or crashed).
+    pub storage_state: StorageState,
+    #[serde(skip)]
+    pub placement: crate::db::Placement,
+    /// The newest tenant migration applied to this tenant's storage.
+    #[serde(skip)]
+    pub schema_version: i32,
 }
 
 #[cfg(test)]

@@ -344,8 +344,9 @@ async fn ctx_for(db: &Database, slug: &TenantId) -> TenantContext {
         name: slug.to_string(),
         plan: "free".into(),
         isolation: tenantry::Isolation::Shared,
+        server: None,
     };
-    let _ = tenancy.catalog().create_tenant(&new, &actor).await;
+    let _ = tenantry::lifecycle::create(tenancy.catalog(), &new, &actor).await;
     tenancy
         .admin_context(slug, &actor, "test", "test")
         .await

@@ -12,7 +12,9 @@ use subtle::ConstantTimeEq;
 use tenantry::audit::{self, Actor};
 use tenantry::auth::Scope;
 use tenantry::catalog::{ApiKeyInfo, CatalogError, NewTenant, TenantPatch};
+use tenantry::db::provision;
 use tenantry::http::{ErrorCode, FieldError, Problem, RequestId};
+use tenantry::lifecycle;
 use tenantry::tenancy::AdminContextError;
 use tenantry::tenant::RateLimitOverride;
 use tenantry::{Isolation, Json, Query, Tenant, TenantId, TenantStatus};
@@ -190,6 +192,8 @@ pub struct CreateTenant {
     plan: String,
     #[serde(default = "shared")]
     isolation: String,
+    /// For `database` tenants: which registered server.
+    server: Option<String>,
 }
 
 fn free() -> String {
@@ -211,26 +215,26 @@ pub async fn create_tenant(
     if !state.tenancy.plans().contains(&body.plan) {
         errors.push(plan_error(&state));
     }
-    let isolation = match Isolation::parse(&body.isolation) {
-        Some(Isolation::Shared) => Some(Isolation::Shared),
-        Some(other) => {
+    let isolation = Isolation::parse(&body.isolation);
+    if isolation.is_none() {
+        errors.push(FieldError::new(
+            "isolation",
+            "must be one of: shared, schema, database",
+        ));
+    }
+    if let Some(server) = &body.server {
+        if isolation != Some(Isolation::Database) {
             errors.push(FieldError::new(
-                "isolation",
-                format!(
-                    "{} placement is not available in this build; use shared",
-                    other.as_str()
-                ),
+                "server",
+                "only database tenants are placed on a server",
             ));
-            None
+        } else if !provision::server_names(state.tenancy.catalog().database())
+            .await?
+            .contains(server)
+        {
+            errors.push(FieldError::new("server", "no such database server"));
         }
-        None => {
-            errors.push(FieldError::new(
-                "isolation",
-                "must be one of: shared, schema, database",
-            ));
-            None
-        }
-    };
+    }
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
@@ -239,11 +243,9 @@ pub async fn create_tenant(
         name: body.name,
         plan: body.plan,
         isolation: isolation.unwrap_or(Isolation::Shared),
+        server: body.server,
     };
-    let t = state
-        .tenancy
-        .catalog()
-        .create_tenant(&new, &actor)
+    let t = lifecycle::create(state.tenancy.catalog(), &new, &actor)
         .await
         .map_err(catalog_error)?;
     Ok((StatusCode::CREATED, Json(t)))
@@ -275,6 +277,20 @@ pub async fn list_tenants(
     Ok(Json(Page::from_rows(rows, limit, |t: &Tenant| {
         t.slug.to_string()
     })))
+}
+
+/// Deprovisions a tenant: keys, storage, catalog row. Retrying after a crash finishes the job;
+/// a tenant that is already gone is 404.
+pub async fn delete_tenant(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+    AdminActor(actor): AdminActor,
+) -> Result<StatusCode, Problem> {
+    if lifecycle::delete(state.tenancy.catalog(), &slug, &actor).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(tenant_not_found())
+    }
 }
 
 pub async fn get_tenant(
@@ -509,4 +525,49 @@ pub async fn audit_log(
         limit,
         |e: &audit::AuditEntry| e.id.clone(),
     )))
+}
+
+// ----- database servers -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddServer {
+    name: String,
+    url: String,
+}
+
+/// Registers a PostgreSQL server for `database` tenants. The URL's role must be allowed to
+/// create databases; it is stored in the catalog and never shown again.
+pub async fn add_server(
+    State(state): State<AppState>,
+    AdminActor(actor): AdminActor,
+    Json(body): Json<AddServer>,
+) -> Result<(StatusCode, Json<serde_json::Value>), Problem> {
+    let db = state.tenancy.catalog().database();
+    provision::add_server(db, &body.name, &body.url)
+        .await
+        .map_err(|e| match e {
+            tenantry::db::DbError::Config(m) => {
+                Problem::validation(vec![FieldError::new("server", m)])
+            }
+            tenantry::db::DbError::Unavailable(m) => {
+                Problem::validation(vec![FieldError::new("url", format!("cannot connect: {m}"))])
+            }
+            other => other.into(),
+        })?;
+    audit::record(db.runtime(), &actor, None, "server.add", &body.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"name": body.name})),
+    ))
+}
+
+pub async fn list_servers(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let names = provision::server_names(state.tenancy.catalog().database()).await?;
+    Ok(Json(serde_json::json!({
+        "items": names.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
+        "next_cursor": null,
+    })))
 }

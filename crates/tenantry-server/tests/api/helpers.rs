@@ -145,10 +145,42 @@ impl TestApp {
             .await
     }
 
-    /// Creates a tenant and a read-write key; returns the key.
+    /// Creates a shared tenant and a read-write key; returns the key.
     pub async fn tenant(&self, slug: &str) -> String {
-        self.tenant_with(slug, json!({"slug": slug, "name": slug, "plan": "pro"}))
+        self.tenant_in(slug, "shared").await
+    }
+
+    /// Creates a tenant in a placement (`shared`, `schema`, `database`) and a key.
+    pub async fn tenant_in(&self, slug: &str, isolation: &str) -> String {
+        self.tenant_with(
+            slug,
+            json!({"slug": slug, "name": slug, "plan": "pro", "isolation": isolation}),
+        )
+        .await
+    }
+
+    /// A superuser connection to where a tenant's tables live, and the schema they are in.
+    pub async fn sql_for(&self, slug: &str) -> (tokio_postgres::Client, String) {
+        let sql = self.sql().await;
+        let row = sql
+            .query_one(
+                "SELECT isolation, storage FROM tenantry.tenants WHERE slug = $1",
+                &[&slug],
+            )
             .await
+            .unwrap();
+        let isolation: String = row.get(0);
+        let storage: Option<String> = row.get(1);
+        match isolation.as_str() {
+            "shared" => (sql, "shared".into()),
+            "schema" => (sql, format!("\"{}\"", storage.unwrap())),
+            _ => {
+                let url = format!("{}/{}", base_url(), storage.unwrap());
+                let (c, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+                tokio::spawn(conn);
+                (c, "shared".into())
+            }
+        }
     }
 
     pub async fn tenant_with(&self, slug: &str, body: Value) -> String {

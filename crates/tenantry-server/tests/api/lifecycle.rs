@@ -71,10 +71,15 @@ async fn graceful_shutdown_drains_in_flight_requests() {
         .unwrap()
         .unwrap();
     // And what it acknowledged is in the catalog.
-    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let n: i64 = c
-        .query_one("SELECT count(*) FROM tenantry.tenants WHERE slug = 'bravo'", &[])
+        .query_one(
+            "SELECT count(*) FROM tenantry.tenants WHERE slug = 'bravo'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -88,8 +93,12 @@ async fn a_second_node_sees_revocation_and_suspension() {
     let two = spawn_with(settings(&name, &url)).await;
     let key = one.tenant("alpha").await;
     // Node two resolves (and caches) the key and tenant.
-    two.with_key(&key, Method::GET, "/v1/users", None).await.ok(200);
-    two.with_key(&key, Method::GET, "/v1/users", None).await.ok(200);
+    two.with_key(&key, Method::GET, "/v1/users", None)
+        .await
+        .ok(200);
+    two.with_key(&key, Method::GET, "/v1/users", None)
+        .await
+        .ok(200);
 
     one.admin(
         Method::PATCH,
@@ -99,7 +108,11 @@ async fn a_second_node_sees_revocation_and_suspension() {
     .await
     .ok(200);
     let took = eventually(|| async {
-        two.with_key(&key, Method::GET, "/v1/users", None).await.status.as_u16() == 403
+        two.with_key(&key, Method::GET, "/v1/users", None)
+            .await
+            .status
+            .as_u16()
+            == 403
     })
     .await;
     eprintln!("suspension reached node two after {took:?}");
@@ -111,7 +124,11 @@ async fn a_second_node_sees_revocation_and_suspension() {
     .await
     .ok(200);
     eventually(|| async {
-        two.with_key(&key, Method::GET, "/v1/users", None).await.status.as_u16() == 200
+        two.with_key(&key, Method::GET, "/v1/users", None)
+            .await
+            .status
+            .as_u16()
+            == 200
     })
     .await;
 
@@ -127,7 +144,11 @@ async fn a_second_node_sees_revocation_and_suspension() {
     .await
     .ok(200);
     let took = eventually(|| async {
-        two.with_key(&key, Method::GET, "/v1/users", None).await.status.as_u16() == 401
+        two.with_key(&key, Method::GET, "/v1/users", None)
+            .await
+            .status
+            .as_u16()
+            == 401
     })
     .await;
     eprintln!("revocation reached node two after {took:?}");

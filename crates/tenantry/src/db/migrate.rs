@@ -30,13 +30,14 @@ pub const POLICY_EXPR: &str =
 /// The name of that policy on every tenant table.
 pub const POLICY_NAME: &str = "tenant_isolation";
 
-const LOCK_KEY: i64 = 727263002;
+pub const LOCK_KEY: i64 = 727263002;
 
 /// Control-plane catalog migrations. `{app}` is replaced by the quoted runtime role.
-const CONTROL: &[(i32, &str, &str)] = &[(
-    1,
-    "catalog",
-    r#"
+const CONTROL: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "catalog",
+        r#"
     CREATE TABLE tenants (
         slug        text PRIMARY KEY CHECK (slug ~ '^[a-z][a-z0-9-]{1,62}$'),
         name        text NOT NULL,
@@ -76,24 +77,62 @@ const CONTROL: &[(i32, &str, &str)] = &[(
     -- Append-only for the runtime role: no UPDATE, no DELETE, no TRUNCATE.
     GRANT SELECT, INSERT ON audit_log TO {app};
     "#,
-)];
+    ),
+    (
+        2,
+        "placements",
+        r#"
+    -- Where each tenant lives, and whether its storage is complete (only 'ready' is served).
+    ALTER TABLE tenants
+        ADD COLUMN state text NOT NULL DEFAULT 'ready'
+            CHECK (state IN ('provisioning', 'ready', 'deleting')),
+        ADD COLUMN server text,
+        ADD COLUMN storage text,
+        ADD COLUMN schema_version integer NOT NULL DEFAULT 0;
+    CREATE UNIQUE INDEX tenants_storage_key ON tenants (coalesce(server, ''), storage)
+        WHERE storage IS NOT NULL;
+    CREATE INDEX tenants_pending_idx ON tenants (schema_version);
+    -- Servers for database tenants. The URLs carry credentials: no grant to the runtime role.
+    CREATE TABLE db_servers (
+        name        text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_-]{0,62}$'),
+        url         text NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now()
+    );
+    CREATE TABLE operations (
+        id          uuid PRIMARY KEY,
+        kind        text NOT NULL CHECK (kind IN ('move', 'migrate')),
+        tenant_id   text,
+        state       text NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed')),
+        progress    real NOT NULL DEFAULT 0,
+        detail      text NOT NULL DEFAULT '',
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        updated_at  timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
+    ),
+];
+
+/// The ledger of applied versions, one per database (keyed by scope inside it).
+pub fn ledger_ddl(roles: &RoleNames) -> String {
+    let owner = quote_ident(&roles.owner);
+    format!(
+        "CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.migrations (
+             scope      text NOT NULL,
+             version    integer NOT NULL,
+             name       text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now(),
+             PRIMARY KEY (scope, version)
+         );
+         ALTER TABLE {CONTROL_SCHEMA}.migrations OWNER TO {owner};"
+    )
+}
 
 /// Applies pending control-plane migrations.
 pub async fn control_plane(client: &mut Object, roles: &RoleNames) -> Result<(), DbError> {
-    let owner = quote_ident(&roles.owner);
     client
         .batch_execute(&format!(
-            "BEGIN;
-             SELECT pg_advisory_xact_lock({LOCK_KEY});
-             CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.migrations (
-                 scope      text NOT NULL,
-                 version    integer NOT NULL,
-                 name       text NOT NULL,
-                 applied_at timestamptz NOT NULL DEFAULT now(),
-                 PRIMARY KEY (scope, version)
-             );
-             ALTER TABLE {CONTROL_SCHEMA}.migrations OWNER TO {owner};
-             COMMIT;"
+            "BEGIN; SELECT pg_advisory_xact_lock({LOCK_KEY}); {} COMMIT;",
+            ledger_ddl(roles)
         ))
         .await?;
     let app = quote_ident(&roles.runtime);
@@ -110,11 +149,15 @@ pub async fn shared_tables(
     roles: &RoleNames,
     migrations: &[TenantMigration],
 ) -> Result<(), DbError> {
-    let steps: Vec<(i32, &'static str, String)> = migrations
-        .iter()
-        .map(|m| (m.version, m.name, m.sql.to_owned()))
-        .collect();
-    apply(client, roles, "shared", SHARED_SCHEMA, &steps, true).await?;
+    apply(
+        client,
+        roles,
+        "shared",
+        SHARED_SCHEMA,
+        &steps(migrations),
+        true,
+    )
+    .await?;
     grant_tenant_tables(client, roles, SHARED_SCHEMA).await
 }
 
@@ -129,6 +172,29 @@ async fn apply(
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
         .await?;
+    apply_in(&tx, roles, scope, schema, steps, tenant_tables).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Tenant migrations as (version, name, sql) steps.
+pub fn steps(migrations: &[TenantMigration]) -> Vec<(i32, &'static str, String)> {
+    migrations
+        .iter()
+        .map(|m| (m.version, m.name, m.sql.to_owned()))
+        .collect()
+}
+
+/// Applies, inside the caller's transaction, the steps the ledger (of this database, under
+/// `scope`) does not list yet. Returns the versions applied.
+pub async fn apply_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    roles: &RoleNames,
+    scope: &str,
+    schema: &str,
+    steps: &[(i32, &'static str, String)],
+    tenant_tables: bool,
+) -> Result<Vec<i32>, DbError> {
     let applied: Vec<i32> = tx
         .query(
             &format!("SELECT version FROM {CONTROL_SCHEMA}.migrations WHERE scope = $1"),
@@ -140,6 +206,7 @@ async fn apply(
         .collect();
     let schema_q = quote_ident(schema);
     let owner = quote_ident(&roles.owner);
+    let mut done = Vec::new();
     for (version, name, sql) in steps.iter().filter(|s| !applied.contains(&s.0)) {
         let run = async {
             tx.batch_execute(&format!(
@@ -148,7 +215,7 @@ async fn apply(
             .await?;
             tx.batch_execute(sql).await?;
             if tenant_tables {
-                secure_schema(&tx, schema).await?;
+                secure_schema(tx, schema).await?;
             }
             tx.batch_execute("RESET ROLE; RESET search_path;").await?;
             tx.execute(
@@ -165,9 +232,9 @@ async fn apply(
             name,
             source: Box::new(e),
         })?;
+        done.push(*version);
     }
-    tx.commit().await?;
-    Ok(())
+    Ok(done)
 }
 
 /// Makes every table in `schema` a proper tenant table: it must have `tenant_id`, and gets RLS
@@ -213,21 +280,25 @@ pub async fn secure_schema(
     Ok(())
 }
 
-/// The runtime role may read and write rows in tenant tables, and nothing else: no TRUNCATE,
-/// no REFERENCES, no TRIGGER.
+/// The runtime role may use the schema and read and write rows in its tables, and nothing
+/// else: no CREATE, no TRUNCATE, no REFERENCES, no TRIGGER.
+pub fn grants_sql(roles: &RoleNames, schema: &str) -> String {
+    let s = quote_ident(schema);
+    let app = quote_ident(&roles.runtime);
+    format!(
+        "REVOKE ALL ON SCHEMA {s} FROM PUBLIC;
+         GRANT USAGE ON SCHEMA {s} TO {app};
+         REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {app};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {app};
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {app};"
+    )
+}
+
 async fn grant_tenant_tables(
     client: &mut Object,
     roles: &RoleNames,
     schema: &str,
 ) -> Result<(), DbError> {
-    let s = quote_ident(schema);
-    let app = quote_ident(&roles.runtime);
-    client
-        .batch_execute(&format!(
-            "REVOKE ALL ON ALL TABLES IN SCHEMA {s} FROM {app};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {s} TO {app};
-             GRANT USAGE ON ALL SEQUENCES IN SCHEMA {s} TO {app};"
-        ))
-        .await?;
+    client.batch_execute(&grants_sql(roles, schema)).await?;
     Ok(())
 }

@@ -10,6 +10,9 @@
 
 mod error;
 pub mod migrate;
+pub mod placement;
+pub mod pools;
+pub mod provision;
 pub mod roles;
 mod scoped;
 
@@ -20,6 +23,8 @@ use tokio_postgres::NoTls;
 
 pub use error::DbError;
 pub use migrate::TenantMigration;
+pub use placement::Placement;
+pub use pools::{BudgetSettings, TenantPools};
 pub use roles::RoleNames;
 pub use scoped::{Params, ScopedTx, TenantDb};
 
@@ -37,6 +42,8 @@ pub struct PoolSettings {
     pub wait_timeout: Duration,
     /// Default statement timeout on runtime connections.
     pub statement_timeout: Duration,
+    /// The connection budget for tenant databases.
+    pub tenant_databases: BudgetSettings,
 }
 
 impl Default for PoolSettings {
@@ -46,15 +53,25 @@ impl Default for PoolSettings {
             control_max: 4,
             wait_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
+            tenant_databases: BudgetSettings::default(),
         }
     }
 }
 
-/// Both pools, ready to serve.
+/// The pools, ready to serve, and what provisioning needs to know.
 #[derive(Clone)]
 pub struct Database {
     control: Pool,
     runtime: Pool,
+    inner: std::sync::Arc<Shared>,
+}
+
+struct Shared {
+    control_config: tokio_postgres::Config,
+    roles: RoleNames,
+    runtime_password: String,
+    migrations: &'static [TenantMigration],
+    tenant_pools: TenantPools,
 }
 
 impl Database {
@@ -67,7 +84,7 @@ impl Database {
         control: tokio_postgres::Config,
         runtime_override: Option<tokio_postgres::Config>,
         roles: &RoleNames,
-        migrations: &[TenantMigration],
+        migrations: &'static [TenantMigration],
         settings: &PoolSettings,
     ) -> Result<Self, DbError> {
         let control_pool = pool(control.clone(), settings.control_max, settings.wait_timeout)?;
@@ -85,20 +102,67 @@ impl Database {
             None => {
                 let mut cfg = control.clone();
                 cfg.user(&roles.runtime);
-                cfg.password(password);
+                cfg.password(password.clone());
                 cfg
             }
         };
+        let tenant_pools = TenantPools::new(
+            settings.tenant_databases.clone(),
+            settings.statement_timeout,
+        );
+        tenant_pools.set_server(placement::DEFAULT_SERVER, runtime_cfg.clone());
         let runtime_cfg = runtime_config(runtime_cfg, settings);
         let runtime_pool = pool(runtime_cfg, settings.runtime_max, settings.wait_timeout)?;
         {
             let client = runtime_pool.get().await?;
             roles::check_runtime_role(&client, roles).await?;
         }
-        Ok(Self {
+        let db = Self {
             control: control_pool,
             runtime: runtime_pool,
-        })
+            inner: std::sync::Arc::new(Shared {
+                control_config: control,
+                roles: roles.clone(),
+                runtime_password: password,
+                migrations,
+                tenant_pools,
+            }),
+        };
+        provision::load_servers(&db).await?;
+        Ok(db)
+    }
+
+    /// The control connection settings (for LISTEN and for provisioning on this server).
+    pub fn control_config(&self) -> &tokio_postgres::Config {
+        &self.inner.control_config
+    }
+
+    pub fn roles(&self) -> &RoleNames {
+        &self.inner.roles
+    }
+
+    pub(crate) fn runtime_password(&self) -> &str {
+        &self.inner.runtime_password
+    }
+
+    /// The tenant-table migrations this deployment runs.
+    pub fn migrations(&self) -> &'static [TenantMigration] {
+        self.inner.migrations
+    }
+
+    /// The newest tenant migration version.
+    pub fn latest_version(&self) -> i32 {
+        self.inner
+            .migrations
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Pools of `database` tenants, under the global connection budget.
+    pub fn tenant_pools(&self) -> &TenantPools {
+        &self.inner.tenant_pools
     }
 
     /// The privileged pool: catalog writes and provisioning only.

@@ -56,6 +56,17 @@ pub fn quote_ident(s: &str) -> String {
 pub async fn bootstrap(client: &Object, roles: &RoleNames) -> Result<String, DbError> {
     let owner = quote_ident(&roles.owner);
     let app = quote_ident(&roles.runtime);
+    create_roles(client, roles).await?;
+    bootstrap_schemas(client, roles, &owner, &app).await
+}
+
+/// Creates the owner and runtime roles on a server if missing.
+pub async fn create_roles(
+    client: &tokio_postgres::Client,
+    roles: &RoleNames,
+) -> Result<(), DbError> {
+    let owner = quote_ident(&roles.owner);
+    let app = quote_ident(&roles.runtime);
     let create = format!(
         r#"
         DO $$ BEGIN CREATE ROLE {owner} NOLOGIN;
@@ -69,7 +80,15 @@ pub async fn bootstrap(client: &Object, roles: &RoleNames) -> Result<String, DbE
         owner_raw = roles.owner,
     );
     client.batch_execute(&create).await?;
+    Ok(())
+}
 
+async fn bootstrap_schemas(
+    client: &Object,
+    roles: &RoleNames,
+    owner: &str,
+    app: &str,
+) -> Result<String, DbError> {
     let schemas = format!(
         r#"
         BEGIN;

@@ -1,32 +1,42 @@
 //! The scoped transaction: the only door from a [`TenantContext`](crate::TenantContext) to tenant
-//! tables.
+//! tables, in every placement.
 //!
 //! What must hold:
-//! - every transaction that touches tenant tables first runs
-//!   `set_config('app.tenant_id', <tenant>, true)`; the setting is transaction-local, so a pooled
-//!   connection never carries it into the next transaction;
+//! - every transaction that touches tenant tables first sets `app.tenant_id` (and, for a
+//!   `schema` tenant, `search_path` to its schema alone) with `set_config(…, true)`: the settings
+//!   are transaction-local, so a pooled connection never carries them into the next transaction;
+//!   a `database` tenant's transaction runs on that database's own pool;
 //! - every statement still says `tenant_id = $1` itself, and `$1` is always the context's tenant:
 //!   callers pass only the remaining parameters, so they cannot bind another tenant there;
 //! - statements are `&'static str`: SQL is never assembled from input at run time;
 //! - a transaction that is dropped unfinished (an error, a panic, a client that hung up and so
 //!   cancelled the handler's future) is rolled back before the connection can serve anyone else.
 //!
-//! Cost: `BEGIN`, the setting and the first statement are pipelined into one round trip, and
+//! Cost: `BEGIN`, the settings and the first statement are pipelined into one round trip, and
 //! [`TenantDb::run`] pipelines `COMMIT` too, so a single-statement read or write costs exactly
 //! one round trip, the same as a bare query. Multi-statement transactions pay one round trip per
 //! statement plus one for `COMMIT`.
+//!
+//! Prepared statements are cached per connection and shared by every schema tenant (the plan
+//! cache re-plans when `search_path` changes). While a fleet migration is changing the shape of
+//! some schemas, a cached statement can fail with `cached plan must not change result type`;
+//! the first statement of a transaction then clears the connection's cache and retries once.
 
-use deadpool_postgres::{Object, Pool};
+use deadpool_postgres::{ClientWrapper, Object};
 use futures_util::FutureExt;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 
-use super::DbError;
-use crate::tenant::TenantId;
+use super::pools::TenantConn;
+use super::{Database, DbError, Placement};
+use crate::tenant::{Tenant, TenantId};
 
-/// The statement that scopes a transaction. Kept in exactly one place: a Citus deployment needs
+/// The statements that scope a transaction, kept in exactly one place: a Citus deployment needs
 /// `SET LOCAL` here instead, because Citus forwards `SET LOCAL` to workers but not `set_config()`.
 const SCOPE_SQL: &str = "SELECT set_config('app.tenant_id', $1, true)";
+const SCOPE_SCHEMA_SQL: &str =
+    "SELECT set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)";
 
 /// The marker every tenant statement must contain. Checked on every call; it is cheap (a
 /// substring search over a short static string) and turns a forgotten tenant filter into an
@@ -53,32 +63,57 @@ pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 /// A handle to one tenant's storage. Obtained only from a tenant context.
 pub struct TenantDb<'a> {
-    pool: &'a Pool,
-    tenant: &'a TenantId,
+    db: &'a Database,
+    tenant: &'a Tenant,
+}
+
+/// A pooled connection from whichever pool serves the tenant's placement.
+enum Conn {
+    Runtime(Object),
+    TenantDatabase(TenantConn),
+}
+
+impl Conn {
+    fn client(&self) -> &ClientWrapper {
+        match self {
+            Conn::Runtime(o) => o,
+            Conn::TenantDatabase(o) => o,
+        }
+    }
 }
 
 impl<'a> TenantDb<'a> {
-    pub(crate) fn new(pool: &'a Pool, tenant: &'a TenantId) -> Self {
-        Self { pool, tenant }
+    pub(crate) fn new(db: &'a Database, tenant: &'a Tenant) -> Self {
+        Self { db, tenant }
     }
 
     /// Starts a scoped transaction. Nothing is sent until the first statement, which then
-    /// carries `BEGIN` and the tenant setting in the same round trip.
+    /// carries `BEGIN` and the tenant settings in the same round trip.
     pub async fn begin(&self) -> Result<ScopedTx, DbError> {
-        let client = self.pool.get().await?;
+        let (conn, search_path) = match &self.tenant.placement {
+            Placement::Shared => (Conn::Runtime(self.db.runtime().get().await?), None),
+            Placement::Schema { schema } => (
+                Conn::Runtime(self.db.runtime().get().await?),
+                Some(super::roles::quote_ident(schema)),
+            ),
+            Placement::Database { server, database } => (
+                Conn::TenantDatabase(self.db.tenant_pools().get(server, database).await?),
+                None,
+            ),
+        };
         Ok(ScopedTx {
-            client,
-            tenant: self.tenant.clone(),
+            conn,
+            tenant: self.tenant.slug.clone(),
+            search_path,
             state: TxState::Fresh,
         })
     }
 
-    /// Runs one statement in its own scoped transaction and commits it: `BEGIN`, the setting, the
-    /// statement and `COMMIT` travel together, one round trip in all.
+    /// Runs one statement in its own scoped transaction and commits it: `BEGIN`, the settings,
+    /// the statement and `COMMIT` travel together, one round trip in all.
     pub async fn run(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
         let mut tx = self.begin().await?;
-        let rows = tx.pipeline(sql, params, true).await?;
-        Ok(rows)
+        tx.first_or_retry(sql, params, true).await
     }
 
     /// [`run`](Self::run) for a statement that returns at most one row.
@@ -101,10 +136,12 @@ enum TxState {
     Done,
 }
 
-/// A transaction on one pooled connection with `app.tenant_id` set for its whole life.
+/// A transaction on one pooled connection with the tenant's settings for its whole life.
 pub struct ScopedTx {
-    client: Object,
+    conn: Conn,
     tenant: TenantId,
+    /// The quoted schema for a `schema` tenant.
+    search_path: Option<String>,
     state: TxState,
 }
 
@@ -120,7 +157,11 @@ impl ScopedTx {
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Vec<Row>, DbError> {
-        self.pipeline(sql, params, false).await
+        if self.state == TxState::Fresh {
+            self.first_or_retry(sql, params, false).await
+        } else {
+            self.pipeline(sql, params, false).await
+        }
     }
 
     /// Runs a statement that returns at most one row.
@@ -142,7 +183,7 @@ impl ScopedTx {
         if self.state == TxState::Open {
             // Until COMMIT's answer arrives the outcome is unknown; if this future is dropped
             // the Drop impl sends ROLLBACK after it, which is then a harmless no-op warning.
-            self.client.batch_execute("COMMIT").await?;
+            self.conn.client().batch_execute("COMMIT").await?;
         }
         self.state = TxState::Done;
         Ok(())
@@ -152,9 +193,30 @@ impl ScopedTx {
     pub async fn rollback(mut self) -> Result<(), DbError> {
         if self.state == TxState::Open {
             self.state = TxState::Done;
-            self.client.batch_execute("ROLLBACK").await?;
+            self.conn.client().batch_execute("ROLLBACK").await?;
         }
         Ok(())
+    }
+
+    /// The first statement of a transaction, retried once with fresh prepared statements if a
+    /// schema's shape changed under the connection's statement cache.
+    async fn first_or_retry(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+        commit: bool,
+    ) -> Result<Vec<Row>, DbError> {
+        match self.pipeline(sql, params, commit).await {
+            Err(DbError::Other(e)) if is_stale_plan(&e) => {
+                tracing::info!(tenant = %self.tenant, "schema changed under a cached statement; retrying with fresh statements");
+                let client = self.conn.client();
+                client.batch_execute("ROLLBACK").await?;
+                client.statement_cache.clear();
+                self.state = TxState::Fresh;
+                self.pipeline(sql, params, commit).await
+            }
+            other => other,
+        }
     }
 
     async fn pipeline(
@@ -179,9 +241,14 @@ impl ScopedTx {
             // Mark the transaction open *before* the first poll sends BEGIN, so that a
             // cancellation at any await point below still rolls the connection back.
             self.state = TxState::Open;
-            let client = &self.client;
+            let client = self.conn.client();
+            let path: &str = self.search_path.as_deref().unwrap_or_default();
+            let scope_params: Vec<&(dyn ToSql + Sync)> = if self.search_path.is_some() {
+                vec![&tenant, &path]
+            } else {
+                vec![&tenant]
+            };
             let begin = client.batch_execute("BEGIN");
-            let scope_params: [&(dyn ToSql + Sync); 1] = [&tenant];
             let set = client.query(&scope, &scope_params);
             let query = client.query(&stmt, &all);
             if commit {
@@ -200,10 +267,11 @@ impl ScopedTx {
                 q?
             }
         } else {
-            let stmt = self.client.prepare_cached(sql).await?;
-            let rows = self.client.query(&stmt, &all).await?;
+            let client = self.conn.client();
+            let stmt = client.prepare_cached(sql).await?;
+            let rows = client.query(&stmt, &all).await?;
             if commit {
-                self.client.batch_execute("COMMIT").await?;
+                client.batch_execute("COMMIT").await?;
                 self.state = TxState::Done;
             }
             rows
@@ -214,12 +282,26 @@ impl ScopedTx {
     /// Both statements come from the per-connection cache; on a new connection their two
     /// `Parse` messages are pipelined too.
     async fn prepare_pair(&self, sql: &str) -> Result<(Statement, Statement), DbError> {
-        let (a, b) = tokio::join!(
-            self.client.prepare_cached(SCOPE_SQL),
-            self.client.prepare_cached(sql)
-        );
+        let client = self.conn.client();
+        let scope_sql = if self.search_path.is_some() {
+            SCOPE_SCHEMA_SQL
+        } else {
+            SCOPE_SQL
+        };
+        // For a schema tenant the statement must be planned against the tenant's schema, so
+        // it cannot be prepared before the path is set; it is prepared once per connection
+        // and re-planned by PostgreSQL for each schema.
+        let (a, b) = tokio::join!(client.prepare_cached(scope_sql), client.prepare_cached(sql));
         Ok((a?, b?))
     }
+}
+
+fn is_stale_plan(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        *d.code() == SqlState::FEATURE_NOT_SUPPORTED
+            && d.message()
+                .contains("cached plan must not change result type")
+    })
 }
 
 impl Drop for ScopedTx {
@@ -228,7 +310,7 @@ impl Drop for ScopedTx {
             // Polling once enqueues ROLLBACK on the connection's request channel, ahead of any
             // request from the connection's next user; its answer is discarded by the
             // connection task. This is how tokio-postgres's own Transaction cleans up.
-            let _ = self.client.batch_execute("ROLLBACK").now_or_never();
+            let _ = self.conn.client().batch_execute("ROLLBACK").now_or_never();
         }
     }
 }
