@@ -352,3 +352,93 @@ async fn ctx_for(db: &Database, slug: &TenantId) -> TenantContext {
         .await
         .unwrap()
 }
+
+async fn ctx_in(db: &Database, slug: &str, isolation: tenantry::Isolation) -> TenantContext {
+    let tenancy = Tenancy::new(Catalog::new(db.clone()), TenancyConfig::default());
+    let actor = Actor {
+        name: "test".into(),
+        request_id: "test".into(),
+    };
+    let new = NewTenant {
+        slug: t(slug),
+        name: slug.into(),
+        plan: "free".into(),
+        isolation,
+        server: None,
+    };
+    tenantry::lifecycle::create(tenancy.catalog(), &new, &actor)
+        .await
+        .unwrap();
+    tenancy
+        .admin_context(&t(slug), &actor, "test", "test")
+        .await
+        .unwrap()
+}
+
+/// While a fleet migration has changed one tenant schema but not another, a statement cached
+/// for one shape fails on the other with "cached plan must not change result type"; the scoped
+/// transaction clears the connection's cache and retries once.
+#[tokio::test]
+async fn a_schema_changed_under_a_cached_statement_is_retried_with_fresh_statements() {
+    let (cfg, name) = fresh_db().await;
+    let settings = PoolSettings {
+        runtime_max: 1,
+        ..PoolSettings::default()
+    };
+    let db = connect(cfg.clone(), &name, &settings).await;
+    let a = ctx_in(&db, "aa", tenantry::Isolation::Schema).await;
+    let b = ctx_in(&db, "bb", tenantry::Isolation::Schema).await;
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(
+        "INSERT INTO t_aa.notes VALUES ('aa', 1, 'a');
+         INSERT INTO t_bb.notes VALUES ('bb', 1, 'b');",
+    )
+    .await
+    .unwrap();
+    let sql = "SELECT * FROM notes WHERE tenant_id = $1";
+    // Cache the statement with bb's shape on the only connection.
+    let rows = b.db().run(sql, &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 3);
+    // Migrate aa only: its rows now have a fourth column.
+    c.batch_execute("ALTER TABLE t_aa.notes ADD COLUMN extra int DEFAULT 7")
+        .await
+        .unwrap();
+    let rows = a.db().run(sql, &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].len(), 4);
+    assert_eq!(rows[0].get::<_, Option<i32>>(3), Some(7));
+    // And back to bb's shape on the same connection.
+    let rows = b.db().run(sql, &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 3);
+    assert_eq!(rows[0].get::<_, String>(2), "b");
+}
+
+/// A schema tenant's path is its schema alone: a name missing there does not fall through to
+/// the shared tables (or `public`).
+#[tokio::test]
+async fn schema_tenants_never_fall_through_to_other_schemas() {
+    let (cfg, name) = fresh_db().await;
+    let db = connect(cfg.clone(), &name, &PoolSettings::default()).await;
+    let a = ctx_in(&db, "aa", tenantry::Isolation::Schema).await;
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute("INSERT INTO shared.notes VALUES ('aa', 1, 'in shared')")
+        .await
+        .unwrap();
+    let rows = a
+        .db()
+        .run("SELECT body FROM notes WHERE tenant_id = $1", &[])
+        .await
+        .unwrap();
+    assert!(
+        rows.is_empty(),
+        "the schema tenant must not see shared rows"
+    );
+    let row = a
+        .db()
+        .run("SELECT current_setting('search_path') WHERE 'x' <> $1", &[])
+        .await;
+    // (No tenant filter: refused before it is sent.)
+    assert!(row.is_err());
+}

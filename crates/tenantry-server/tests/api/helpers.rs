@@ -55,7 +55,21 @@ pub async fn spawn_app() -> TestApp {
     spawn_with(settings(&db_name, &db_url)).await
 }
 
+/// `TEST_LOG=debug cargo test …` shows the server's log for failing tests.
+fn init_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
 pub async fn spawn_with(s: Settings) -> TestApp {
+    init_log();
     let db_name = s.role_prefix.clone();
     let db_url = s.database_url.clone().unwrap_or_default();
     let app = Application::build(s).await.expect("server starts");

@@ -2,9 +2,11 @@
 //! HTTP to it. One test binary (one link, shared helpers), many modules.
 
 mod admin;
+mod cluster;
 mod helpers;
 mod input;
 mod isolation;
 mod lifecycle;
+mod placements;
 mod resolution;
 mod startup;

@@ -291,13 +291,21 @@ pub async fn drop_storage(
     match placement {
         Placement::Shared => delete_shared_rows(db, slug).await,
         Placement::Schema { schema } => {
-            let client = db.control().get().await?;
-            client
-                .batch_execute(&format!(
-                    "DROP SCHEMA IF EXISTS {} CASCADE",
-                    quote_ident(schema)
-                ))
-                .await?;
+            // The schema and its ledger go together, so a tenant re-created under the same
+            // slug gets its tables again.
+            let mut client = db.control().get().await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                quote_ident(schema)
+            ))
+            .await?;
+            tx.execute(
+                &format!("DELETE FROM {CONTROL_SCHEMA}.migrations WHERE scope = $1"),
+                &[&format!("schema:{schema}")],
+            )
+            .await?;
+            tx.commit().await?;
             Ok(())
         }
         Placement::Database { server, database } => {
