@@ -208,15 +208,58 @@ impl ScopedTx {
     ) -> Result<Vec<Row>, DbError> {
         match self.pipeline(sql, params, commit).await {
             Err(DbError::Other(e)) if is_stale_plan(&e) => {
-                tracing::info!(tenant = %self.tenant, "schema changed under a cached statement; retrying with fresh statements");
-                let client = self.conn.client();
-                client.batch_execute("ROLLBACK").await?;
-                client.statement_cache.clear();
-                self.state = TxState::Fresh;
-                self.pipeline(sql, params, commit).await
+                tracing::info!(tenant = %self.tenant, "schema changed under a cached statement; retrying with a fresh statement");
+                self.retry_fresh(sql, params, commit).await
             }
             other => other,
         }
+    }
+
+    /// The retry: the statement is re-prepared *inside* the transaction, after the tenant's
+    /// settings, so PostgreSQL describes it with this tenant's table shapes. `BEGIN`, the
+    /// settings and the `Parse` are pipelined; the statement then runs (two round trips, on
+    /// this rare path only).
+    async fn retry_fresh(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+        commit: bool,
+    ) -> Result<Vec<Row>, DbError> {
+        let scope_sql = if self.search_path.is_some() {
+            SCOPE_SCHEMA_SQL
+        } else {
+            SCOPE_SQL
+        };
+        let client = self.conn.client();
+        client.batch_execute("ROLLBACK").await?;
+        client.statement_cache.remove(sql, &[]);
+        let scope = client.prepare_cached(scope_sql).await?;
+        let tenant: &str = self.tenant.as_str();
+        let path: &str = self.search_path.as_deref().unwrap_or_default();
+        let scope_params: Vec<&(dyn ToSql + Sync)> = if self.search_path.is_some() {
+            vec![&tenant, &path]
+        } else {
+            vec![&tenant]
+        };
+        let mut all: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(params.len() + 1);
+        all.push(&tenant);
+        all.extend_from_slice(params);
+        self.state = TxState::Open;
+        let client = self.conn.client();
+        let (b, s, p) = tokio::join!(
+            client.batch_execute("BEGIN"),
+            client.query(&scope, &scope_params),
+            client.prepare_cached(sql)
+        );
+        b?;
+        s?;
+        let stmt = p?;
+        let rows = client.query(&stmt, &all).await?;
+        if commit {
+            client.batch_execute("COMMIT").await?;
+            self.state = TxState::Done;
+        }
+        Ok(rows)
     }
 
     async fn pipeline(
