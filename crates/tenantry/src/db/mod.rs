@@ -8,7 +8,9 @@
 //!   BYPASSRLS, owns nothing and has no TRUNCATE, so forced RLS holds whatever the application
 //!   does. [`Database::connect`] refuses to start otherwise.
 
+pub mod doctor;
 mod error;
+pub mod fleet;
 pub mod migrate;
 pub mod placement;
 pub mod pools;

@@ -59,6 +59,14 @@ fn runtime_config_for(db: &Database, url: &str) -> Result<tokio_postgres::Config
     Ok(cfg)
 }
 
+/// The admin connection settings of a server, for fleet operations.
+pub(crate) async fn admin_config_pub(
+    db: &Database,
+    server: &str,
+) -> Result<tokio_postgres::Config, DbError> {
+    admin_config(db, server).await
+}
+
 /// The admin connection settings of a server (for CREATE/DROP DATABASE and templates).
 async fn admin_config(db: &Database, server: &str) -> Result<tokio_postgres::Config, DbError> {
     if server == DEFAULT_SERVER {
