@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
-use tenantry::db::{Database, PoolSettings, RoleNames};
+use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames};
 use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
 use tenantry::resolve::ResolverConfig;
 use tenantry::{Catalog, RequestIdLayer, Tenancy, TenancyConfig, TenancyLayer};
@@ -24,6 +24,52 @@ use crate::config::Settings;
 use crate::local_pg::{LocalPgError, LocalPostgres};
 use crate::migrations::TENANT_MIGRATIONS;
 use crate::routes::{self, admin};
+
+/// Connects to the control plane (starting the managed local PostgreSQL when `DATABASE_URL` is
+/// unset), bootstraps roles and migrations, and checks the runtime role.
+pub async fn connect(
+    settings: &Settings,
+) -> Result<(Database, Option<Arc<LocalPostgres>>), StartError> {
+    let (control, local_pg) = match &settings.database_url {
+        Some(url) => (
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
+            None,
+        ),
+        None => {
+            let dir = settings.data_dir.clone();
+            let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&dir))
+                .await
+                .expect("local PostgreSQL start-up does not panic")?;
+            (pg.config(), Some(Arc::new(pg)))
+        }
+    };
+    let runtime = match &settings.runtime_database_url {
+        Some(url) => Some(
+            url.parse::<tokio_postgres::Config>()
+                .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let roles = RoleNames::from_prefix(&settings.role_prefix)?;
+    let pool_settings = PoolSettings {
+        tenant_databases: BudgetSettings {
+            total: settings.tenant_db_budget.0,
+            per_tenant: settings.tenant_db_budget.1,
+            ..BudgetSettings::default()
+        },
+        ..PoolSettings::default()
+    };
+    match Database::connect(control, runtime, &roles, TENANT_MIGRATIONS, &pool_settings).await {
+        Ok(db) => Ok((db, local_pg)),
+        Err(e) => {
+            if let Some(pg) = &local_pg {
+                pg.stop();
+            }
+            Err(e.into())
+        }
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -57,45 +103,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
-        let (control, local_pg) = match &settings.database_url {
-            Some(url) => (
-                url.parse::<tokio_postgres::Config>()
-                    .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
-                None,
-            ),
-            None => {
-                let dir = settings.data_dir.clone();
-                let pg = tokio::task::spawn_blocking(move || LocalPostgres::start(&dir))
-                    .await
-                    .expect("local PostgreSQL start-up does not panic")?;
-                (pg.config(), Some(Arc::new(pg)))
-            }
-        };
-        let runtime = match &settings.runtime_database_url {
-            Some(url) => Some(
-                url.parse::<tokio_postgres::Config>()
-                    .map_err(|e| StartError::DatabaseUrl(e.to_string()))?,
-            ),
-            None => None,
-        };
-        let roles = RoleNames::from_prefix(&settings.role_prefix)?;
-        let db = match Database::connect(
-            control.clone(),
-            runtime,
-            &roles,
-            TENANT_MIGRATIONS,
-            &PoolSettings::default(),
-        )
-        .await
-        {
-            Ok(db) => db,
-            Err(e) => {
-                if let Some(pg) = &local_pg {
-                    pg.stop();
-                }
-                return Err(e.into());
-            }
-        };
+        let (db, local_pg) = connect(&settings).await?;
+        let control = db.control_config().clone();
         let catalog = Catalog::new(db);
         let tenancy = Tenancy::new(
             catalog.clone(),
@@ -206,6 +215,11 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(admin::revoke_key),
         )
         .route("/admin/v1/audit", get(admin::audit_log))
+        .route(
+            "/admin/v1/migrations",
+            axum::routing::post(admin::start_migration),
+        )
+        .route("/admin/v1/operations/{id}", get(admin::get_operation))
         .nest("/admin/v1/tenants/{tenant}", admin_data)
         .layer(middleware::from_fn_with_state(
             state.clone(),

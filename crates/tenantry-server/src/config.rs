@@ -40,6 +40,12 @@ pub struct ServeArgs {
     /// Where the managed local PostgreSQL lives.
     #[arg(long, env = "TENANTRY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Connections to tenant databases, in total (the pool manager's global budget).
+    #[arg(long, env = "TENANTRY_TENANT_DB_BUDGET")]
+    pub tenant_db_budget: Option<usize>,
+    /// Connections one tenant database may hold.
+    #[arg(long, env = "TENANTRY_TENANT_DB_PER_TENANT")]
+    pub tenant_db_per_tenant: Option<usize>,
     /// Configuration file (default: ./tenantry.toml when it exists).
     #[arg(long, env = "TENANTRY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -56,6 +62,8 @@ struct FileConfig {
     base_domain: Option<String>,
     role_prefix: Option<String>,
     data_dir: Option<PathBuf>,
+    tenant_db_budget: Option<usize>,
+    tenant_db_per_tenant: Option<usize>,
     #[serde(default)]
     plans: BTreeMap<String, FilePlan>,
 }
@@ -83,6 +91,8 @@ pub struct Settings {
     pub role_prefix: String,
     pub data_dir: PathBuf,
     pub plans: Plans,
+    /// Tenant-database connection budget: (total, per tenant).
+    pub tenant_db_budget: (usize, usize),
 }
 
 impl std::fmt::Debug for Settings {
@@ -106,6 +116,7 @@ impl std::fmt::Debug for Settings {
             .field("role_prefix", &self.role_prefix)
             .field("data_dir", &self.data_dir)
             .field("plans", &self.plans)
+            .field("tenant_db_budget", &self.tenant_db_budget)
             .finish()
     }
 }
@@ -185,7 +196,22 @@ impl Settings {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(".tenantry")),
             plans,
+            tenant_db_budget: (
+                args.tenant_db_budget
+                    .or(file.tenant_db_budget)
+                    .unwrap_or(40),
+                args.tenant_db_per_tenant
+                    .or(file.tenant_db_per_tenant)
+                    .unwrap_or(4),
+            ),
         };
+        let (total, per) = settings.tenant_db_budget;
+        if total == 0 || per == 0 || per > total {
+            return Err(ConfigError::Invalid(
+                "tenant_db_budget and tenant_db_per_tenant must be positive, per-tenant <= total"
+                    .into(),
+            ));
+        }
         if let Some(t) = &settings.admin_token {
             if t.len() < 16 {
                 return Err(ConfigError::Invalid(

@@ -6,11 +6,13 @@
 //! - [`config`]: settings from flags, environment and `tenantry.toml`.
 //! - [`local_pg`]: the managed local PostgreSQL used when `DATABASE_URL` is unset.
 //! - [`app`]: building the router and serving with graceful shutdown.
+//! - [`cli`]: operator subcommands (`migrate`, `doctor`).
 //! - [`routes`]: thin handlers per resource (tenant, users, orders, admin, ops).
 //! - [`migrations`]: the tenant tables, defined once for every placement.
 //! - [`validate`]: field checks shared by handlers.
 
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod local_pg;
 pub mod migrations;

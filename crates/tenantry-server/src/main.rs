@@ -4,6 +4,7 @@
 
 use clap::{Parser, Subcommand};
 use tenantry_server::app::Application;
+use tenantry_server::cli;
 use tenantry_server::config::{ServeArgs, Settings};
 
 #[derive(Parser)]
@@ -21,6 +22,23 @@ struct Cli {
 enum Command {
     /// Run the API server (starts a local PostgreSQL when DATABASE_URL is unset).
     Serve(ServeArgs),
+    /// Apply pending tenant migrations to the shared tables, every tenant schema and every
+    /// tenant database. Resumable; a re-run finishes only what is left.
+    Migrate {
+        #[command(flatten)]
+        db: ServeArgs,
+        /// Tenants migrated at once.
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+        /// Show what would be applied; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check the whole fleet for anything that weakens tenant isolation (exit 0 when clean).
+    Doctor {
+        #[command(flatten)]
+        db: ServeArgs,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,33 +50,45 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let args = match &cli.command {
+        Command::Serve(a) | Command::Migrate { db: a, .. } | Command::Doctor { db: a } => a,
+    };
+    let settings = match Settings::load(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tenantry: {e}");
+            return std::process::ExitCode::from(cli::exit::USAGE);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let one_shot = |r: Result<u8, tenantry_server::app::StartError>| match r {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("tenantry: {e}");
+            std::process::ExitCode::from(cli::exit::FAILED)
+        }
+    };
     match cli.command {
-        Command::Serve(args) => {
-            let settings = match Settings::load(&args) {
-                Ok(s) => s,
+        Command::Migrate {
+            parallel, dry_run, ..
+        } => one_shot(rt.block_on(cli::migrate(&settings, parallel as usize, dry_run))),
+        Command::Doctor { .. } => one_shot(rt.block_on(cli::doctor(&settings))),
+        Command::Serve(_) => rt.block_on(async move {
+            let app = match Application::build(settings).await {
+                Ok(a) => a,
                 Err(e) => {
-                    eprintln!("tenantry: {e}");
-                    return std::process::ExitCode::from(2);
+                    eprintln!("tenantry: cannot start: {e}");
+                    return std::process::ExitCode::from(1);
                 }
             };
-            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            rt.block_on(async move {
-                let app = match Application::build(settings).await {
-                    Ok(a) => a,
-                    Err(e) => {
-                        eprintln!("tenantry: cannot start: {e}");
-                        return std::process::ExitCode::from(1);
-                    }
-                };
-                match app.run_until(shutdown_signal()).await {
-                    Ok(()) => std::process::ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("tenantry: {e}");
-                        std::process::ExitCode::from(1)
-                    }
+            match app.run_until(shutdown_signal()).await {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tenantry: {e}");
+                    std::process::ExitCode::from(1)
                 }
-            })
-        }
+            }
+        }),
     }
 }
 

@@ -17,6 +17,7 @@
 //! - [`http`]: tower layers ([`TenancyLayer`], [`RequestIdLayer`]), extractors and
 //!   problem+json errors.
 //! - [`lifecycle`]: provisioning and deprovisioning tenants in every placement.
+//! - [`operations`]: long-running admin operations (fleet migrations) and their progress.
 //! - [`tenancy`]: [`Tenancy`], which ties them together.
 //!
 //! # Quick start
@@ -59,6 +60,7 @@ pub mod context;
 pub mod db;
 pub mod http;
 pub mod lifecycle;
+pub mod operations;
 pub mod ratelimit;
 pub mod resolve;
 pub mod tenancy;

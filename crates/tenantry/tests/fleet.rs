@@ -143,7 +143,7 @@ async fn fleet_migration_with_a_failing_tenant_a_resumed_run_and_a_no_op() {
     assert!(has_pinned(&c, "shared").await);
     // The tenant databases got it too, and their own ledgers say so.
     let mut dcfg = cfg.clone();
-    dcfg.dbname(&format!("{name}_t_da"));
+    dcfg.dbname(format!("{name}_t_da"));
     let dc = sql(&dcfg).await;
     assert!(has_pinned(&dc, "shared").await);
     let v: i64 = dc
@@ -193,7 +193,7 @@ async fn fleet_migration_with_a_failing_tenant_a_resumed_run_and_a_no_op() {
     tenant(&db, "snew", Isolation::Schema).await;
     assert!(has_pinned(&c, "t_snew").await);
     let mut ncfg = cfg.clone();
-    ncfg.dbname(&format!("{name}_t_dnew"));
+    ncfg.dbname(format!("{name}_t_dnew"));
     assert!(has_pinned(&sql(&ncfg).await, "shared").await);
 }
 
@@ -229,7 +229,7 @@ async fn the_doctor_reports_every_planted_fault() {
         .await
         .unwrap();
     let mut dcfg = cfg.clone();
-    dcfg.dbname(&format!("{name}_t_da"));
+    dcfg.dbname(format!("{name}_t_da"));
     let dc = sql(&dcfg).await;
     dc.batch_execute("ALTER TABLE shared.notes DISABLE ROW LEVEL SECURITY")
         .await

@@ -571,3 +571,62 @@ pub async fn list_servers(
         "next_cursor": null,
     })))
 }
+
+// ----- operations -----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartMigration {
+    parallelism: Option<usize>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Starts a fleet migration; 202 with the operation to poll.
+pub async fn start_migration(
+    State(state): State<AppState>,
+    AdminActor(actor): AdminActor,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<tenantry::operations::Operation>), Problem> {
+    // The body is optional: an empty POST starts a migration with the defaults.
+    let body: StartMigration = if body.iter().all(u8::is_ascii_whitespace) {
+        StartMigration::default()
+    } else {
+        tenantry::http::json::parse(&body)?
+    };
+    let parallelism = body.parallelism.unwrap_or(4);
+    if !(1..=64).contains(&parallelism) {
+        return Err(Problem::validation(vec![FieldError::new(
+            "parallelism",
+            "must be between 1 and 64",
+        )]));
+    }
+    let db = state.tenancy.catalog().database();
+    let op = tenantry::operations::start_migration(
+        db,
+        tenantry::db::fleet::MigrateOptions {
+            parallelism,
+            dry_run: body.dry_run,
+        },
+    )
+    .await?;
+    audit::record(
+        db.runtime(),
+        &actor,
+        None,
+        "fleet.migrate",
+        &op.id.to_string(),
+    )
+    .await?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
+}
+
+pub async fn get_operation(
+    State(state): State<AppState>,
+    super::users::ResourceId(id): super::users::ResourceId,
+) -> Result<Json<tenantry::operations::Operation>, Problem> {
+    tenantry::operations::get(state.tenancy.catalog().database(), id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such operation"))
+}

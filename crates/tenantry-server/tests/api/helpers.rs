@@ -47,6 +47,7 @@ pub fn settings(db_name: &str, db_url: &str) -> Settings {
         role_prefix: db_name.to_owned(),
         data_dir: std::env::temp_dir().join(db_name),
         plans: Plans::default(),
+        tenant_db_budget: (40, 4),
     }
 }
 

@@ -7,6 +7,7 @@ mod helpers;
 mod input;
 mod isolation;
 mod lifecycle;
+mod operations;
 mod placements;
 mod resolution;
 mod startup;

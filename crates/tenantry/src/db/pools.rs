@@ -83,16 +83,26 @@ impl managed::Manager for BudgetedManager {
     type Error = BudgetError;
 
     async fn create(&self) -> Result<Budgeted, BudgetError> {
-        let permit = match self.budget.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if let Some(owner) = self.owner.upgrade() {
-                    owner.trim_idle(&self.key);
-                }
-                match tokio::time::timeout(self.wait, self.budget.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => return Err(BudgetError::Exhausted),
-                }
+        // Permits held by idle connections of other pools are reclaimed by closing those
+        // connections; connections become idle all the time under load, so the waiter trims
+        // again every few milliseconds until its deadline.
+        let deadline = tokio::time::Instant::now() + self.wait;
+        let permit = loop {
+            if let Ok(p) = self.budget.clone().try_acquire_owned() {
+                break p;
+            }
+            if let Some(owner) = self.owner.upgrade() {
+                owner.trim_idle(&self.key);
+            }
+            let slice = Duration::from_millis(10)
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            if slice.is_zero() {
+                return Err(BudgetError::Exhausted);
+            }
+            if let Ok(Ok(p)) =
+                tokio::time::timeout(slice, self.budget.clone().acquire_owned()).await
+            {
+                break p;
             }
         };
         let client = managed::Manager::create(&self.inner).await?;

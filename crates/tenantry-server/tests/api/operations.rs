@@ -1,0 +1,187 @@
+//! Operator paths: `tenantry migrate` and `tenantry doctor` through the real binary, fleet
+//! migrations as admin operations, and the tenant-database connection budget under load.
+
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{fresh_database, settings, spawn_app, spawn_with, TestApp};
+
+fn cli(app: &TestApp, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(args)
+        .env("DATABASE_URL", &app.db_url)
+        .env("TENANTRY_ROLE_PREFIX", &app.db_name)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn migrate_and_doctor_from_the_command_line() {
+    let app = spawn_app().await;
+    app.tenant_in("sa", "schema").await;
+    app.tenant_in("da", "database").await;
+    app.tenant_in("xa", "shared").await;
+    let (code, out) = cli(&app, &["migrate", "--dry-run"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("nothing to do"), "{out}");
+    let (code, out) = cli(&app, &["migrate", "--parallel", "2"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli(&app, &["doctor"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("no findings"), "{out}");
+    // Plant a fault: the doctor reports it and exits non-zero.
+    app.sql()
+        .await
+        .batch_execute("ALTER TABLE shared.orders NO FORCE ROW LEVEL SECURITY")
+        .await
+        .unwrap();
+    let (code, out) = cli(&app, &["doctor"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("rls_not_forced") && out.contains("orders"),
+        "{out}"
+    );
+    // Bad usage is exit 2.
+    let (code, _) = cli(&app, &["migrate", "--parallel", "0"]);
+    assert_eq!(code, 2);
+}
+
+#[tokio::test]
+async fn a_fleet_migration_is_an_admin_operation() {
+    let app = spawn_app().await;
+    app.tenant_in("sa", "schema").await;
+    let r = app.admin(Method::POST, "/admin/v1/migrations", None).await;
+    let op = r.ok(202).clone();
+    assert_eq!(op["kind"], "migrate");
+    let id = op["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = app
+            .admin(Method::GET, &format!("/admin/v1/operations/{id}"), None)
+            .await;
+        let body = r.ok(200).clone();
+        if body["state"] == "succeeded" {
+            assert_eq!(body["progress"], 1.0);
+            break;
+        }
+        assert_ne!(body["state"], "failed", "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "operation did not finish: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.admin(
+        Method::GET,
+        &format!("/admin/v1/operations/{}", uuid::Uuid::now_v7()),
+        None,
+    )
+    .await
+    .problem(404, "not_found");
+    app.admin(
+        Method::POST,
+        "/admin/v1/migrations",
+        Some(json!({"parallelism": 0})),
+    )
+    .await
+    .problem(422, "validation_failed");
+    let audit = app.admin(Method::GET, "/admin/v1/audit", None).await;
+    assert!(audit.ok(200).to_string().contains("fleet.migrate"));
+}
+
+/// More tenant databases than the budget allows, under concurrent load: every request is
+/// served, the budget is never exceeded, and no tenant holds more than its share.
+#[tokio::test]
+async fn the_connection_budget_holds_under_load() {
+    const BUDGET: usize = 3;
+    const PER_TENANT: usize = 2;
+    const TENANTS: usize = 8;
+    let (name, url) = fresh_database().await;
+    let mut s = settings(&name, &url);
+    s.tenant_db_budget = (BUDGET, PER_TENANT);
+    let app = Arc::new(spawn_with(s).await);
+    let mut keys = Vec::new();
+    for i in 0..TENANTS {
+        keys.push(app.tenant_in(&format!("db{i}"), "database").await);
+    }
+    // Watch the server's connections to tenant databases while the load runs.
+    let max_total = Arc::new(AtomicI64::new(0));
+    let max_one = Arc::new(AtomicI64::new(0));
+    let stop = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (max_total, max_one, stop) = (max_total.clone(), max_one.clone(), stop.clone());
+        let sql = app.sql().await;
+        let pattern = format!("{name}\\_t\\_%");
+        let role = format!("{name}_app");
+        tokio::spawn(async move {
+            while stop.load(Ordering::Relaxed) == 0 {
+                let total: i64 = sql
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND datname LIKE $2",
+                        &[&role, &pattern],
+                    )
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+                let one: i64 = sql
+                    .query_one(
+                        "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM pg_stat_activity
+                          WHERE usename = $1 AND datname LIKE $2 GROUP BY datname) s",
+                        &[&role, &pattern],
+                    )
+                    .await
+                    .map(|r| r.get(0))
+                    .unwrap_or(0);
+                max_total.fetch_max(total, Ordering::Relaxed);
+                max_one.fetch_max(one, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..16 {
+        let app = app.clone();
+        let keys = keys.clone();
+        let ok = ok.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let key = &keys[(worker + i) % TENANTS];
+                let r = app.with_key(key, Method::GET, "/v1/orders", None).await;
+                assert_eq!(r.status.as_u16(), 200, "{r:?}");
+                ok.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stop.store(1, Ordering::Relaxed);
+    watcher.await.unwrap();
+    assert_eq!(ok.load(Ordering::Relaxed), 16 * 20);
+    let total = max_total.load(Ordering::Relaxed);
+    let one = max_one.load(Ordering::Relaxed);
+    eprintln!("tenant-database connections: max {total} in total, max {one} for one tenant");
+    assert!(
+        total as usize <= BUDGET,
+        "budget exceeded: {total} > {BUDGET}"
+    );
+    assert!(total >= 1, "the watcher saw the load");
+    assert!(
+        one as usize <= PER_TENANT,
+        "one tenant held {one} > {PER_TENANT}"
+    );
+}
