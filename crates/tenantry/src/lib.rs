@@ -37,14 +37,15 @@
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! let control: tokio_postgres::Config = "postgres://postgres@127.0.0.1/app".parse()?;
-//! let migrations = [db::TenantMigration {
+//! // The tenant tables, defined once; the runner adds the forced RLS policy to each.
+//! static MIGRATIONS: &[db::TenantMigration] = &[db::TenantMigration {
 //!     version: 1,
 //!     name: "notes",
 //!     sql: "CREATE TABLE notes (tenant_id text NOT NULL CHECK (tenant_id <> ''),
 //!           id uuid NOT NULL, body text NOT NULL, PRIMARY KEY (tenant_id, id))",
 //! }];
 //! let database = db::Database::connect(
-//!     control, None, &db::RoleNames::default(), &migrations, &Default::default(),
+//!     control, None, &db::RoleNames::default(), MIGRATIONS, &Default::default(),
 //! ).await?;
 //! let tenancy = Tenancy::new(Catalog::new(database), TenancyConfig::default());
 //! let app: Router = Router::new()
