@@ -1,0 +1,114 @@
+//! `cargo run --release -p tenantry-bench -- <scenario>`: prints a table and writes
+//! `bench-results/<scenario>.md`.
+
+use clap::{Parser, Subcommand};
+use tenantry::db::BudgetSettings;
+use tenantry::Isolation;
+use tenantry_bench::{placements, report};
+
+#[derive(Parser)]
+#[command(name = "tenantry-bench", about = "Tenantry benchmarks")]
+struct Cli {
+    /// Tiny sizes: checks that a scenario runs, not how fast.
+    #[arg(long, global = true)]
+    smoke: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Provisioning time per placement (median, p95).
+    Provision {
+        #[arg(long, default_value_t = 40)]
+        n: usize,
+    },
+    /// Fleet migration adding a column across schema and database tenants.
+    Migrate {
+        #[arg(long, default_value_t = 1000)]
+        schemas: usize,
+        #[arg(long, default_value_t = 100)]
+        databases: usize,
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
+    /// Scoped-read p50/p99 at few vs many tenants: 10 vs 1,000 schema tenants and 10 vs 200
+    /// database tenants over a 40-connection budget.
+    ScopedRead {
+        #[arg(long, default_value_t = 8000)]
+        reads: usize,
+    },
+    /// All of the placement benchmarks above.
+    Placements,
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let smoke = cli.smoke;
+    let scale = |full: usize, tiny: usize| if smoke { tiny } else { full };
+    match cli.scenario {
+        Scenario::Provision { n } => {
+            let t = placements::provision(scale(n, 2)).await;
+            report::publish("provision", &format!("n={n} smoke={smoke}"), &[t]);
+        }
+        Scenario::Migrate {
+            schemas,
+            databases,
+            parallel,
+        } => {
+            let t = placements::migrate(scale(schemas, 3), scale(databases, 2), parallel).await;
+            report::publish(
+                "migrate",
+                &format!(
+                    "schemas={schemas} databases={databases} parallel={parallel} smoke={smoke}"
+                ),
+                &[t],
+            );
+        }
+        Scenario::ScopedRead { reads } => {
+            let tables = scoped(scale(reads, 200), smoke).await;
+            report::publish(
+                "scoped-read",
+                &format!("reads={reads} smoke={smoke}"),
+                &tables,
+            );
+        }
+        Scenario::Placements => {
+            let mut tables = vec![
+                placements::provision(scale(40, 2)).await,
+                placements::migrate(scale(1000, 3), scale(100, 2), 4).await,
+            ];
+            tables.extend(scoped(scale(8000, 200), smoke).await);
+            report::publish("placements", &format!("smoke={smoke}"), &tables);
+        }
+    }
+}
+
+async fn scoped(reads: usize, smoke: bool) -> Vec<report::Table> {
+    let (schemas, databases) = if smoke { (4, 4) } else { (1000, 200) };
+    vec![
+        placements::scoped_read(
+            Isolation::Schema,
+            10.min(schemas),
+            schemas,
+            reads,
+            8,
+            BudgetSettings::default(),
+        )
+        .await,
+        placements::scoped_read(
+            Isolation::Database,
+            10.min(databases),
+            databases,
+            reads,
+            8,
+            BudgetSettings {
+                total: 40,
+                per_tenant: 2,
+                ..BudgetSettings::default()
+            },
+        )
+        .await,
+    ]
+}

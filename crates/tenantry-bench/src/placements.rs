@@ -1,0 +1,369 @@
+//! Issue #3's figures: provisioning time per placement, fleet migration time, and scoped-read
+//! latency as the number of schema and database tenants grows.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tenantry::audit::Actor;
+use tenantry::catalog::NewTenant;
+use tenantry::db::fleet::{self, MigrateOptions};
+use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames, TenantMigration};
+use tenantry::{Catalog, Isolation, Tenancy, TenancyConfig, TenantContext, TenantId};
+use tenantry_server::migrations::TENANT_MIGRATIONS;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use crate::report::Table;
+use crate::stats::{ms, Samples};
+
+/// A fresh database with its own roles: one per scenario.
+pub struct Fleet {
+    pub db: Database,
+    pub tenancy: Tenancy,
+    pub cfg: tokio_postgres::Config,
+    pub name: String,
+}
+
+fn actor() -> Actor {
+    Actor {
+        name: "bench".into(),
+        request_id: "bench".into(),
+    }
+}
+
+impl Fleet {
+    pub async fn new(migrations: &'static [TenantMigration], budget: BudgetSettings) -> Self {
+        let name = format!("tb_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let (c, conn) = tokio_postgres::connect(&format!("{}/postgres", crate::base_url()), NoTls)
+            .await
+            .expect("PostgreSQL reachable (BENCH_DATABASE_URL)");
+        tokio::spawn(conn);
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let cfg: tokio_postgres::Config = format!("{}/{name}", crate::base_url()).parse().unwrap();
+        Self::open(cfg, name, migrations, budget).await
+    }
+
+    /// Reopens the same deployment with another set of migrations (new code).
+    pub async fn open(
+        cfg: tokio_postgres::Config,
+        name: String,
+        migrations: &'static [TenantMigration],
+        budget: BudgetSettings,
+    ) -> Self {
+        let settings = PoolSettings {
+            runtime_max: 16,
+            tenant_databases: budget,
+            ..PoolSettings::default()
+        };
+        let db = Database::connect(
+            cfg.clone(),
+            None,
+            &RoleNames::from_prefix(&name).unwrap(),
+            migrations,
+            &settings,
+        )
+        .await
+        .unwrap();
+        let tenancy = Tenancy::new(Catalog::new(db.clone()), TenancyConfig::default());
+        Self {
+            db,
+            tenancy,
+            cfg,
+            name,
+        }
+    }
+
+    pub async fn create(&self, slug: &str, isolation: Isolation) -> Duration {
+        let new = NewTenant {
+            slug: TenantId::parse(slug).unwrap(),
+            name: slug.into(),
+            plan: "pro".into(),
+            isolation,
+            server: None,
+        };
+        let start = Instant::now();
+        tenantry::lifecycle::create(self.tenancy.catalog(), &new, &actor())
+            .await
+            .unwrap();
+        start.elapsed()
+    }
+
+    /// Creates `n` tenants, `parallel` at a time.
+    pub async fn create_many(&self, prefix: &str, n: usize, isolation: Isolation, parallel: usize) {
+        futures_util::stream::iter(0..n)
+            .map(|i| async move {
+                self.create(&format!("{prefix}{i}"), isolation).await;
+            })
+            .buffer_unordered(parallel)
+            .collect::<Vec<_>>()
+            .await;
+    }
+
+    pub async fn context(&self, slug: &str) -> TenantContext {
+        self.tenancy
+            .admin_context(&TenantId::parse(slug).unwrap(), &actor(), "bench", "bench")
+            .await
+            .unwrap()
+    }
+
+    /// Drops the scenario's databases (tenant databases first).
+    pub async fn cleanup(self) {
+        let (c, conn) = tokio_postgres::connect(&format!("{}/postgres", crate::base_url()), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        drop(self.tenancy);
+        drop(self.db);
+        let rows = c
+            .query(
+                "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
+                &[&self.name],
+            )
+            .await
+            .unwrap();
+        for r in rows {
+            let d: String = r.get(0);
+            let _ = c
+                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{d}\" WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// Provisioning time per placement, interleaved so noise hits all three alike.
+pub async fn provision(n: usize) -> Table {
+    let fleet = Fleet::new(TENANT_MIGRATIONS, BudgetSettings::default()).await;
+    let placements = [Isolation::Shared, Isolation::Schema, Isolation::Database];
+    let mut samples = [Samples::default(), Samples::default(), Samples::default()];
+    for i in 0..n {
+        for (k, iso) in placements.iter().enumerate() {
+            let d = fleet.create(&format!("p{}-{i}", iso.as_str()), *iso).await;
+            samples[k].push(d);
+        }
+    }
+    let mut t = Table::new(
+        "Provisioning time per placement",
+        &["placement", "tenants", "p50 ms", "p95 ms", "max ms"],
+    );
+    for (k, iso) in placements.iter().enumerate() {
+        let s = &samples[k];
+        t.row(vec![
+            iso.as_str().into(),
+            s.len().to_string(),
+            ms(s.p50()),
+            ms(s.p95()),
+            ms(s.quantile(1.0)),
+        ]);
+    }
+    fleet.cleanup().await;
+    t
+}
+
+/// v2 of the tenant tables for the migration benchmark: adds a column.
+static WITH_V2: std::sync::OnceLock<Vec<TenantMigration>> = std::sync::OnceLock::new();
+
+fn with_v2() -> &'static [TenantMigration] {
+    WITH_V2.get_or_init(|| {
+        let mut v = TENANT_MIGRATIONS.to_vec();
+        v.push(TenantMigration {
+            version: TENANT_MIGRATIONS
+                .iter()
+                .map(|m| m.version)
+                .max()
+                .unwrap_or(0)
+                + 1,
+            name: "orders_note",
+            sql: "ALTER TABLE orders ADD COLUMN note text",
+        });
+        v
+    })
+}
+
+/// `tenantry migrate` adding a column across `schemas` schema tenants and `databases`
+/// database tenants, then the no-op re-run.
+pub async fn migrate(schemas: usize, databases: usize, parallel: usize) -> Table {
+    let fleet = Fleet::new(TENANT_MIGRATIONS, BudgetSettings::default()).await;
+    let setup = Instant::now();
+    fleet.create_many("s", schemas, Isolation::Schema, 4).await;
+    fleet
+        .create_many("d", databases, Isolation::Database, 4)
+        .await;
+    eprintln!(
+        "created {schemas} schema and {databases} database tenants in {:.1?}",
+        setup.elapsed()
+    );
+    let (cfg, name) = (fleet.cfg.clone(), fleet.name.clone());
+    drop(fleet);
+    let fleet = Fleet::open(cfg, name, with_v2(), BudgetSettings::default()).await;
+    let opts = MigrateOptions {
+        parallelism: parallel,
+        dry_run: false,
+    };
+    let start = Instant::now();
+    let report = fleet::migrate(&fleet.db, &opts, |_| {}).await.unwrap();
+    let full = start.elapsed();
+    assert_eq!(
+        report.failed().count(),
+        0,
+        "bench migration failed: {report:?}"
+    );
+    let start = Instant::now();
+    let noop = fleet::migrate(&fleet.db, &opts, |_| {}).await.unwrap();
+    let noop_time = start.elapsed();
+    assert!(noop.tenants.is_empty());
+    let mut t = Table::new(
+        "Fleet migration: ADD COLUMN across the fleet",
+        &[
+            "run",
+            "schema tenants",
+            "database tenants",
+            "parallelism",
+            "tenants migrated",
+            "time",
+            "per tenant ms",
+        ],
+    );
+    let per = if report.tenants.is_empty() {
+        Duration::ZERO
+    } else {
+        full / report.tenants.len() as u32
+    };
+    t.row(vec![
+        "migrate".into(),
+        schemas.to_string(),
+        databases.to_string(),
+        parallel.to_string(),
+        report.tenants.len().to_string(),
+        format!("{full:.2?}"),
+        ms(per),
+    ]);
+    t.row(vec![
+        "no-op re-run".into(),
+        schemas.to_string(),
+        databases.to_string(),
+        parallel.to_string(),
+        "0".into(),
+        format!("{noop_time:.2?}"),
+        "-".into(),
+    ]);
+    fleet.cleanup().await;
+    t
+}
+
+/// Scoped-read latency (one order by id, through `ctx.db().run`) spread over the first `small`
+/// tenants versus all `large` tenants of one placement, in interleaved rounds.
+pub async fn scoped_read(
+    isolation: Isolation,
+    small: usize,
+    large: usize,
+    reads: usize,
+    concurrency: usize,
+    budget: BudgetSettings,
+) -> Table {
+    let fleet = Fleet::new(TENANT_MIGRATIONS, budget.clone()).await;
+    let setup = Instant::now();
+    fleet.create_many("t", large, isolation, 4).await;
+    let mut targets = Vec::with_capacity(large);
+    for i in 0..large {
+        let ctx = fleet.context(&format!("t{i}")).await;
+        let user = Uuid::now_v7();
+        let order = Uuid::now_v7();
+        ctx.db()
+            .run(
+                "INSERT INTO users (tenant_id, id, email, name, role) VALUES ($1, $2, 'b@b.io', 'b', 'member')",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        ctx.db()
+            .run(
+                "INSERT INTO orders (tenant_id, id, user_id, amount_cents, currency, status)
+                 VALUES ($1, $2, $3, 100, 'EUR', 'paid')",
+                &[&order, &user],
+            )
+            .await
+            .unwrap();
+        targets.push((ctx, order));
+    }
+    eprintln!(
+        "seeded {large} {} tenants in {:.1?}",
+        isolation.as_str(),
+        setup.elapsed()
+    );
+    let targets = Arc::new(targets);
+    let mut few = Samples::default();
+    let mut many = Samples::default();
+    let rounds = 4;
+    // Warm-up over everything, then alternate rounds.
+    run_reads(&targets, large, reads / 4, concurrency).await;
+    for _ in 0..rounds {
+        few.0.extend(
+            run_reads(&targets, small, reads / rounds, concurrency)
+                .await
+                .0,
+        );
+        many.0.extend(
+            run_reads(&targets, large, reads / rounds, concurrency)
+                .await
+                .0,
+        );
+    }
+    let mut t = Table::new(
+        &format!("Scoped read latency, {} placement", isolation.as_str()),
+        &["tenants", "reads", "p50 ms", "p99 ms", "p99 ratio"],
+    );
+    let base = few.p99().as_secs_f64();
+    for (n, s) in [(small, &few), (large, &many)] {
+        t.row(vec![
+            n.to_string(),
+            s.len().to_string(),
+            ms(s.p50()),
+            ms(s.p99()),
+            format!("{:.2}x", s.p99().as_secs_f64() / base.max(1e-9)),
+        ]);
+    }
+    fleet.cleanup().await;
+    t
+}
+
+async fn run_reads(
+    targets: &Arc<Vec<(TenantContext, Uuid)>>,
+    spread: usize,
+    reads: usize,
+    concurrency: usize,
+) -> Samples {
+    let per_worker = reads / concurrency.max(1);
+    let mut handles = Vec::new();
+    for w in 0..concurrency {
+        let targets = targets.clone();
+        handles.push(tokio::spawn(async move {
+            let mut s = Samples::default();
+            // A cheap deterministic spread (no rand dependency): stride by a prime.
+            let mut k = w * 7919;
+            for _ in 0..per_worker {
+                k = (k + 104_729) % spread.max(1);
+                let (ctx, order) = &targets[k];
+                let start = Instant::now();
+                let row = ctx
+                    .db()
+                    .run_opt(
+                        "SELECT id, amount_cents FROM orders WHERE tenant_id = $1 AND id = $2",
+                        &[order],
+                    )
+                    .await
+                    .unwrap();
+                assert!(row.is_some());
+                s.push(start.elapsed());
+            }
+            s
+        }));
+    }
+    let mut all = Samples::default();
+    for h in handles {
+        all.0.extend(h.await.unwrap().0);
+    }
+    all
+}

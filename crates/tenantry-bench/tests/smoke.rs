@@ -1,0 +1,29 @@
+//! Every benchmark scenario runs end to end at tiny sizes (CI checks they work, not how fast).
+
+use tenantry::db::BudgetSettings;
+use tenantry::Isolation;
+use tenantry_bench::placements;
+
+#[tokio::test]
+async fn placement_scenarios_run() {
+    let t = placements::provision(2).await;
+    assert_eq!(t.rows.len(), 3);
+    let t = placements::migrate(3, 2, 2).await;
+    assert_eq!(t.rows[0][4], "5", "all five tenants migrated: {:?}", t.rows);
+    for iso in [Isolation::Schema, Isolation::Database] {
+        let t = placements::scoped_read(
+            iso,
+            2,
+            4,
+            80,
+            4,
+            BudgetSettings {
+                total: 3,
+                per_tenant: 1,
+                ..BudgetSettings::default()
+            },
+        )
+        .await;
+        assert_eq!(t.rows.len(), 2);
+    }
+}
