@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
+use tenantry::auth::jwt::JwtVerifier;
 use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames};
 use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
 use tenantry::resolve::ResolverConfig;
@@ -87,6 +88,8 @@ pub enum StartError {
     DatabaseUrl(String),
     #[error(transparent)]
     Database(#[from] tenantry::db::DbError),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -99,6 +102,7 @@ pub struct Application {
     router: Router,
     local_pg: Option<Arc<LocalPostgres>>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    tenancy: Tenancy,
 }
 
 impl Application {
@@ -106,30 +110,49 @@ impl Application {
         let (db, local_pg) = connect(&settings).await?;
         let control = db.control_config().clone();
         let catalog = Catalog::new(db);
+        let jwt = if settings.jwt.enabled() {
+            Some(
+                JwtVerifier::new(settings.jwt.clone())
+                    .map_err(|e| StartError::Config(e.to_string()))?,
+            )
+        } else {
+            None
+        };
         let tenancy = Tenancy::new(
             catalog.clone(),
             TenancyConfig {
                 resolver: ResolverConfig {
                     base_domain: Some(settings.base_domain.clone()),
+                    trusted_proxies: settings.trusted_proxies.clone(),
                     ..ResolverConfig::default()
                 },
                 plans: settings.plans.clone(),
+                jwt: jwt.clone(),
             },
         );
-        let admin_token = match &settings.admin_token {
-            Some(t) => t.clone(),
-            None => {
-                let t = Alphanumeric.sample_string(&mut rand::rng(), 40);
-                // Printed once, on stderr, not through the log pipeline.
-                eprintln!("tenantry: generated admin token (shown once): {t}");
-                t
-            }
-        };
+        let mut tokens = settings.admin_tokens.clone();
+        if let Some(t) = &settings.admin_token {
+            tokens.push(("default".into(), t.clone()));
+        }
+        if tokens.is_empty() {
+            let t = Alphanumeric.sample_string(&mut rand::rng(), 40);
+            // Printed once, on stderr, not through the log pipeline.
+            eprintln!("tenantry: generated admin token (shown once): {t}");
+            tokens.push(("default".into(), t));
+        }
         let state = AppState {
             tenancy: tenancy.clone(),
-            admin: admin::AdminTokens::single(admin_token),
+            admin: admin::AdminTokens::new(tokens),
         };
         let mut background = vec![tokio::spawn(catalog.listen(control))];
+        background.push(tokio::spawn(
+            tenancy
+                .clone()
+                .flush_key_usage_every(settings.key_usage_flush),
+        ));
+        if let Some(v) = jwt.filter(|v| v.config().jwks_file.is_some()) {
+            background.push(tokio::spawn(v.watch_jwks(Duration::from_secs(1))));
+        }
         let limiter_tenancy = tenancy.clone();
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -150,6 +173,7 @@ impl Application {
             router: router(state),
             local_pg,
             background,
+            tenancy,
         })
     }
 
@@ -164,11 +188,19 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "tenantry listening");
-        let r = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let r = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
         for t in &self.background {
             t.abort();
+        }
+        // Usage recorded since the last flush is not lost on a clean shutdown.
+        if let Err(e) = self.tenancy.flush_key_usage().await {
+            tracing::warn!(error = %e, "could not record the last API key usage");
         }
         if let Some(pg) = self.local_pg {
             let _ = tokio::task::spawn_blocking(move || pg.stop()).await;

@@ -111,3 +111,46 @@ pub async fn doctor(settings: &Settings) -> Result<u8, StartError> {
     }
     Ok(exit::FAILED)
 }
+
+/// `tenantry token`: prints a development JWT. Needs no database.
+pub fn token(settings: &Settings, tenant: &str, ttl: &str, scope: Option<&str>) -> u8 {
+    let Ok(tenant) = tenantry::TenantId::parse(tenant) else {
+        eprintln!("tenantry: {tenant:?} is not a tenant slug");
+        return exit::USAGE;
+    };
+    let Some(ttl) = parse_duration(ttl) else {
+        eprintln!("tenantry: --ttl takes a number with s, m, h or d (e.g. 30m, 1h)");
+        return exit::USAGE;
+    };
+    if settings.jwt.hs256_secret.is_none() {
+        eprintln!("tenantry: set TENANTRY_JWT_HS256_SECRET (or [jwt] hs256_secret) to mint tokens");
+        return exit::USAGE;
+    }
+    match tenantry::auth::jwt::JwtVerifier::new(settings.jwt.clone())
+        .and_then(|v| v.mint_hs256(&tenant, ttl, scope))
+    {
+        Ok(t) => {
+            println!("{t}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("tenantry: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+/// `90s`, `30m`, `1h`, `2d`.
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| std::time::Duration::from_secs(secs))
+}

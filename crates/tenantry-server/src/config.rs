@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
+use tenantry::auth::jwt::JwtConfig;
+use tenantry::resolve::proxy::Cidr;
 use tenantry::{Plan, Plans};
 
 /// Settings shared by every subcommand that talks to the database.
@@ -46,6 +48,30 @@ pub struct ServeArgs {
     /// Connections one tenant database may hold.
     #[arg(long, env = "TENANTRY_TENANT_DB_PER_TENANT")]
     pub tenant_db_per_tenant: Option<usize>,
+    /// HS256 secret for JWT verification (at least 32 bytes).
+    #[arg(long, env = "TENANTRY_JWT_HS256_SECRET", hide_env_values = true)]
+    pub jwt_hs256_secret: Option<String>,
+    /// PEM public key (RSA for RS256, P-256 for ES256) for JWT verification.
+    #[arg(long, env = "TENANTRY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file (keys chosen by `kid`; re-read when it changes).
+    #[arg(long, env = "TENANTRY_JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Required `iss` of JWTs.
+    #[arg(long, env = "TENANTRY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs.
+    #[arg(long, env = "TENANTRY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The claim that names the tenant.
+    #[arg(long, env = "TENANTRY_JWT_TENANT_CLAIM")]
+    pub jwt_tenant_claim: Option<String>,
+    /// Clock skew tolerated on `exp`/`nbf`, in seconds.
+    #[arg(long, env = "TENANTRY_JWT_LEEWAY_SECS")]
+    pub jwt_leeway_secs: Option<u64>,
+    /// Proxies whose X-Forwarded-Host is believed (comma-separated addresses or CIDRs).
+    #[arg(long, env = "TENANTRY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
     /// Configuration file (default: ./tenantry.toml when it exists).
     #[arg(long, env = "TENANTRY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -64,8 +90,26 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     tenant_db_budget: Option<usize>,
     tenant_db_per_tenant: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
+    #[serde(default)]
+    jwt: FileJwt,
+    /// Named admin tokens: `name = "token"`. Revoke one by removing it.
+    #[serde(default)]
+    admin_tokens: BTreeMap<String, String>,
     #[serde(default)]
     plans: BTreeMap<String, FilePlan>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJwt {
+    hs256_secret: Option<String>,
+    public_key_file: Option<PathBuf>,
+    jwks_file: Option<PathBuf>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    tenant_claim: Option<String>,
+    leeway_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -93,6 +137,13 @@ pub struct Settings {
     pub plans: Plans,
     /// Tenant-database connection budget: (total, per tenant).
     pub tenant_db_budget: (usize, usize),
+    /// JWT verification (off unless a key is configured).
+    pub jwt: JwtConfig,
+    /// Named admin tokens from the file (`TENANTRY_ADMIN_TOKEN` is `default`).
+    pub admin_tokens: Vec<(String, String)>,
+    pub trusted_proxies: Vec<Cidr>,
+    /// How often batched API-key `last_used_at` is written.
+    pub key_usage_flush: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -117,6 +168,12 @@ impl std::fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field("plans", &self.plans)
             .field("tenant_db_budget", &self.tenant_db_budget)
+            .field("jwt_enabled", &self.jwt.enabled())
+            .field(
+                "admin_tokens",
+                &self.admin_tokens.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -196,6 +253,10 @@ impl Settings {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from(".tenantry")),
             plans,
+            jwt: JwtConfig::default(),
+            admin_tokens: Vec::new(),
+            trusted_proxies: Vec::new(),
+            key_usage_flush: Duration::from_secs(10),
             tenant_db_budget: (
                 args.tenant_db_budget
                     .or(file.tenant_db_budget)
@@ -206,6 +267,46 @@ impl Settings {
             ),
         };
         let (total, per) = settings.tenant_db_budget;
+        let mut settings = settings;
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|source| ConfigError::Read {
+                path: p.clone(),
+                source,
+            })
+        };
+        let fj = file.jwt;
+        let secret = args.jwt_hs256_secret.clone().or(fj.hs256_secret);
+        let pem_file = args.jwt_public_key_file.clone().or(fj.public_key_file);
+        settings.jwt = JwtConfig {
+            hs256_secret: secret.map(String::into_bytes),
+            public_key_pem: pem_file.as_ref().map(read).transpose()?,
+            jwks_file: args.jwt_jwks_file.clone().or(fj.jwks_file),
+            issuer: args.jwt_issuer.clone().or(fj.issuer),
+            audience: args.jwt_audience.clone().or(fj.audience),
+            tenant_claim: args
+                .jwt_tenant_claim
+                .clone()
+                .or(fj.tenant_claim)
+                .unwrap_or_else(|| "tenant_id".into()),
+            leeway: Duration::from_secs(args.jwt_leeway_secs.or(fj.leeway_secs).unwrap_or(30)),
+        };
+        settings.trusted_proxies = args
+            .trusted_proxies
+            .clone()
+            .or(file.trusted_proxies)
+            .unwrap_or_default()
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.parse::<Cidr>().map_err(ConfigError::Invalid))
+            .collect::<Result<_, _>>()?;
+        settings.admin_tokens = file.admin_tokens.into_iter().collect();
+        for (name, token) in &settings.admin_tokens {
+            if token.len() < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "admin token {name:?} must be at least 16 characters"
+                )));
+            }
+        }
         if total == 0 || per == 0 || per > total {
             return Err(ConfigError::Invalid(
                 "tenant_db_budget and tenant_db_per_tenant must be positive, per-tenant <= total"

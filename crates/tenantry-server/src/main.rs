@@ -39,6 +39,20 @@ enum Command {
         #[command(flatten)]
         db: ServeArgs,
     },
+    /// Mint a development JWT for a tenant with the configured HS256 secret.
+    Token {
+        #[command(flatten)]
+        db: ServeArgs,
+        /// The tenant slug.
+        #[arg(long)]
+        tenant: String,
+        /// Lifetime, e.g. 30m, 1h, 2d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Optional OAuth-style scope (e.g. "read" for a read-only token).
+        #[arg(long)]
+        scope: Option<String>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -51,7 +65,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = match &cli.command {
-        Command::Serve(a) | Command::Migrate { db: a, .. } | Command::Doctor { db: a } => a,
+        Command::Serve(a)
+        | Command::Migrate { db: a, .. }
+        | Command::Doctor { db: a }
+        | Command::Token { db: a, .. } => a,
     };
     let settings = match Settings::load(args) {
         Ok(s) => s,
@@ -73,6 +90,9 @@ fn main() -> std::process::ExitCode {
             parallel, dry_run, ..
         } => one_shot(rt.block_on(cli::migrate(&settings, parallel as usize, dry_run))),
         Command::Doctor { .. } => one_shot(rt.block_on(cli::doctor(&settings))),
+        Command::Token {
+            tenant, ttl, scope, ..
+        } => std::process::ExitCode::from(cli::token(&settings, &tenant, &ttl, scope.as_deref())),
         Command::Serve(_) => rt.block_on(async move {
             let app = match Application::build(settings).await {
                 Ok(a) => a,

@@ -1,23 +1,25 @@
 //! [`Tenancy`]: the library's entry point, tying the catalog, the resolution rules, the plans and
 //! the rate limiter together. One per process, cheap to clone.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use http::request::Parts;
 use http::Method;
+use uuid::Uuid;
 
 use crate::audit::{self, Actor};
 use crate::auth::api_key::PresentedKey;
+use crate::auth::jwt::JwtVerifier;
 use crate::auth::{Principal, Scope};
 use crate::catalog::Catalog;
 use crate::context::TenantContext;
 use crate::db::DbError;
 use crate::ratelimit::{Quota, RateLimiter};
 use crate::resolve::credential::{self, Credential};
-use crate::resolve::{self, ResolveError, ResolverConfig};
+use crate::resolve::{self, CredentialSource, ResolveError, ResolverConfig};
 use crate::tenant::{StorageState, Tenant, TenantId, TenantStatus};
 
 /// A plan's limits.
@@ -86,10 +88,12 @@ impl Plans {
 }
 
 /// Settings for [`Tenancy`].
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct TenancyConfig {
     pub resolver: ResolverConfig,
     pub plans: Plans,
+    /// JWT verification; `None` turns JWT credentials off.
+    pub jwt: Option<JwtVerifier>,
 }
 
 /// Why an admin context could not be opened.
@@ -111,6 +115,9 @@ struct Inner {
     catalog: Catalog,
     limiter: RateLimiter,
     config: TenancyConfig,
+    /// Keys used since the last flush, with when: `last_used_at` is written in batches, never
+    /// once per request.
+    key_usage: Mutex<HashMap<Uuid, DateTime<Utc>>>,
 }
 
 impl Tenancy {
@@ -120,6 +127,7 @@ impl Tenancy {
                 catalog,
                 limiter: RateLimiter::new(),
                 config,
+                key_usage: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -141,11 +149,31 @@ impl Tenancy {
         let hints = resolve::hints(parts, &self.inner.config.resolver)?;
         let cred =
             credential::from_headers(&parts.headers)?.ok_or(ResolveError::Unauthenticated)?;
+        let accepts = |c| self.inner.config.resolver.credentials.contains(&c);
         let (tenant_id, principal) = match cred {
-            Credential::ApiKey(text) => self.verify_key(text).await?,
-            // JWT verification is not configured in this build: a bearer token that is not an
-            // API key is not a credential we can check.
-            Credential::Bearer(_) => return Err(ResolveError::InvalidCredentials),
+            Credential::ApiKey(text) if accepts(CredentialSource::ApiKey) => {
+                self.verify_key(text).await?
+            }
+            Credential::Bearer(token) if accepts(CredentialSource::Jwt) => {
+                let verifier = self
+                    .inner
+                    .config
+                    .jwt
+                    .as_ref()
+                    .ok_or(ResolveError::InvalidCredentials)?;
+                let id = verifier.verify(token).map_err(|e| {
+                    tracing::debug!(error = %e, "JWT refused");
+                    ResolveError::InvalidCredentials
+                })?;
+                (
+                    id.tenant,
+                    Principal::Jwt {
+                        subject: id.subject,
+                        read_only: id.read_only,
+                    },
+                )
+            }
+            _ => return Err(ResolveError::InvalidCredentials),
         };
         resolve::check_hints(&hints, &tenant_id)?;
         let tenant = self
@@ -171,6 +199,7 @@ impl Tenancy {
             return Err(ResolveError::InvalidCredentials);
         }
         let read_only = !rec.scopes.contains(&Scope::Write);
+        lock(&self.inner.key_usage).insert(rec.id, Utc::now());
         Ok((
             rec.tenant.clone(),
             Principal::ApiKey {
@@ -216,6 +245,65 @@ impl Tenancy {
         ))
     }
 
+    /// Resolves a request on a route an app opted into *public* access: the tenant comes from
+    /// the subdomain alone, no credential is read, and only safe methods are allowed. Never the
+    /// default: apps mount [`crate::http::TenancyLayer::public_by_subdomain`] on exactly the
+    /// routes that want it.
+    pub async fn resolve_public(&self, parts: &Parts) -> Result<TenantContext, ResolveError> {
+        if !is_safe(&parts.method) {
+            return Err(ResolveError::Forbidden("write on a public route"));
+        }
+        let slug = resolve::subdomain_hint(parts, &self.inner.config.resolver)?
+            .ok_or(ResolveError::UnknownTenant)?;
+        let tenant = self
+            .inner
+            .catalog
+            .tenant(&slug)
+            .await
+            .map_err(|_| ResolveError::Unavailable)?
+            .ok_or(ResolveError::UnknownTenant)?;
+        self.admit(tenant, Principal::Public, &parts.method)
+    }
+
+    /// Writes the batched `last_used_at` of keys used since the last flush (one statement).
+    pub async fn flush_key_usage(&self) -> Result<usize, DbError> {
+        let batch: Vec<(Uuid, DateTime<Utc>)> = lock(&self.inner.key_usage).drain().collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let (ids, ats): (Vec<Uuid>, Vec<DateTime<Utc>>) = batch.iter().cloned().unzip();
+        let client = self.inner.catalog.database().control().get().await?;
+        let r = client
+            .execute(
+                "UPDATE tenantry.api_keys k SET last_used_at = u.at
+                 FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, at)
+                 WHERE k.id = u.id AND (k.last_used_at IS NULL OR k.last_used_at < u.at)",
+                &[&ids, &ats],
+            )
+            .await;
+        if let Err(e) = r {
+            // Put them back (keeping the newest time) so a later flush writes them.
+            let mut pending = lock(&self.inner.key_usage);
+            for (id, at) in batch {
+                let e = pending.entry(id).or_insert(at);
+                *e = (*e).max(at);
+            }
+            return Err(e.into());
+        }
+        Ok(ids.len())
+    }
+
+    /// Flushes key usage every `every` until dropped (and once more when asked to stop).
+    pub async fn flush_key_usage_every(self, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.flush_key_usage().await {
+                tracing::warn!(error = %e, "could not record API key usage; will retry");
+            }
+        }
+    }
+
     /// Opens a context for an operator acting inside `slug`, after writing the audit entry.
     /// There is no other way for an admin to reach tenant data, and no way without naming the
     /// tenant. The catalog is read directly (not the cache): admins see the truth.
@@ -256,4 +344,8 @@ impl Tenancy {
 /// Methods that only read.
 fn is_safe(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

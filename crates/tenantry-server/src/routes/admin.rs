@@ -30,10 +30,9 @@ pub struct AdminTokens {
 }
 
 impl AdminTokens {
-    pub fn single(token: String) -> Self {
-        Self {
-            tokens: vec![("default".into(), token)],
-        }
+    /// Several named tokens; an audit entry names the one that acted.
+    pub fn new(tokens: Vec<(String, String)>) -> Self {
+        Self { tokens }
     }
 
     /// The name of the token presented, compared in constant time against each.

@@ -48,6 +48,10 @@ pub fn settings(db_name: &str, db_url: &str) -> Settings {
         data_dir: std::env::temp_dir().join(db_name),
         plans: Plans::default(),
         tenant_db_budget: (40, 4),
+        jwt: Default::default(),
+        admin_tokens: Vec::new(),
+        trusted_proxies: Vec::new(),
+        key_usage_flush: std::time::Duration::from_millis(200),
     }
 }
 

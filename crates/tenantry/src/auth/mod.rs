@@ -1,6 +1,7 @@
 //! Credentials: who is calling, and what they may do.
 
 pub mod api_key;
+pub mod jwt;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,16 +35,25 @@ impl Scope {
 pub enum Principal {
     /// An API key of the tenant.
     ApiKey { id: uuid::Uuid, read_only: bool },
+    /// A verified JWT for the tenant.
+    Jwt {
+        subject: Option<String>,
+        read_only: bool,
+    },
     /// An operator acting through the admin plane, inside an explicitly named tenant.
     Admin { token: String },
+    /// An anonymous visitor on a route an app opted into public, subdomain-resolved access.
+    /// Always read-only.
+    Public,
 }
 
 impl Principal {
     /// Whether this principal may write.
     pub fn can_write(&self) -> bool {
         match self {
-            Principal::ApiKey { read_only, .. } => !read_only,
+            Principal::ApiKey { read_only, .. } | Principal::Jwt { read_only, .. } => !read_only,
             Principal::Admin { .. } => true,
+            Principal::Public => false,
         }
     }
 }

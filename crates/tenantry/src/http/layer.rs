@@ -23,11 +23,27 @@ use crate::tenancy::Tenancy;
 #[derive(Clone)]
 pub struct TenancyLayer {
     tenancy: Tenancy,
+    public: bool,
 }
 
 impl TenancyLayer {
+    /// The default: a credential decides the tenant; hints must agree.
     pub fn new(tenancy: Tenancy) -> Self {
-        Self { tenancy }
+        Self {
+            tenancy,
+            public: false,
+        }
+    }
+
+    /// An explicit opt-in for routes that serve anonymous visitors of a tenant's site: the
+    /// tenant comes from the subdomain alone, no credential is read, and only GET/HEAD/OPTIONS
+    /// are allowed (the context's principal is [`crate::auth::Principal::Public`], read-only).
+    /// Mount it on exactly the routes that want it, never as the default.
+    pub fn public_by_subdomain(tenancy: Tenancy) -> Self {
+        Self {
+            tenancy,
+            public: true,
+        }
     }
 }
 
@@ -37,6 +53,7 @@ impl<S> Layer<S> for TenancyLayer {
         TenancyService {
             inner,
             tenancy: self.tenancy.clone(),
+            public: self.public,
         }
     }
 }
@@ -45,6 +62,7 @@ impl<S> Layer<S> for TenancyLayer {
 pub struct TenancyService<S> {
     inner: S,
     tenancy: Tenancy,
+    public: bool,
 }
 
 impl<S> Service<Request<Body>> for TenancyService<S>
@@ -65,9 +83,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let tenancy = self.tenancy.clone();
+        let public = self.public;
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            match tenancy.resolve(&parts).await {
+            let resolved = if public {
+                tenancy.resolve_public(&parts).await
+            } else {
+                tenancy.resolve(&parts).await
+            };
+            match resolved {
                 Ok(ctx) => {
                     tracing::Span::current().record("tenant_id", ctx.tenant_id().as_str());
                     parts.extensions.insert(ctx.clone());

@@ -47,6 +47,7 @@ impl From<ResolveError> for Problem {
                     .with_retry_after(decision.retry_after_secs);
             }
             ResolveError::Unavailable => return Problem::unavailable(&e),
+            ResolveError::UnknownTenant => ErrorCode::NotFound,
         };
         Problem::new(code, e.to_string())
     }

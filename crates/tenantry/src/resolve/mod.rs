@@ -16,6 +16,7 @@
 pub mod credential;
 pub mod header;
 pub mod path;
+pub mod proxy;
 pub mod subdomain;
 
 use crate::tenant::TenantId;
@@ -62,11 +63,29 @@ pub enum ResolveError {
     },
     #[error("tenant lookups unavailable")]
     Unavailable,
+    /// Public routes only: the subdomain names no tenant that exists.
+    #[error("no such tenant")]
+    UnknownTenant,
 }
 
-/// Which hint sources a deployment believes, and how to read them.
+/// A credential kind a deployment accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    /// `tk_…` keys in `Authorization: Bearer` or `X-Api-Key`.
+    ApiKey,
+    /// JWTs in `Authorization: Bearer` (needs a [`crate::auth::jwt::JwtVerifier`]).
+    Jwt,
+}
+
+/// Which credentials and hints a deployment believes, and how to read them.
+///
+/// The lists are ordered for documentation and configuration; the rules do not depend on the
+/// order, because nothing is decided by "first match": exactly one credential may be presented
+/// (two are refused as ambiguous), and *every* hint present must agree with it.
 #[derive(Debug, Clone)]
 pub struct ResolverConfig {
+    /// Accepted credential kinds. A credential of a kind not listed is `invalid_credentials`.
+    pub credentials: Vec<CredentialSource>,
     /// Subdomain hints under this domain (`acme.<base>`); `None` disables them.
     pub base_domain: Option<String>,
     /// Subdomains that are never tenants (`www`, `api`).
@@ -75,15 +94,19 @@ pub struct ResolverConfig {
     pub header: bool,
     /// Path hints: the prefix before the slug segment (`/v1/tenants/`).
     pub path_prefix: Option<String>,
+    /// Peers whose `X-Forwarded-Host` is believed for subdomain hints.
+    pub trusted_proxies: Vec<proxy::Cidr>,
 }
 
 impl Default for ResolverConfig {
     fn default() -> Self {
         Self {
+            credentials: vec![CredentialSource::ApiKey, CredentialSource::Jwt],
             base_domain: Some("localhost".into()),
             ignored_subdomains: vec!["www".into(), "api".into()],
             header: true,
             path_prefix: Some("/v1/tenants/".into()),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -94,10 +117,8 @@ pub fn hints(
     cfg: &ResolverConfig,
 ) -> Result<Vec<(HintSource, TenantId)>, ResolveError> {
     let mut out = Vec::new();
-    if let Some(base) = &cfg.base_domain {
-        if let Some(t) = subdomain::hint(parts, base, &cfg.ignored_subdomains)? {
-            out.push((HintSource::Subdomain, t));
-        }
+    if let Some(t) = subdomain_hint(parts, cfg)? {
+        out.push((HintSource::Subdomain, t));
     }
     if cfg.header {
         header::hints(&parts.headers, &mut out)?;
@@ -118,5 +139,19 @@ pub fn check_hints(
     match hints.iter().find(|(_, t)| t != tenant) {
         Some((src, _)) => Err(ResolveError::Mismatch(src.as_str())),
         None => Ok(()),
+    }
+}
+
+/// The subdomain hint alone (the forwarded host when the peer is a trusted proxy).
+pub fn subdomain_hint(
+    parts: &http::request::Parts,
+    cfg: &ResolverConfig,
+) -> Result<Option<TenantId>, ResolveError> {
+    let Some(base) = &cfg.base_domain else {
+        return Ok(None);
+    };
+    match proxy::effective_host(parts, &cfg.trusted_proxies) {
+        Some(host) => subdomain::from_host(host, base, &cfg.ignored_subdomains),
+        None => subdomain::hint(parts, base, &cfg.ignored_subdomains),
     }
 }
