@@ -246,6 +246,10 @@ pub fn router(state: AppState) -> Router {
             "/admin/v1/tenants/{tenant}/api-keys/{id}",
             axum::routing::delete(admin::revoke_key),
         )
+        .route(
+            "/admin/v1/tenants/{tenant}/api-keys/{id}/rotate",
+            axum::routing::post(admin::rotate_key),
+        )
         .route("/admin/v1/audit", get(admin::audit_log))
         .route(
             "/admin/v1/migrations",
@@ -267,6 +271,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn(limit_headers))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             TraceLayer::new_for_http()
@@ -294,6 +299,26 @@ pub fn router(state: AppState) -> Router {
                 }),
         )
         .layer(RequestIdLayer)
+}
+
+/// Requests whose headers total more than this are refused with 431 before any work.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Oversized headers get a problem+json 431 (hyper itself only refuses far larger ones).
+async fn limit_headers(req: axum::extract::Request, next: middleware::Next) -> Response {
+    let total: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if total > MAX_HEADER_BYTES {
+        return Problem::new(
+            ErrorCode::HeadersTooLarge,
+            format!("request headers are limited to {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found() -> Problem {

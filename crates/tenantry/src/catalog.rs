@@ -517,6 +517,65 @@ impl Catalog {
         Ok((info, new.key))
     }
 
+    /// Rotates a key: a new key with the same name, scopes and expiry is created and the old
+    /// one revoked, in one transaction (the old one stops working on every node at once).
+    /// `None` when the tenant has no such live key.
+    pub async fn rotate_key(
+        &self,
+        tenant: &TenantId,
+        id: Uuid,
+        actor: &Actor,
+    ) -> Result<Option<(ApiKeyInfo, String)>, DbError> {
+        let new = NewKey::generate();
+        let mut client = self.db.control().get().await?;
+        let tx = client.transaction().await?;
+        let old = tx
+            .query_opt(
+                "UPDATE tenantry.api_keys SET revoked_at = now()
+                 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL
+                 RETURNING name, scopes, expires_at, prefix",
+                &[&tenant.as_str(), &id],
+            )
+            .await?;
+        let Some(old) = old else { return Ok(None) };
+        let (name, scopes, expires_at, old_prefix): (
+            String,
+            Vec<String>,
+            Option<DateTime<Utc>>,
+            String,
+        ) = (old.get(0), old.get(1), old.get(2), old.get(3));
+        let row = tx
+            .query_one(
+                &format!(
+                    "INSERT INTO tenantry.api_keys (id, tenant_id, name, prefix, secret_hash, scopes, expires_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLS}"
+                ),
+                &[
+                    &Uuid::now_v7(),
+                    &tenant.as_str(),
+                    &name,
+                    &new.prefix,
+                    &new.hash.as_slice(),
+                    &scopes,
+                    &expires_at,
+                ],
+            )
+            .await?;
+        let info = key_from_row(&row);
+        audit::record_in(
+            &tx,
+            actor,
+            Some(tenant),
+            "api_key.rotate",
+            &format!("{id} -> {}", info.id),
+        )
+        .await?;
+        notify(&tx, &format!("key:{old_prefix}")).await?;
+        tx.commit().await?;
+        self.invalidate_key(&old_prefix).await;
+        Ok(Some((info, new.key)))
+    }
+
     /// Lists a tenant's keys, oldest first, after `cursor` (a key id).
     pub async fn list_keys(
         &self,

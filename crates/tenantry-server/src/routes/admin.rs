@@ -473,6 +473,26 @@ pub async fn revoke_key(
         .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such API key in this tenant"))
 }
 
+/// Rotation: a new key (same name, scopes, expiry), and the old one revoked, atomically. 201
+/// with the new key, shown this once.
+pub async fn rotate_key(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+    AdminActor(actor): AdminActor,
+    super::users::ResourceId(id): super::users::ResourceId,
+) -> Result<(StatusCode, Json<CreatedKey>), Problem> {
+    if state.tenancy.catalog().get_tenant(&slug).await?.is_none() {
+        return Err(tenant_not_found());
+    }
+    let (info, key) = state
+        .tenancy
+        .catalog()
+        .rotate_key(&slug, id, &actor)
+        .await?
+        .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such live API key in this tenant"))?;
+    Ok((StatusCode::CREATED, Json(CreatedKey { info, key })))
+}
+
 // ----- audit -----
 
 #[derive(Debug, Deserialize)]

@@ -30,6 +30,9 @@ pub use pools::{BudgetSettings, TenantPools};
 pub use roles::RoleNames;
 pub use scoped::{Params, ScopedTx, TenantDb};
 
+/// Serialises start-up bootstrap across nodes.
+const BOOTSTRAP_LOCK: i64 = 727263000;
+
 /// The schema that holds the shared-placement tenant tables.
 pub const SHARED_SCHEMA: &str = "shared";
 /// The schema that holds the control-plane catalog.
@@ -90,15 +93,27 @@ impl Database {
         settings: &PoolSettings,
     ) -> Result<Self, DbError> {
         let control_pool = pool(control.clone(), settings.control_max, settings.wait_timeout)?;
+        // Nodes starting together would race on GRANTs and the runtime password ("tuple
+        // concurrently updated"): the whole bootstrap runs under one session advisory lock.
         let password = {
-            let client = control_pool.get().await?;
-            roles::bootstrap(&client, roles).await?
-        };
-        {
             let mut client = control_pool.get().await?;
-            migrate::control_plane(&mut client, roles).await?;
-            migrate::shared_tables(&mut client, roles, migrations).await?;
-        }
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK])
+                .await?;
+            let result = async {
+                let password = roles::bootstrap(&client, roles).await?;
+                migrate::control_plane(&mut client, roles).await?;
+                migrate::shared_tables(&mut client, roles, migrations).await?;
+                Ok::<_, DbError>(password)
+            }
+            .await;
+            let unlocked = client
+                .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK])
+                .await;
+            let password = result?;
+            unlocked?;
+            password
+        };
         let runtime_cfg = match runtime_override {
             Some(cfg) => cfg,
             None => {

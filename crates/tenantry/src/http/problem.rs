@@ -31,6 +31,8 @@ pub enum ErrorCode {
     InvalidHeader,
     /// The route exists but not with this method (405).
     MethodNotAllowed,
+    /// The request's headers are too large (431).
+    HeadersTooLarge,
     /// Something broke on our side (500); details are in the log under the request id.
     Internal,
 }
@@ -55,6 +57,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::InvalidHeader => "invalid_header",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
             ErrorCode::Internal => "internal",
         }
     }
@@ -76,6 +79,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -99,6 +103,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "Unsupported media type",
             ErrorCode::InvalidHeader => "Invalid header",
             ErrorCode::MethodNotAllowed => "Method not allowed",
+            ErrorCode::HeadersTooLarge => "Request headers too large",
             ErrorCode::Internal => "Internal error",
         }
     }

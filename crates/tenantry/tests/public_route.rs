@@ -1,0 +1,114 @@
+//! The explicit opt-in for public, subdomain-resolved routes, on a tiny axum app driven without
+//! a socket (`oneshot`).
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use http::{Request, StatusCode};
+use tenantry::audit::Actor;
+use tenantry::auth::Principal;
+use tenantry::catalog::{NewTenant, TenantPatch};
+use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
+use tenantry::{
+    Catalog, Isolation, Tenancy, TenancyConfig, TenancyLayer, TenantContext, TenantId, TenantStatus,
+};
+use tokio_postgres::NoTls;
+use tower::ServiceExt;
+
+static NONE: &[TenantMigration] = &[];
+
+async fn who(ctx: TenantContext) -> String {
+    assert_eq!(ctx.principal(), &Principal::Public);
+    ctx.tenant_id().to_string()
+}
+
+#[tokio::test]
+async fn public_routes_resolve_by_subdomain_read_only() {
+    let base = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("tl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let db = Database::connect(
+        format!("{base}/{name}").parse().unwrap(),
+        None,
+        &RoleNames::from_prefix(&name).unwrap(),
+        NONE,
+        &PoolSettings::default(),
+    )
+    .await
+    .unwrap();
+    let tenancy = Tenancy::new(Catalog::new(db), TenancyConfig::default());
+    let actor = Actor {
+        name: "t".into(),
+        request_id: "t".into(),
+    };
+    let slug = TenantId::parse("acme").unwrap();
+    tenantry::lifecycle::create(
+        tenancy.catalog(),
+        &NewTenant {
+            slug: slug.clone(),
+            name: "Acme".into(),
+            plan: "free".into(),
+            isolation: Isolation::Shared,
+            server: None,
+        },
+        &actor,
+    )
+    .await
+    .unwrap();
+    let app = Router::new()
+        .route("/site", get(who).post(who))
+        .layer(TenancyLayer::public_by_subdomain(tenancy.clone()));
+    let call = |method: &str, host: &str| {
+        let app = app.clone();
+        let req = Request::builder()
+            .method(method)
+            .uri("/site")
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap();
+        async move { app.oneshot(req).await.unwrap() }
+    };
+    let r = call("GET", "acme.localhost").await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(r.into_body(), 1024).await.unwrap();
+    assert_eq!(&body[..], b"acme");
+    assert_eq!(
+        call("POST", "acme.localhost").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call("GET", "nosuch.localhost").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call("GET", "localhost").await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call("GET", "Bad_Slug.localhost").await.status(),
+        StatusCode::BAD_REQUEST
+    );
+    tenancy
+        .catalog()
+        .update_tenant(
+            &slug,
+            &TenantPatch {
+                status: Some(TenantStatus::Suspended),
+                ..Default::default()
+            },
+            &actor,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        call("GET", "acme.localhost").await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
