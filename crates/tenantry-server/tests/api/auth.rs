@@ -224,6 +224,48 @@ async fn jwt_attacks_and_mistakes_are_refused() {
     )
     .await
     .problem(403, "forbidden");
+    // `tenantry token` mints a development token the server accepts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args([
+            "token",
+            "--tenant",
+            "alpha",
+            "--ttl",
+            "5m",
+            "--scope",
+            "read write",
+        ])
+        .env(
+            "TENANTRY_JWT_HS256_SECRET",
+            std::str::from_utf8(SECRET).unwrap(),
+        )
+        .env("TENANTRY_JWT_ISSUER", "tenantry-tests")
+        .env("TENANTRY_JWT_AUDIENCE", "api")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    app.send(
+        Method::POST,
+        "/v1/users",
+        &[("authorization", &ok(&minted))],
+        Some(json!({"email": "cli@y.io", "name": "cli"})),
+    )
+    .await
+    .ok(201);
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(["token", "--tenant", "alpha", "--ttl", "forever"])
+        .env(
+            "TENANTRY_JWT_HS256_SECRET",
+            std::str::from_utf8(SECRET).unwrap(),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
     // A suspended tenant's token never reaches data.
     app.admin(
         Method::PATCH,
