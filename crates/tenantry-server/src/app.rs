@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
 use tenantry::auth::jwt::JwtVerifier;
+use tenantry::ratelimit::redis::RedisLimiter;
 use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames};
 use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
 use tenantry::resolve::ResolverConfig;
@@ -118,6 +119,13 @@ impl Application {
         } else {
             None
         };
+        let redis = match &settings.redis_url {
+            Some(url) => Some(
+                RedisLimiter::new(url, &settings.role_prefix)
+                    .map_err(|e| StartError::Config(format!("REDIS_URL: {e}")))?,
+            ),
+            None => None,
+        };
         let tenancy = Tenancy::new(
             catalog.clone(),
             TenancyConfig {
@@ -128,6 +136,9 @@ impl Application {
                 },
                 plans: settings.plans.clone(),
                 jwt: jwt.clone(),
+                redis,
+                fail_mode: settings.fail_mode,
+                concurrency_wait: Duration::from_millis(100),
             },
         );
         let mut tokens = settings.admin_tokens.clone();
@@ -158,7 +169,7 @@ impl Application {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                limiter_tenancy.limiter().sweep();
+                limiter_tenancy.sweep();
             }
         }));
         let listener =
@@ -251,6 +262,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(admin::rotate_key),
         )
         .route("/admin/v1/audit", get(admin::audit_log))
+        .route("/admin/v1/tenants/{tenant}/usage", get(admin::usage))
         .route(
             "/admin/v1/migrations",
             axum::routing::post(admin::start_migration),

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 use tenantry::auth::jwt::JwtConfig;
+use tenantry::ratelimit::FailMode;
 use tenantry::resolve::proxy::Cidr;
 use tenantry::{Plan, Plans};
 
@@ -69,6 +70,12 @@ pub struct ServeArgs {
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     #[arg(long, env = "TENANTRY_JWT_LEEWAY_SECS")]
     pub jwt_leeway_secs: Option<u64>,
+    /// Redis for rate limits shared across nodes (unset: per-node limits).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// When Redis is down: `local` (per-node limits, keep serving) or `closed` (503).
+    #[arg(long, env = "TENANTRY_RATE_LIMIT_FAIL_MODE")]
+    pub rate_limit_fail_mode: Option<String>,
     /// Proxies whose X-Forwarded-Host is believed (comma-separated addresses or CIDRs).
     #[arg(long, env = "TENANTRY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Option<Vec<String>>,
@@ -91,6 +98,8 @@ struct FileConfig {
     tenant_db_budget: Option<usize>,
     tenant_db_per_tenant: Option<usize>,
     trusted_proxies: Option<Vec<String>>,
+    redis_url: Option<String>,
+    rate_limit_fail_mode: Option<String>,
     #[serde(default)]
     jwt: FileJwt,
     /// Named admin tokens: `name = "token"`. Revoke one by removing it.
@@ -118,6 +127,11 @@ struct FilePlan {
     requests: u32,
     #[serde(default = "hour")]
     per_seconds: u64,
+    burst: Option<u32>,
+    max_concurrent: Option<u32>,
+    statement_timeout_ms: Option<u64>,
+    job_concurrency: Option<u32>,
+    connection_share: Option<f64>,
 }
 
 fn hour() -> u64 {
@@ -144,6 +158,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<Cidr>,
     /// How often batched API-key `last_used_at` is written.
     pub key_usage_flush: Duration,
+    pub redis_url: Option<String>,
+    pub fail_mode: FailMode,
 }
 
 impl std::fmt::Debug for Settings {
@@ -174,6 +190,8 @@ impl std::fmt::Debug for Settings {
                 &self.admin_tokens.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("trusted_proxies", &self.trusted_proxies)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| "<redacted>"))
+            .field("fail_mode", &self.fail_mode)
             .finish()
     }
 }
@@ -215,13 +233,31 @@ impl Settings {
                         "plan {name}: requests and per_seconds must be positive"
                     )));
                 }
-                m.insert(
-                    name,
-                    Plan {
-                        requests: p.requests,
-                        window: Duration::from_secs(p.per_seconds),
-                    },
-                );
+                let base = Plan::per_hour(p.requests);
+                let plan = Plan {
+                    requests: p.requests,
+                    window: Duration::from_secs(p.per_seconds),
+                    burst: p.burst,
+                    max_concurrent: p.max_concurrent.unwrap_or(base.max_concurrent),
+                    statement_timeout: p
+                        .statement_timeout_ms
+                        .map(Duration::from_millis)
+                        .unwrap_or(base.statement_timeout),
+                    job_concurrency: p.job_concurrency.unwrap_or(base.job_concurrency),
+                    connection_share: p.connection_share.unwrap_or(base.connection_share),
+                };
+                if plan.burst == Some(0)
+                    || plan.max_concurrent == 0
+                    || plan.job_concurrency == 0
+                    || !(plan.connection_share > 0.0 && plan.connection_share <= 1.0)
+                    || plan.statement_timeout.is_zero()
+                {
+                    return Err(ConfigError::Invalid(format!(
+                        "plan {name}: burst, max_concurrent, job_concurrency and \
+                         statement_timeout_ms must be positive, connection_share in (0, 1]"
+                    )));
+                }
+                m.insert(name, plan);
             }
             Plans(m)
         };
@@ -257,6 +293,8 @@ impl Settings {
             admin_tokens: Vec::new(),
             trusted_proxies: Vec::new(),
             key_usage_flush: Duration::from_secs(10),
+            redis_url: None,
+            fail_mode: FailMode::Local,
             tenant_db_budget: (
                 args.tenant_db_budget
                     .or(file.tenant_db_budget)
@@ -300,6 +338,21 @@ impl Settings {
             .map(|s| s.parse::<Cidr>().map_err(ConfigError::Invalid))
             .collect::<Result<_, _>>()?;
         settings.admin_tokens = file.admin_tokens.into_iter().collect();
+        settings.redis_url = args.redis_url.clone().or(file.redis_url);
+        settings.fail_mode = match args
+            .rate_limit_fail_mode
+            .clone()
+            .or(file.rate_limit_fail_mode)
+            .as_deref()
+        {
+            None | Some("local") => FailMode::Local,
+            Some("closed") => FailMode::Closed,
+            Some(other) => {
+                return Err(ConfigError::Invalid(format!(
+                    "rate_limit_fail_mode {other:?} must be local or closed"
+                )))
+            }
+        };
         for (name, token) in &settings.admin_tokens {
             if token.len() < 16 {
                 return Err(ConfigError::Invalid(format!(

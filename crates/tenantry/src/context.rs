@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use crate::auth::Principal;
 use crate::db::{Database, TenantDb};
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::ratelimit::Decision;
+use crate::tenancy::TenantLimits;
 use crate::tenant::{Tenant, TenantId};
 
 /// A resolved tenant, the principal acting in it, and the door to its storage.
@@ -24,7 +27,10 @@ struct Inner {
     principal: Principal,
     db: Database,
     rate: Option<Decision>,
-    policy: String,
+    limits: TenantLimits,
+    /// The tenant's in-flight slot, held for as long as any clone of this context lives (the
+    /// request and its response).
+    _in_flight: Option<OwnedSemaphorePermit>,
 }
 
 impl TenantContext {
@@ -33,7 +39,8 @@ impl TenantContext {
         principal: Principal,
         db: Database,
         rate: Option<Decision>,
-        policy: String,
+        limits: TenantLimits,
+        in_flight: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -41,9 +48,15 @@ impl TenantContext {
                 principal,
                 db,
                 rate,
-                policy,
+                limits,
+                _in_flight: in_flight,
             }),
         }
+    }
+
+    /// The limits in force for this tenant (plan and override).
+    pub fn limits(&self) -> &TenantLimits {
+        &self.inner.limits
     }
 
     pub fn tenant_id(&self) -> &TenantId {
@@ -61,12 +74,14 @@ impl TenantContext {
 
     /// The tenant's storage: every transaction from here is scoped to this tenant.
     pub fn db(&self) -> TenantDb<'_> {
-        TenantDb::new(&self.inner.db, &self.inner.tenant)
+        TenantDb::new(&self.inner.db, &self.inner.tenant, &self.inner.limits)
     }
 
     /// The rate-limit decision that admitted this request (none for admin contexts).
     pub fn rate_decision(&self) -> Option<(&str, Decision)> {
-        self.inner.rate.map(|d| (self.inner.policy.as_str(), d))
+        self.inner
+            .rate
+            .map(|d| (self.inner.limits.quota.name.as_str(), d))
     }
 }
 

@@ -17,37 +17,95 @@ use crate::auth::{Principal, Scope};
 use crate::catalog::Catalog;
 use crate::context::TenantContext;
 use crate::db::DbError;
-use crate::ratelimit::{Quota, RateLimiter};
+use crate::ratelimit::concurrency::TenantSemaphores;
+use crate::ratelimit::redis::RedisLimiter;
+use crate::ratelimit::{FailMode, Limiter, Quota};
 use crate::resolve::credential::{self, Credential};
 use crate::resolve::{self, CredentialSource, ResolveError, ResolverConfig};
 use crate::tenant::{StorageState, Tenant, TenantId, TenantStatus};
 
 /// A plan's limits.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
+    /// Requests per window, sustained.
     pub requests: u32,
     pub window: Duration,
+    /// The largest burst; `requests` (a whole window at once) by default.
+    pub burst: Option<u32>,
+    /// Requests in flight at once; excess waits briefly, then gets 429.
+    pub max_concurrent: u32,
+    /// Statement timeout inside the tenant's transactions.
+    pub statement_timeout: Duration,
+    /// Background jobs of the tenant run at once.
+    pub job_concurrency: u32,
+    /// The share (0..=1) of the runtime connection pool one tenant may hold.
+    pub connection_share: f64,
+}
+
+impl Plan {
+    /// A plan with the given rate and the defaults for everything else.
+    pub fn per_hour(requests: u32) -> Self {
+        Self {
+            requests,
+            window: Duration::from_secs(3600),
+            burst: None,
+            max_concurrent: 16,
+            statement_timeout: Duration::from_secs(15),
+            job_concurrency: 2,
+            connection_share: 0.5,
+        }
+    }
 }
 
 /// The plans by name. `free`, `pro` and `enterprise` unless configured otherwise.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Plans(pub BTreeMap<String, Plan>);
 
 impl Default for Plans {
     fn default() -> Self {
-        let hour = Duration::from_secs(3600);
         let mut m = BTreeMap::new();
-        for (name, requests) in [("free", 100), ("pro", 10_000), ("enterprise", 100_000)] {
-            m.insert(
-                name.to_owned(),
-                Plan {
-                    requests,
-                    window: hour,
-                },
-            );
-        }
+        m.insert(
+            "free".to_owned(),
+            Plan {
+                max_concurrent: 4,
+                statement_timeout: Duration::from_secs(5),
+                job_concurrency: 1,
+                connection_share: 0.25,
+                ..Plan::per_hour(100)
+            },
+        );
+        m.insert(
+            "pro".to_owned(),
+            Plan {
+                max_concurrent: 16,
+                statement_timeout: Duration::from_secs(15),
+                job_concurrency: 4,
+                connection_share: 0.5,
+                ..Plan::per_hour(10_000)
+            },
+        );
+        m.insert(
+            "enterprise".to_owned(),
+            Plan {
+                max_concurrent: 64,
+                statement_timeout: Duration::from_secs(30),
+                job_concurrency: 8,
+                connection_share: 0.75,
+                ..Plan::per_hour(100_000)
+            },
+        );
         Plans(m)
     }
+}
+
+/// Everything that limits one tenant, resolved from its plan and override.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantLimits {
+    pub quota: Quota,
+    pub max_concurrent: u32,
+    pub statement_timeout: Duration,
+    pub job_concurrency: u32,
+    pub connection_share: f64,
 }
 
 impl Plans {
@@ -55,35 +113,59 @@ impl Plans {
         self.0.contains_key(name)
     }
 
-    /// The quota that applies to a tenant: its override, else its plan. A plan name that is no
-    /// longer configured falls back to the most restrictive plan (fail closed, not open).
-    pub fn quota_for(&self, tenant: &Tenant) -> Quota {
-        if let Some(o) = tenant.rate_limit {
-            return Quota {
-                name: tenant.plan.clone(),
-                requests: o.requests,
-                window: Duration::from_secs(o.per_seconds.max(1) as u64),
-            };
+    /// The plan of a tenant. A plan name that is no longer configured falls back to the most
+    /// restrictive plan (fail closed, not open).
+    fn plan_of(&self, tenant: &Tenant) -> Plan {
+        if let Some(p) = self.0.get(&tenant.plan) {
+            return p.clone();
         }
-        let plan = self.0.get(&tenant.plan).or_else(|| {
-            tracing::warn!(plan = %tenant.plan, tenant = %tenant.slug, "unknown plan; using the most restrictive");
-            self.0.values().min_by(|a, b| {
+        tracing::warn!(plan = %tenant.plan, tenant = %tenant.slug, "unknown plan; using the most restrictive");
+        self.0
+            .values()
+            .min_by(|a, b| {
                 (a.requests as f64 / a.window.as_secs_f64())
                     .total_cmp(&(b.requests as f64 / b.window.as_secs_f64()))
             })
-        });
-        match plan {
-            Some(p) => Quota {
+            .cloned()
+            .unwrap_or(Plan {
+                max_concurrent: 1,
+                connection_share: 0.1,
+                ..Plan::per_hour(1)
+            })
+    }
+
+    /// The limits that apply to a tenant: its plan, with its rate override if any.
+    pub fn limits_for(&self, tenant: &Tenant) -> TenantLimits {
+        let plan = self.plan_of(tenant);
+        let (requests, window, burst) = match tenant.rate_limit {
+            Some(o) => (
+                o.requests,
+                Duration::from_secs(o.per_seconds.max(1) as u64),
+                o.requests,
+            ),
+            None => (
+                plan.requests,
+                plan.window,
+                plan.burst.unwrap_or(plan.requests),
+            ),
+        };
+        TenantLimits {
+            quota: Quota {
                 name: tenant.plan.clone(),
-                requests: p.requests,
-                window: p.window,
+                requests,
+                window,
+                burst,
             },
-            None => Quota {
-                name: tenant.plan.clone(),
-                requests: 1,
-                window: Duration::from_secs(3600),
-            },
+            max_concurrent: plan.max_concurrent,
+            statement_timeout: plan.statement_timeout,
+            job_concurrency: plan.job_concurrency,
+            connection_share: plan.connection_share,
         }
+    }
+
+    /// The quota that applies to a tenant.
+    pub fn quota_for(&self, tenant: &Tenant) -> Quota {
+        self.limits_for(tenant).quota
     }
 }
 
@@ -94,6 +176,12 @@ pub struct TenancyConfig {
     pub plans: Plans,
     /// JWT verification; `None` turns JWT credentials off.
     pub jwt: Option<JwtVerifier>,
+    /// Shared rate limits across nodes; `None` keeps them per node.
+    pub redis: Option<RedisLimiter>,
+    /// What to do when Redis is down.
+    pub fail_mode: FailMode,
+    /// How long a request over its tenant's concurrency cap waits before 429.
+    pub concurrency_wait: Duration,
 }
 
 /// Why an admin context could not be opened.
@@ -113,7 +201,8 @@ pub struct Tenancy {
 
 struct Inner {
     catalog: Catalog,
-    limiter: RateLimiter,
+    limiter: Limiter,
+    in_flight: TenantSemaphores,
     config: TenancyConfig,
     /// Keys used since the last flush, with when: `last_used_at` is written in batches, never
     /// once per request.
@@ -125,7 +214,8 @@ impl Tenancy {
         Self {
             inner: Arc::new(Inner {
                 catalog,
-                limiter: RateLimiter::new(),
+                limiter: Limiter::new(config.redis.clone(), config.fail_mode),
+                in_flight: TenantSemaphores::new(),
                 config,
                 key_usage: Mutex::new(HashMap::new()),
             }),
@@ -140,8 +230,20 @@ impl Tenancy {
         &self.inner.config.plans
     }
 
-    pub fn limiter(&self) -> &RateLimiter {
+    pub fn limiter(&self) -> &Limiter {
         &self.inner.limiter
+    }
+
+    /// Requests in flight per tenant.
+    pub fn in_flight(&self) -> &TenantSemaphores {
+        &self.inner.in_flight
+    }
+
+    /// Periodic housekeeping: forget idle limiter and semaphore state.
+    pub fn sweep(&self) {
+        self.inner.limiter.local().sweep();
+        self.inner.in_flight.sweep();
+        self.inner.catalog.database().sweep_shares();
     }
 
     /// Resolves a request to a tenant context, applying every rule in [`crate::resolve`].
@@ -183,7 +285,7 @@ impl Tenancy {
             .await
             .map_err(|_| ResolveError::Unavailable)?
             .ok_or(ResolveError::InvalidCredentials)?;
-        self.admit(tenant, principal, &parts.method)
+        self.admit(tenant, principal, &parts.method).await
     }
 
     async fn verify_key(&self, text: &str) -> Result<(TenantId, Principal), ResolveError> {
@@ -209,7 +311,7 @@ impl Tenancy {
         ))
     }
 
-    fn admit(
+    async fn admit(
         &self,
         tenant: Arc<Tenant>,
         principal: Principal,
@@ -228,20 +330,39 @@ impl Tenancy {
         if !is_safe(method) && !principal.can_write() {
             return Err(ResolveError::Forbidden("write"));
         }
-        let quota = self.inner.config.plans.quota_for(&tenant);
-        let decision = self.inner.limiter.check(&tenant.slug, &quota);
+        let limits = self.inner.config.plans.limits_for(&tenant);
+        let decision = self
+            .inner
+            .limiter
+            .check(&tenant.slug, &limits.quota)
+            .await
+            .map_err(|_| ResolveError::Unavailable)?;
         if !decision.allowed {
             return Err(ResolveError::RateLimited {
                 decision,
-                policy: quota.name,
+                policy: limits.quota.name,
             });
         }
+        let permit = self
+            .inner
+            .in_flight
+            .acquire(
+                &tenant.slug,
+                limits.max_concurrent as usize,
+                self.inner.config.concurrency_wait,
+            )
+            .await
+            .ok_or_else(|| ResolveError::TooManyInFlight {
+                decision,
+                policy: limits.quota.name.clone(),
+            })?;
         Ok(TenantContext::new(
             tenant,
             principal,
             self.inner.catalog.database().clone(),
             Some(decision),
-            quota.name,
+            limits,
+            Some(permit),
         ))
     }
 
@@ -262,7 +383,13 @@ impl Tenancy {
             .await
             .map_err(|_| ResolveError::Unavailable)?
             .ok_or(ResolveError::UnknownTenant)?;
-        self.admit(tenant, Principal::Public, &parts.method)
+        self.admit(tenant, Principal::Public, &parts.method).await
+    }
+
+    /// Requests allowed and limited in the tenant's current window.
+    pub async fn usage(&self, tenant: &Tenant) -> crate::ratelimit::Usage {
+        let quota = self.inner.config.plans.quota_for(tenant);
+        self.inner.limiter.usage(&tenant.slug, &quota).await
     }
 
     /// Writes the batched `last_used_at` of keys used since the last flush (one statement).
@@ -329,6 +456,7 @@ impl Tenancy {
             target,
         )
         .await?;
+        let limits = self.inner.config.plans.limits_for(&tenant);
         Ok(TenantContext::new(
             Arc::new(tenant),
             Principal::Admin {
@@ -336,7 +464,8 @@ impl Tenancy {
             },
             self.inner.catalog.database().clone(),
             None,
-            String::new(),
+            limits,
+            None,
         ))
     }
 }

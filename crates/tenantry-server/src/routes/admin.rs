@@ -649,3 +649,48 @@ pub async fn get_operation(
         .map(Json)
         .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such operation"))
 }
+
+// ----- usage -----
+
+/// Requests allowed and rate-limited in the current window, rows, and storage, for a tenant.
+/// Counting rows reads tenant data, so it goes through an audited admin context.
+pub async fn usage(
+    State(state): State<AppState>,
+    TenantPath(slug): TenantPath,
+    AdminActor(actor): AdminActor,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let ctx = state
+        .tenancy
+        .admin_context(&slug, &actor, "tenant.usage", slug.as_str())
+        .await
+        .map_err(|e| match e {
+            AdminContextError::TenantNotFound => tenant_not_found(),
+            AdminContextError::Db(e) => e.into(),
+        })?;
+    let requests = state.tenancy.usage(ctx.tenant()).await;
+    let row = ctx
+        .db()
+        .run_opt(
+            "SELECT (SELECT count(*) FROM users WHERE tenant_id = $1),
+                    (SELECT count(*) FROM orders WHERE tenant_id = $1),
+                    (SELECT coalesce(sum(pg_column_size(u.*)), 0) FROM users u WHERE tenant_id = $1)
+                  + (SELECT coalesce(sum(pg_column_size(o.*)), 0) FROM orders o WHERE tenant_id = $1)",
+            &[],
+        )
+        .await?
+        .ok_or_else(|| Problem::internal(&"usage query returned nothing"))?;
+    let limits = ctx.limits();
+    Ok(Json(serde_json::json!({
+        "tenant": slug.as_str(),
+        "requests": {
+            "window_start": requests.window_start,
+            "window_seconds": requests.window_seconds,
+            "allowed": requests.allowed,
+            "limited": requests.limited,
+            "limit": limits.quota.requests,
+        },
+        "rows": {"users": row.get::<_, i64>(0), "orders": row.get::<_, i64>(1)},
+        "storage_bytes": row.get::<_, i64>(2),
+        "limiter": if state.tenancy.limiter().uses_redis() { "redis" } else { "local" },
+    })))
+}

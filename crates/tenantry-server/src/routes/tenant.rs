@@ -15,10 +15,12 @@ pub struct Limits {
 
 #[derive(Debug, Serialize)]
 pub struct Usage {
-    /// Requests left in the current window, as of this request.
+    /// Requests left right now (the rate limiter's bucket), as of this request.
     pub remaining: u32,
     /// Seconds until the quota is whole again.
     pub reset_seconds: u64,
+    /// Requests allowed and rate-limited in the current fixed window.
+    pub window: tenantry::ratelimit::Usage,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,7 +41,8 @@ pub async fn get(
     ctx: TenantContext,
 ) -> Json<TenantView> {
     let t = ctx.tenant();
-    let quota = state.tenancy.plans().quota_for(t);
+    let quota = ctx.limits().quota.clone();
+    let window = state.tenancy.usage(t).await;
     Json(TenantView {
         slug: t.slug.to_string(),
         name: t.name.clone(),
@@ -55,6 +58,7 @@ pub async fn get(
         usage: ctx.rate_decision().map(|(_, d)| Usage {
             remaining: d.remaining,
             reset_seconds: d.reset_secs,
+            window,
         }),
     })
 }

@@ -52,6 +52,8 @@ pub fn settings(db_name: &str, db_url: &str) -> Settings {
         admin_tokens: Vec::new(),
         trusted_proxies: Vec::new(),
         key_usage_flush: std::time::Duration::from_millis(200),
+        redis_url: None,
+        fail_mode: Default::default(),
     }
 }
 

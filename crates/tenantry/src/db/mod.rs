@@ -72,6 +72,10 @@ pub struct Database {
 }
 
 struct Shared {
+    runtime_max: usize,
+    wait_timeout: Duration,
+    /// Each tenant's share of the runtime pool.
+    connection_shares: crate::ratelimit::concurrency::TenantSemaphores,
     control_config: tokio_postgres::Config,
     roles: RoleNames,
     runtime_password: String,
@@ -138,6 +142,9 @@ impl Database {
             control: control_pool,
             runtime: runtime_pool,
             inner: std::sync::Arc::new(Shared {
+                runtime_max: settings.runtime_max,
+                wait_timeout: settings.wait_timeout,
+                connection_shares: Default::default(),
                 control_config: control,
                 roles: roles.clone(),
                 runtime_password: password,
@@ -175,6 +182,26 @@ impl Database {
             .map(|m| m.version)
             .max()
             .unwrap_or(0)
+    }
+
+    /// The runtime pool's size (tenants' connection shares are fractions of it).
+    pub fn runtime_max(&self) -> usize {
+        self.inner.runtime_max
+    }
+
+    /// How long to wait for a connection before answering 503.
+    pub fn wait_timeout(&self) -> Duration {
+        self.inner.wait_timeout
+    }
+
+    /// Per-tenant connection shares of the runtime pool.
+    pub fn connection_shares(&self) -> &crate::ratelimit::concurrency::TenantSemaphores {
+        &self.inner.connection_shares
+    }
+
+    /// Forgets idle tenants' connection-share state.
+    pub fn sweep_shares(&self) {
+        self.inner.connection_shares.sweep();
     }
 
     /// Pools of `database` tenants, under the global connection budget.

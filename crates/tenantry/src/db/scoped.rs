@@ -30,13 +30,16 @@ use tokio_postgres::{Row, Statement};
 
 use super::pools::TenantConn;
 use super::{Database, DbError, Placement};
+use crate::tenancy::TenantLimits;
 use crate::tenant::{Tenant, TenantId};
 
 /// The statements that scope a transaction, kept in exactly one place: a Citus deployment needs
 /// `SET LOCAL` here instead, because Citus forwards `SET LOCAL` to workers but not `set_config()`.
-const SCOPE_SQL: &str = "SELECT set_config('app.tenant_id', $1, true)";
-const SCOPE_SCHEMA_SQL: &str =
-    "SELECT set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)";
+/// The plan's statement timeout travels in the same statement, so it costs nothing extra.
+const SCOPE_SQL: &str =
+    "SELECT set_config('app.tenant_id', $1, true), set_config('statement_timeout', $2, true)";
+const SCOPE_SCHEMA_SQL: &str = "SELECT set_config('app.tenant_id', $1, true), \
+     set_config('statement_timeout', $2, true), set_config('search_path', $3, true)";
 
 /// The marker every tenant statement must contain. Checked on every call; it is cheap (a
 /// substring search over a short static string) and turns a forgotten tenant filter into an
@@ -65,6 +68,7 @@ pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 pub struct TenantDb<'a> {
     db: &'a Database,
     tenant: &'a Tenant,
+    limits: &'a TenantLimits,
 }
 
 /// A pooled connection from whichever pool serves the tenant's placement.
@@ -83,21 +87,45 @@ impl Conn {
 }
 
 impl<'a> TenantDb<'a> {
-    pub(crate) fn new(db: &'a Database, tenant: &'a Tenant) -> Self {
-        Self { db, tenant }
+    pub(crate) fn new(db: &'a Database, tenant: &'a Tenant, limits: &'a TenantLimits) -> Self {
+        Self { db, tenant, limits }
     }
 
     /// Starts a scoped transaction. Nothing is sent until the first statement, which then
     /// carries `BEGIN` and the tenant settings in the same round trip.
+    ///
+    /// On the shared runtime pool a tenant holds at most its plan's share of the connections,
+    /// so one tenant flooding slow queries cannot starve the others (a `database` tenant is
+    /// capped by its own pool's size instead).
     pub async fn begin(&self) -> Result<ScopedTx, DbError> {
-        let (conn, search_path) = match &self.tenant.placement {
-            Placement::Shared => (Conn::Runtime(self.db.runtime().get().await?), None),
-            Placement::Schema { schema } => (
-                Conn::Runtime(self.db.runtime().get().await?),
-                Some(super::roles::quote_ident(schema)),
-            ),
+        let share = |db: &Database| {
+            ((db.runtime_max() as f64 * self.limits.connection_share).ceil() as usize).max(1)
+        };
+        let (conn, search_path, permit) = match &self.tenant.placement {
+            Placement::Shared | Placement::Schema { .. } => {
+                let permit = self
+                    .db
+                    .connection_shares()
+                    .acquire(&self.tenant.slug, share(self.db), self.db.wait_timeout())
+                    .await
+                    .ok_or_else(|| {
+                        DbError::Unavailable(
+                            "the tenant holds its full share of database connections".into(),
+                        )
+                    })?;
+                let path = match &self.tenant.placement {
+                    Placement::Schema { schema } => Some(super::roles::quote_ident(schema)),
+                    _ => None,
+                };
+                (
+                    Conn::Runtime(self.db.runtime().get().await?),
+                    path,
+                    Some(permit),
+                )
+            }
             Placement::Database { server, database } => (
                 Conn::TenantDatabase(self.db.tenant_pools().get(server, database).await?),
+                None,
                 None,
             ),
         };
@@ -105,7 +133,9 @@ impl<'a> TenantDb<'a> {
             conn,
             tenant: self.tenant.slug.clone(),
             search_path,
+            statement_timeout: self.limits.statement_timeout.as_millis().to_string(),
             state: TxState::Fresh,
+            _share: permit,
         })
     }
 
@@ -142,7 +172,12 @@ pub struct ScopedTx {
     tenant: TenantId,
     /// The quoted schema for a `schema` tenant.
     search_path: Option<String>,
+    /// The plan's statement timeout, in milliseconds, as `set_config` wants it.
+    statement_timeout: String,
     state: TxState,
+    /// The tenant's share of the runtime pool (declared last: released after the connection
+    /// went back to the pool).
+    _share: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl ScopedTx {
@@ -236,10 +271,11 @@ impl ScopedTx {
         let scope = client.prepare_cached(scope_sql).await?;
         let tenant: &str = self.tenant.as_str();
         let path: &str = self.search_path.as_deref().unwrap_or_default();
+        let timeout: &str = &self.statement_timeout;
         let scope_params: Vec<&(dyn ToSql + Sync)> = if self.search_path.is_some() {
-            vec![&tenant, &path]
+            vec![&tenant, &timeout, &path]
         } else {
-            vec![&tenant]
+            vec![&tenant, &timeout]
         };
         let mut all: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(params.len() + 1);
         all.push(&tenant);
@@ -286,10 +322,11 @@ impl ScopedTx {
             self.state = TxState::Open;
             let client = self.conn.client();
             let path: &str = self.search_path.as_deref().unwrap_or_default();
+            let timeout: &str = &self.statement_timeout;
             let scope_params: Vec<&(dyn ToSql + Sync)> = if self.search_path.is_some() {
-                vec![&tenant, &path]
+                vec![&tenant, &timeout, &path]
             } else {
-                vec![&tenant]
+                vec![&tenant, &timeout]
             };
             let begin = client.batch_execute("BEGIN");
             let set = client.query(&scope, &scope_params);

@@ -16,6 +16,7 @@ use tower::{Layer, Service};
 use super::problem::Problem;
 use crate::context::TenantContext;
 use crate::ratelimit::Decision;
+
 use crate::resolve::ResolveError;
 use crate::tenancy::Tenancy;
 
@@ -104,7 +105,8 @@ where
                 }
                 Err(e) => {
                     let rate = match &e {
-                        ResolveError::RateLimited { decision, policy } => {
+                        ResolveError::RateLimited { decision, policy }
+                        | ResolveError::TooManyInFlight { decision, policy } => {
                             Some((policy.clone(), *decision))
                         }
                         _ => None,

@@ -46,6 +46,13 @@ impl From<ResolveError> for Problem {
                 return Problem::new(ErrorCode::RateLimited, "over the tenant's rate limit")
                     .with_retry_after(decision.retry_after_secs);
             }
+            ResolveError::TooManyInFlight { .. } => {
+                return Problem::new(
+                    ErrorCode::RateLimited,
+                    "too many requests in flight for this tenant; retry shortly",
+                )
+                .with_retry_after(1);
+            }
             ResolveError::Unavailable => return Problem::unavailable(&e),
             ResolveError::UnknownTenant => ErrorCode::NotFound,
         };

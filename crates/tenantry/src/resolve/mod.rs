@@ -61,6 +61,11 @@ pub enum ResolveError {
         decision: crate::ratelimit::Decision,
         policy: String,
     },
+    #[error("too many requests in flight for this tenant")]
+    TooManyInFlight {
+        decision: crate::ratelimit::Decision,
+        policy: String,
+    },
     #[error("tenant lookups unavailable")]
     Unavailable,
     /// Public routes only: the subdomain names no tenant that exists.

@@ -1,9 +1,9 @@
-//! Per-tenant rate limits: GCRA (the generic cell rate algorithm), keyed by tenant.
+//! The in-process GCRA limiter, keyed by tenant and quota, and per-tenant usage counters.
 //!
 //! Why hand-written rather than `governor`: the contract's headers need the exact remaining
 //! count and the exact time until the quota resets, which GCRA knows (they fall out of the
 //! theoretical arrival time) but governor's snapshot does not expose; and the same arithmetic
-//! must later run as a Redis script, so keeping it in a dozen visible lines pays twice.
+//! runs as a Redis script ([`super::redis`]), so keeping it in a dozen visible lines pays twice.
 //!
 //! State is one `u64` (the theoretical arrival time, in nanoseconds since the limiter's epoch)
 //! per tenant and quota, in sharded mutexes. An entry whose arrival time has passed is the same
@@ -13,41 +13,22 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use super::{Decision, Quota, Usage};
 use crate::tenant::TenantId;
-
-/// A quota: `requests` per `window`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Quota {
-    /// The policy name shown in headers (the plan, or `override`).
-    pub name: String,
-    pub requests: u32,
-    pub window: Duration,
-}
-
-/// The outcome of one decision, with everything the response headers need.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Decision {
-    pub allowed: bool,
-    pub limit: u32,
-    /// The quota's window in seconds (`w` in `RateLimit-Policy`).
-    pub window_secs: u64,
-    pub remaining: u32,
-    /// Seconds until the quota is whole again (`t`, `RateLimit-Reset`).
-    pub reset_secs: u64,
-    /// Seconds until a rejected request could succeed (`Retry-After`); 0 when allowed.
-    pub retry_after_secs: u64,
-}
 
 const SHARDS: usize = 32;
 
-type Shard = Mutex<HashMap<(TenantId, u32, u64), u64>>;
+type Shard = Mutex<HashMap<(TenantId, u32, u64, u32), u64>>;
+/// Per tenant: (window start in unix seconds, allowed, limited).
+type UsageShard = Mutex<HashMap<TenantId, (u64, u64, u64)>>;
 
 /// An in-process keyed GCRA limiter.
 pub struct RateLimiter {
     epoch: Instant,
     shards: Vec<Shard>,
+    usage: Vec<UsageShard>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -62,13 +43,16 @@ impl RateLimiter {
         Self {
             epoch: Instant::now(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            usage: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
         }
     }
 
     /// Decides one request for `tenant` under `quota`, counting it if allowed.
     pub fn check(&self, tenant: &TenantId, quota: &Quota) -> Decision {
-        self.check_at(tenant, quota, self.now())
+        let d = self.check_at(tenant, quota, self.now());
+        self.count(tenant, quota, d.allowed);
+        d
     }
 
     fn now(&self) -> u64 {
@@ -77,23 +61,28 @@ impl RateLimiter {
 
     fn check_at(&self, tenant: &TenantId, quota: &Quota, now: u64) -> Decision {
         let limit = quota.requests.max(1);
-        let window = quota.window.as_nanos().max(1) as u64;
-        let interval = (window / limit as u64).max(1);
+        let interval = quota.interval_nanos();
+        let tolerance = quota.tolerance_nanos();
+        let window_secs = quota.window.as_secs();
         // The quota is part of the key, so a plan change starts from a full bucket.
-        let key = (tenant.clone(), limit, window);
+        let key = (
+            tenant.clone(),
+            limit,
+            quota.window.as_nanos() as u64,
+            quota.burst,
+        );
         let shard = &self.shards[self.shard_of(&key)];
         let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
         let tat = map.get(&key).copied().unwrap_or(now).max(now);
         let new_tat = tat + interval;
-        if new_tat - now > window {
-            let retry = new_tat - window - now;
+        if new_tat - now > tolerance {
             return Decision {
                 allowed: false,
                 limit,
-                window_secs: quota.window.as_secs(),
+                window_secs,
                 remaining: 0,
                 reset_secs: ceil_secs(tat - now),
-                retry_after_secs: ceil_secs(retry).max(1),
+                retry_after_secs: ceil_secs(new_tat - tolerance - now).max(1),
             };
         }
         map.insert(key, new_tat);
@@ -101,10 +90,44 @@ impl RateLimiter {
         Decision {
             allowed: true,
             limit,
-            window_secs: quota.window.as_secs(),
-            remaining: ((window - used) / interval) as u32,
+            window_secs,
+            remaining: ((tolerance - used) / interval) as u32,
             reset_secs: ceil_secs(used),
             retry_after_secs: 0,
+        }
+    }
+
+    fn count(&self, tenant: &TenantId, quota: &Quota, allowed: bool) {
+        let window = quota.window.as_secs().max(1);
+        let start = super::unix_now().0 / window * window;
+        let shard = &self.usage[self.shard_of(tenant)];
+        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let e = map.entry(tenant.clone()).or_insert((start, 0, 0));
+        if e.0 != start {
+            *e = (start, 0, 0);
+        }
+        if allowed {
+            e.1 += 1;
+        } else {
+            e.2 += 1;
+        }
+    }
+
+    /// This node's counts for the current window.
+    pub fn usage(&self, tenant: &TenantId, quota: &Quota) -> Usage {
+        let window = quota.window.as_secs().max(1);
+        let start = super::unix_now().0 / window * window;
+        let shard = &self.usage[self.shard_of(tenant)];
+        let map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let (allowed, limited) = match map.get(tenant) {
+            Some((s, a, l)) if *s == start => (*a, *l),
+            _ => (0, 0),
+        };
+        Usage {
+            window_start: start as i64,
+            window_seconds: window,
+            allowed,
+            limited,
         }
     }
 
@@ -116,6 +139,15 @@ impl RateLimiter {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|_, tat| *tat > now);
+        }
+        // Usage of windows that began over two days ago is of no interest either (windows are
+        // at most a month, and a tenant that is still active has a newer entry anyway).
+        let cutoff = super::unix_now().0.saturating_sub(2 * 86_400);
+        for shard in &self.usage {
+            shard
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, (start, _, _)| *start >= cutoff);
         }
     }
 
@@ -143,12 +175,14 @@ fn ceil_secs(nanos: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn q(requests: u32, secs: u64) -> Quota {
         Quota {
             name: "t".into(),
             requests,
             window: Duration::from_secs(secs),
+            burst: requests,
         }
     }
 
@@ -189,6 +223,7 @@ mod tests {
             name: "t".into(),
             requests: 10,
             window: Duration::from_millis(1),
+            burst: 10,
         };
         for i in 0..1000 {
             l.check(&TenantId::parse(&format!("t{i}")).unwrap(), &quota);
