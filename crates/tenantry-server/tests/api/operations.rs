@@ -153,7 +153,7 @@ async fn the_connection_budget_holds_under_load() {
     };
     let ok = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for worker in 0..16 {
+    for worker in 0..8 {
         let app = app.clone();
         let keys = keys.clone();
         let ok = ok.clone();
@@ -171,7 +171,7 @@ async fn the_connection_budget_holds_under_load() {
     }
     stop.store(1, Ordering::Relaxed);
     watcher.await.unwrap();
-    assert_eq!(ok.load(Ordering::Relaxed), 16 * 20);
+    assert_eq!(ok.load(Ordering::Relaxed), 8 * 20);
     let total = max_total.load(Ordering::Relaxed);
     let one = max_one.load(Ordering::Relaxed);
     eprintln!("tenant-database connections: max {total} in total, max {one} for one tenant");
