@@ -28,6 +28,9 @@ use crate::db::Placement;
 use crate::db::{Database, DbError};
 use crate::tenant::{Isolation, RateLimitOverride, StorageState, Tenant, TenantId, TenantStatus};
 
+/// How long the cache is trusted without a working LISTEN connection.
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
 /// The notification channel for cache invalidation.
 pub const CHANNEL: &str = "tenantry_catalog";
 
@@ -202,10 +205,16 @@ impl Catalog {
         }
     }
 
-    /// Runs forever: LISTENs for invalidations on a dedicated control connection, reconnecting
-    /// (and clearing the cache, since notifications may have been missed) when it drops.
+    /// Runs forever: LISTENs for invalidations on a dedicated control connection.
+    ///
+    /// When the connection drops, notifications may be missed, so the whole cache is cleared
+    /// as soon as LISTEN is re-established, or after [`STALE_AFTER`] without it, whichever
+    /// comes first. Not at the moment of the drop: if the database itself is down, the warm
+    /// cache keeps answering what needs no database (a 429 for a tenant over its limit) instead
+    /// of turning every request into a 503.
     pub async fn listen(self, config: tokio_postgres::Config) {
         let mut backoff = Duration::from_millis(100);
+        let mut lost_at: Option<std::time::Instant> = None;
         loop {
             match config.connect(tokio_postgres::NoTls).await {
                 Ok((client, mut conn)) => {
@@ -224,6 +233,7 @@ impl Catalog {
                     };
                     if ok {
                         backoff = Duration::from_millis(100);
+                        lost_at = None;
                         // Anything cached before LISTEN took effect may be stale.
                         self.invalidate_all();
                         while let Some(msg) = stream.next().await {
@@ -240,12 +250,15 @@ impl Catalog {
                         }
                     }
                     drop(client);
-                    self.invalidate_all();
                 }
                 Err(e) => tracing::warn!(error = %e, "catalog listener cannot connect"),
             }
+            let since = *lost_at.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= STALE_AFTER {
+                self.invalidate_all();
+            }
             tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 

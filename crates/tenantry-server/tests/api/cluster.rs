@@ -10,6 +10,45 @@ const DIR: &str = "/tmp/tenantry-second-cluster";
 
 pub struct SecondCluster;
 
+/// A throwaway cluster of one test's own (for tests that stop the database).
+pub struct PrivateCluster {
+    dir: String,
+    pub port: u16,
+}
+
+impl PrivateCluster {
+    pub async fn start() -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let dir = format!("/tmp/tenantry-private-{}", uuid::Uuid::new_v4().simple());
+        let d = dir.clone();
+        tokio::task::spawn_blocking(move || start_at(&d, port))
+            .await
+            .unwrap();
+        Self { dir, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the cluster at once (`immediate`: like a crash, no waiting for clients).
+    pub fn stop(&self) {
+        let pg_ctl = bin().join("pg_ctl").to_string_lossy().into_owned();
+        let data = format!("{}/data", self.dir);
+        let _ = run(&[&pg_ctl, "-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 static START: Mutex<bool> = Mutex::new(false);
 
 impl SecondCluster {
@@ -75,14 +114,18 @@ fn run(args: &[&str]) -> std::process::Output {
 }
 
 fn ensure_running() {
+    start_at(DIR, PORT);
+}
+
+fn start_at(dir: &str, port: u16) {
     let bin = bin();
     let initdb = bin.join("initdb").to_string_lossy().into_owned();
     let pg_ctl = bin.join("pg_ctl").to_string_lossy().into_owned();
-    let data = format!("{DIR}/data");
-    std::fs::create_dir_all(DIR).unwrap();
+    let data = format!("{dir}/data");
+    std::fs::create_dir_all(dir).unwrap();
     if is_root() {
         Command::new("chown")
-            .args(["-R", "postgres:postgres", DIR])
+            .args(["-R", "postgres:postgres", dir])
             .status()
             .unwrap();
     }
@@ -106,12 +149,12 @@ fn ensure_running() {
     if run(&[&pg_ctl, "-D", &data, "status"]).status.success() {
         return;
     }
-    let opts = format!("-c listen_addresses=127.0.0.1 -p {PORT} -k {DIR}");
-    let log = format!("{DIR}/log");
+    let opts = format!("-c listen_addresses=127.0.0.1 -p {port} -k {dir}");
+    let log = format!("{dir}/log");
     let out = run(&[&pg_ctl, "-D", &data, "-l", &log, "-o", &opts, "-w", "start"]);
     assert!(
         out.status.success(),
-        "second cluster start: {} {}",
+        "cluster start: {} {}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -8,6 +8,7 @@ mod helpers;
 mod input;
 mod isolation;
 mod lifecycle;
+mod limits;
 mod operations;
 mod placements;
 mod resolution;

@@ -139,7 +139,11 @@ impl Limiter {
     }
 
     /// Decides one request, counting it.
-    pub async fn check(&self, tenant: &TenantId, quota: &Quota) -> Result<Decision, LimiterUnavailable> {
+    pub async fn check(
+        &self,
+        tenant: &TenantId,
+        quota: &Quota,
+    ) -> Result<Decision, LimiterUnavailable> {
         if let Some(r) = &self.redis {
             if self.now() >= self.breaker_until.load(Ordering::Relaxed) {
                 match r.check(tenant, quota).await {
@@ -184,8 +188,12 @@ impl Limiter {
         if now.saturating_sub(last) > 5_000_000_000 || last == 0 {
             self.last_warning.store(now.max(1), Ordering::Relaxed);
             match self.fail_mode {
-                FailMode::Local => tracing::warn!(error = %e, "rate limiter: Redis unavailable; falling back to per-node limits"),
-                FailMode::Closed => tracing::warn!(error = %e, "rate limiter: Redis unavailable; refusing requests (fail-closed)"),
+                FailMode::Local => {
+                    tracing::warn!(error = %e, "rate limiter: Redis unavailable; falling back to per-node limits")
+                }
+                FailMode::Closed => {
+                    tracing::warn!(error = %e, "rate limiter: Redis unavailable; refusing requests (fail-closed)")
+                }
             }
         }
     }

@@ -75,7 +75,11 @@ impl RedisLimiter {
         )
     }
 
-    pub async fn check(&self, tenant: &TenantId, quota: &Quota) -> Result<Decision, redis::RedisError> {
+    pub async fn check(
+        &self,
+        tenant: &TenantId,
+        quota: &Quota,
+    ) -> Result<Decision, redis::RedisError> {
         let (bucket, usage) = self.keys(tenant, quota);
         let mut conn = self.conn.clone();
         let interval_us = (quota.interval_nanos() / 1000).max(1);
@@ -105,7 +109,11 @@ impl RedisLimiter {
         })
     }
 
-    pub async fn usage(&self, tenant: &TenantId, quota: &Quota) -> Result<Usage, redis::RedisError> {
+    pub async fn usage(
+        &self,
+        tenant: &TenantId,
+        quota: &Quota,
+    ) -> Result<Usage, redis::RedisError> {
         let (_, usage) = self.keys(tenant, quota);
         let mut conn = self.conn.clone();
         let window = quota.window.as_secs().max(1);
