@@ -4,7 +4,7 @@
 use clap::{Parser, Subcommand};
 use tenantry::db::BudgetSettings;
 use tenantry::Isolation;
-use tenantry_bench::{placements, report};
+use tenantry_bench::{limits, placements, report};
 
 #[derive(Parser)]
 #[command(name = "tenantry-bench", about = "Tenantry benchmarks")]
@@ -40,6 +40,14 @@ enum Scenario {
     },
     /// All of the placement benchmarks above.
     Placements,
+    /// Limiter decision cost, in process and in Redis (REDIS_URL, default 127.0.0.1:6379).
+    Limiter,
+    /// A quiet tenant's latency alone and while a noisy tenant floods slow queries.
+    NoisyNeighbour {
+        /// Seconds per phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
 }
 
 #[tokio::main]
@@ -72,6 +80,21 @@ async fn main() {
                 "scoped-read",
                 &format!("reads={reads} smoke={smoke}"),
                 &tables,
+            );
+        }
+        Scenario::Limiter => {
+            let url =
+                std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+            let t = limits::limiter(scale(2_000_000, 1000), scale(20_000, 64), &url).await;
+            report::publish("limiter", &format!("smoke={smoke}"), &[t]);
+        }
+        Scenario::NoisyNeighbour { seconds } => {
+            let secs = if smoke { 1 } else { seconds };
+            let t = limits::noisy_neighbour(std::time::Duration::from_secs(secs), 50).await;
+            report::publish(
+                "noisy-neighbour",
+                &format!("seconds={secs} smoke={smoke}"),
+                &[t],
             );
         }
         Scenario::Placements => {

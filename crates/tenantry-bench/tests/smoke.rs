@@ -27,3 +27,12 @@ async fn placement_scenarios_run() {
         assert_eq!(t.rows.len(), 2);
     }
 }
+
+#[tokio::test]
+async fn limit_scenarios_run() {
+    let t = tenantry_bench::limits::limiter(1000, 64, "redis://127.0.0.1:6379").await;
+    assert_eq!(t.rows.len(), 4);
+    let t =
+        tenantry_bench::limits::noisy_neighbour(std::time::Duration::from_millis(500), 20).await;
+    assert_eq!(t.rows.len(), 2);
+}
