@@ -154,6 +154,8 @@ pub async fn noisy_neighbour(phase: Duration, b_rate: u32) -> Table {
         tenant_db_per_tenant: None,
         redis_url: None,
         rate_limit_fail_mode: None,
+        worker_concurrency: Some(0),
+        job_lease_ms: None,
         jwt_hs256_secret: None,
         jwt_public_key_file: None,
         jwt_jwks_file: None,

@@ -15,6 +15,7 @@ use rand::distr::{Alphanumeric, SampleString};
 use tenantry::auth::jwt::JwtVerifier;
 use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames};
 use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
+use tenantry::jobs::{Worker, WorkerConfig};
 use tenantry::ratelimit::redis::RedisLimiter;
 use tenantry::resolve::ResolverConfig;
 use tenantry::{Catalog, RequestIdLayer, Tenancy, TenancyConfig, TenancyLayer};
@@ -73,6 +74,76 @@ pub async fn connect(
     }
 }
 
+/// The tenancy machinery from the settings (shared by `serve` and `worker`).
+pub fn tenancy(
+    settings: &Settings,
+    catalog: Catalog,
+) -> Result<(Tenancy, Option<JwtVerifier>), StartError> {
+    let jwt = if settings.jwt.enabled() {
+        Some(
+            JwtVerifier::new(settings.jwt.clone())
+                .map_err(|e| StartError::Config(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let redis = match &settings.redis_url {
+        Some(url) => Some(
+            RedisLimiter::new(url, &settings.role_prefix)
+                .map_err(|e| StartError::Config(format!("REDIS_URL: {e}")))?,
+        ),
+        None => None,
+    };
+    let tenancy = Tenancy::new(
+        catalog,
+        TenancyConfig {
+            resolver: ResolverConfig {
+                base_domain: Some(settings.base_domain.clone()),
+                trusted_proxies: settings.trusted_proxies.clone(),
+                ..ResolverConfig::default()
+            },
+            plans: settings.plans.clone(),
+            jwt: jwt.clone(),
+            redis,
+            fail_mode: settings.fail_mode,
+            concurrency_wait: Duration::from_millis(100),
+        },
+    );
+    Ok((tenancy, jwt))
+}
+
+/// The job worker with the server's job kinds.
+pub fn worker(settings: &Settings, tenancy: Tenancy) -> Worker {
+    Worker::new(
+        tenancy,
+        WorkerConfig {
+            concurrency: settings.worker_concurrency.max(1),
+            lease: settings.job_lease,
+            ..WorkerConfig::default()
+        },
+    )
+    .handle(routes::exports::EXPORT, routes::exports::run)
+    .handle(routes::exports::SLEEP, routes::exports::sleep)
+}
+
+/// `tenantry worker`: runs jobs without serving HTTP, until `shutdown`.
+pub async fn run_worker(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let (db, local_pg) = connect(&settings).await?;
+    let catalog = Catalog::new(db.clone());
+    let listener = tokio::spawn(catalog.clone().listen(db.control_config().clone()));
+    let (tenancy, _) = tenancy(&settings, catalog)?;
+    tracing::info!("tenantry worker running");
+    worker(&settings, tenancy).run_until(shutdown).await;
+    listener.abort();
+    if let Some(pg) = local_pg {
+        let _ = tokio::task::spawn_blocking(move || pg.stop()).await;
+    }
+    Ok(())
+}
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
@@ -104,6 +175,8 @@ pub struct Application {
     local_pg: Option<Arc<LocalPostgres>>,
     background: Vec<tokio::task::JoinHandle<()>>,
     tenancy: Tenancy,
+    /// Background jobs run inside `serve` unless disabled (`tenantry worker` runs them alone).
+    worker: Option<Worker>,
 }
 
 impl Application {
@@ -111,36 +184,8 @@ impl Application {
         let (db, local_pg) = connect(&settings).await?;
         let control = db.control_config().clone();
         let catalog = Catalog::new(db);
-        let jwt = if settings.jwt.enabled() {
-            Some(
-                JwtVerifier::new(settings.jwt.clone())
-                    .map_err(|e| StartError::Config(e.to_string()))?,
-            )
-        } else {
-            None
-        };
-        let redis = match &settings.redis_url {
-            Some(url) => Some(
-                RedisLimiter::new(url, &settings.role_prefix)
-                    .map_err(|e| StartError::Config(format!("REDIS_URL: {e}")))?,
-            ),
-            None => None,
-        };
-        let tenancy = Tenancy::new(
-            catalog.clone(),
-            TenancyConfig {
-                resolver: ResolverConfig {
-                    base_domain: Some(settings.base_domain.clone()),
-                    trusted_proxies: settings.trusted_proxies.clone(),
-                    ..ResolverConfig::default()
-                },
-                plans: settings.plans.clone(),
-                jwt: jwt.clone(),
-                redis,
-                fail_mode: settings.fail_mode,
-                concurrency_wait: Duration::from_millis(100),
-            },
-        );
+        let (tenancy, jwt) = tenancy(&settings, catalog.clone())?;
+        let worker = (settings.worker_concurrency > 0).then(|| worker(&settings, tenancy.clone()));
         let mut tokens = settings.admin_tokens.clone();
         if let Some(t) = &settings.admin_token {
             tokens.push(("default".into(), t.clone()));
@@ -185,6 +230,7 @@ impl Application {
             local_pg,
             background,
             tenancy,
+            worker,
         })
     }
 
@@ -199,6 +245,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "tenantry listening");
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let worker = self.worker.map(|w| {
+            tokio::spawn(w.run_until(async move {
+                let _ = stopped.changed().await;
+            }))
+        });
         let r = axum::serve(
             self.listener,
             self.router
@@ -206,6 +258,11 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await;
+        // HTTP is drained; now the worker finishes or releases its running jobs.
+        let _ = stop.send(true);
+        if let Some(w) = worker {
+            let _ = w.await;
+        }
         for t in &self.background {
             t.abort();
         }

@@ -70,6 +70,12 @@ pub struct ServeArgs {
     /// Clock skew tolerated on `exp`/`nbf`, in seconds.
     #[arg(long, env = "TENANTRY_JWT_LEEWAY_SECS")]
     pub jwt_leeway_secs: Option<u64>,
+    /// Jobs this process runs at once (0: serve HTTP only; run `tenantry worker` elsewhere).
+    #[arg(long, env = "TENANTRY_WORKER_CONCURRENCY")]
+    pub worker_concurrency: Option<usize>,
+    /// How long a job claim lasts without a heartbeat, in milliseconds (default 30000).
+    #[arg(long, env = "TENANTRY_JOB_LEASE_MS")]
+    pub job_lease_ms: Option<u64>,
     /// Redis for rate limits shared across nodes (unset: per-node limits).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -100,6 +106,7 @@ struct FileConfig {
     trusted_proxies: Option<Vec<String>>,
     redis_url: Option<String>,
     rate_limit_fail_mode: Option<String>,
+    worker_concurrency: Option<usize>,
     #[serde(default)]
     jwt: FileJwt,
     /// Named admin tokens: `name = "token"`. Revoke one by removing it.
@@ -160,6 +167,10 @@ pub struct Settings {
     pub key_usage_flush: Duration,
     pub redis_url: Option<String>,
     pub fail_mode: FailMode,
+    /// Jobs run at once by this process (0: none).
+    pub worker_concurrency: usize,
+    /// How long a job claim lasts without a heartbeat.
+    pub job_lease: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -295,6 +306,11 @@ impl Settings {
             key_usage_flush: Duration::from_secs(10),
             redis_url: None,
             fail_mode: FailMode::Local,
+            worker_concurrency: args
+                .worker_concurrency
+                .or(file.worker_concurrency)
+                .unwrap_or(4),
+            job_lease: Duration::from_millis(args.job_lease_ms.unwrap_or(30_000).max(100)),
             tenant_db_budget: (
                 args.tenant_db_budget
                     .or(file.tenant_db_budget)

@@ -39,6 +39,11 @@ enum Command {
         #[command(flatten)]
         db: ServeArgs,
     },
+    /// Run background jobs (exports) without serving HTTP.
+    Worker {
+        #[command(flatten)]
+        db: ServeArgs,
+    },
     /// Mint a development JWT for a tenant with the configured HS256 secret.
     Token {
         #[command(flatten)]
@@ -68,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(a)
         | Command::Migrate { db: a, .. }
         | Command::Doctor { db: a }
+        | Command::Worker { db: a }
         | Command::Token { db: a, .. } => a,
     };
     let settings = match Settings::load(args) {
@@ -90,6 +96,11 @@ fn main() -> std::process::ExitCode {
             parallel, dry_run, ..
         } => one_shot(rt.block_on(cli::migrate(&settings, parallel as usize, dry_run))),
         Command::Doctor { .. } => one_shot(rt.block_on(cli::doctor(&settings))),
+        Command::Worker { .. } => one_shot(rt.block_on(async move {
+            tenantry_server::app::run_worker(settings, shutdown_signal())
+                .await
+                .map(|()| cli::exit::OK)
+        })),
         Command::Token {
             tenant, ttl, scope, ..
         } => std::process::ExitCode::from(cli::token(&settings, &tenant, &ttl, scope.as_deref())),

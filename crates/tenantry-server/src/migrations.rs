@@ -7,10 +7,11 @@
 
 use tenantry::db::TenantMigration;
 
-pub const TENANT_MIGRATIONS: &[TenantMigration] = &[TenantMigration {
-    version: 1,
-    name: "users_and_orders",
-    sql: r#"
+pub const TENANT_MIGRATIONS: &[TenantMigration] = &[
+    TenantMigration {
+        version: 1,
+        name: "users_and_orders",
+        sql: r#"
     CREATE TABLE users (
         tenant_id   text NOT NULL CHECK (tenant_id <> ''),
         id          uuid NOT NULL,
@@ -39,4 +40,20 @@ pub const TENANT_MIGRATIONS: &[TenantMigration] = &[TenantMigration {
     CREATE INDEX orders_user_idx ON orders (tenant_id, user_id);
     CREATE INDEX orders_status_idx ON orders (tenant_id, status, id);
     "#,
-}];
+    },
+    TenantMigration {
+        version: 2,
+        name: "export_chunks",
+        // Export files live with the tenant's data, in its placement, so they go wherever the
+        // tenant goes and are removed with it.
+        sql: r#"
+    CREATE TABLE export_chunks (
+        tenant_id  text NOT NULL CHECK (tenant_id <> ''),
+        export_id  uuid NOT NULL,
+        seq        integer NOT NULL,
+        data       bytea NOT NULL,
+        CONSTRAINT export_chunks_pkey PRIMARY KEY (tenant_id, export_id, seq)
+    );
+    "#,
+    },
+];

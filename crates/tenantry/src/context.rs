@@ -54,6 +54,12 @@ impl TenantContext {
         }
     }
 
+    /// The database handle (for crate modules that keep tenant-keyed rows in the control
+    /// plane, like the job queue; never for tenant tables, which go through [`Self::db`]).
+    pub(crate) fn database(&self) -> &Database {
+        &self.inner.db
+    }
+
     /// The limits in force for this tenant (plan and override).
     pub fn limits(&self) -> &TenantLimits {
         &self.inner.limits

@@ -16,6 +16,7 @@
 //! - [`audit`]: the append-only audit log.
 //! - [`http`]: tower layers ([`TenancyLayer`], [`RequestIdLayer`]), extractors and
 //!   problem+json errors.
+//! - [`jobs`]: tenant-isolated background jobs in PostgreSQL, claimed fairly across tenants.
 //! - [`lifecycle`]: provisioning and deprovisioning tenants in every placement.
 //! - [`operations`]: long-running admin operations (fleet migrations) and their progress.
 //! - [`tenancy`]: [`Tenancy`], which ties them together.
@@ -60,6 +61,7 @@ pub mod catalog;
 pub mod context;
 pub mod db;
 pub mod http;
+pub mod jobs;
 pub mod lifecycle;
 pub mod operations;
 pub mod ratelimit;

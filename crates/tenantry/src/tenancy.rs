@@ -431,6 +431,29 @@ impl Tenancy {
         }
     }
 
+    /// The context a background job of `slug` runs in: the same scoped storage as a request.
+    /// `None` when the tenant is gone, not ready or suspended (its jobs wait).
+    pub(crate) async fn job_context(
+        &self,
+        slug: &TenantId,
+    ) -> Result<Option<TenantContext>, DbError> {
+        let Some(tenant) = self.inner.catalog.tenant(slug).await? else {
+            return Ok(None);
+        };
+        if tenant.storage_state != StorageState::Ready || tenant.status != TenantStatus::Active {
+            return Ok(None);
+        }
+        let limits = self.inner.config.plans.limits_for(&tenant);
+        Ok(Some(TenantContext::new(
+            tenant,
+            Principal::Job,
+            self.inner.catalog.database().clone(),
+            None,
+            limits,
+            None,
+        )))
+    }
+
     /// Opens a context for an operator acting inside `slug`, after writing the audit entry.
     /// There is no other way for an admin to reach tenant data, and no way without naming the
     /// tenant. The catalog is read directly (not the cache): admins see the truth.

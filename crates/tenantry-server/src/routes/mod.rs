@@ -1,6 +1,7 @@
 //! HTTP routes: thin handlers over the library. Each resource has its module.
 
 pub mod admin;
+pub mod exports;
 pub mod ops;
 pub mod orders;
 pub mod page;
@@ -28,4 +29,7 @@ pub fn tenant_data() -> Router<AppState> {
                 .patch(orders::update)
                 .delete(orders::delete),
         )
+        .route("/exports", axum::routing::post(exports::create))
+        .route("/exports/{id}/download", get(exports::download))
+        .route("/jobs/{id}", get(exports::job))
 }

@@ -54,6 +54,8 @@ pub fn settings(db_name: &str, db_url: &str) -> Settings {
         key_usage_flush: std::time::Duration::from_millis(200),
         redis_url: None,
         fail_mode: Default::default(),
+        worker_concurrency: 2,
+        job_lease: std::time::Duration::from_secs(2),
     }
 }
 

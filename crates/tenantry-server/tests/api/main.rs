@@ -7,6 +7,7 @@ mod cluster;
 mod helpers;
 mod input;
 mod isolation;
+mod jobs;
 mod lifecycle;
 mod limits;
 mod operations;

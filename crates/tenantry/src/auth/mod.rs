@@ -45,6 +45,8 @@ pub enum Principal {
     /// An anonymous visitor on a route an app opted into public, subdomain-resolved access.
     /// Always read-only.
     Public,
+    /// A background job of the tenant.
+    Job,
 }
 
 impl Principal {
@@ -54,6 +56,7 @@ impl Principal {
             Principal::ApiKey { read_only, .. } | Principal::Jwt { read_only, .. } => !read_only,
             Principal::Admin { .. } => true,
             Principal::Public => false,
+            Principal::Job => true,
         }
     }
 }

@@ -110,6 +110,45 @@ const CONTROL: &[(i32, &str, &str)] = &[
     );
     "#,
     ),
+    (
+        3,
+        "jobs",
+        r#"
+    CREATE TABLE jobs (
+        id              uuid PRIMARY KEY,
+        tenant_id       text NOT NULL CHECK (tenant_id <> ''),
+        kind            text NOT NULL,
+        payload         jsonb NOT NULL DEFAULT '{}',
+        state           text NOT NULL
+                        CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'dead')),
+        attempts        integer NOT NULL DEFAULT 0,
+        max_attempts    integer NOT NULL DEFAULT 5,
+        run_at          timestamptz NOT NULL DEFAULT now(),
+        lease_until     timestamptz,
+        locked_by       text,
+        last_error      text,
+        idempotency_key text,
+        result          jsonb,
+        created_at      timestamptz NOT NULL DEFAULT now(),
+        finished_at     timestamptz,
+        CONSTRAINT jobs_idempotency_key UNIQUE (tenant_id, idempotency_key)
+    );
+    CREATE INDEX jobs_runnable_idx ON jobs (tenant_id, run_at, id) WHERE state = 'queued';
+    CREATE INDEX jobs_lease_idx ON jobs (lease_until) WHERE state = 'running';
+    CREATE INDEX jobs_tenant_idx ON jobs (tenant_id, id);
+    -- One row per tenant with jobs: counts, its cap and weight, and its virtual time for
+    -- fair claiming.
+    CREATE TABLE job_queues (
+        tenant_id text PRIMARY KEY,
+        queued    integer NOT NULL DEFAULT 0,
+        running   integer NOT NULL DEFAULT 0,
+        cap       integer NOT NULL DEFAULT 1,
+        weight    double precision NOT NULL DEFAULT 1,
+        vtime     double precision NOT NULL DEFAULT 0
+    );
+    CREATE INDEX job_queues_ready_idx ON job_queues (vtime) WHERE queued > 0;
+    "#,
+    ),
 ];
 
 /// The ledger of applied versions, one per database (keyed by scope inside it).

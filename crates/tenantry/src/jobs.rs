@@ -1,0 +1,580 @@
+//! Tenant-isolated background jobs in PostgreSQL (no new infrastructure).
+//!
+//! What must hold:
+//! - **Every job has a tenant**: [`enqueue`] takes a [`TenantContext`], so there is no way to
+//!   enqueue a job without one, and a job runs inside its tenant's context (the same scoped
+//!   transaction as a request, in every placement).
+//! - **Fair claiming across tenants**: each tenant has a queue row with a virtual time; a
+//!   worker claims from the tenant with the smallest virtual time that is under its concurrency
+//!   cap, and each claim advances that tenant's virtual time by `1 / weight` (weight from its
+//!   plan). A tenant with 10,000 queued jobs and a tenant with one take turns: the newcomer
+//!   waits for at most one claim per other active tenant, whatever the backlog.
+//!   `FOR UPDATE SKIP LOCKED` keeps workers from blocking each other.
+//! - **Leases**: a claim holds a lease that the running worker extends; a worker that dies
+//!   loses it and the job is reclaimed. Completion is fenced by (worker, attempt), so a worker
+//!   that lost its lease cannot record an outcome over the new owner's.
+//! - **Retries** with exponential backoff and jitter, up to `max_attempts`; then the job is
+//!   `dead` (the tenant's dead letters), with its last error kept.
+//! - **Idempotency keys**: enqueueing with a key the tenant already used returns that job.
+//! - Workers wake on LISTEN/NOTIFY and poll as a fallback; on shutdown they stop claiming,
+//!   let running jobs finish for a grace period, and release the rest.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::context::TenantContext;
+use crate::db::DbError;
+use crate::tenancy::Tenancy;
+use crate::tenant::TenantId;
+
+/// The notification channel that wakes workers.
+pub const CHANNEL: &str = "tenantry_jobs";
+
+/// A job as clients see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: Uuid,
+    #[serde(skip)]
+    pub tenant: String,
+    pub kind: String,
+    pub state: String,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub last_error: Option<String>,
+    #[serde(skip)]
+    pub payload: serde_json::Value,
+    pub result: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const COLS: &str = "id, tenant_id, kind, state, attempts, max_attempts, last_error, payload, \
+                    result, created_at, finished_at";
+
+fn from_row(r: &tokio_postgres::Row) -> Job {
+    Job {
+        id: r.get(0),
+        tenant: r.get(1),
+        kind: r.get(2),
+        state: r.get(3),
+        attempts: r.get(4),
+        max_attempts: r.get(5),
+        last_error: r.get(6),
+        payload: r.get(7),
+        result: r.get(8),
+        created_at: r.get(9),
+        finished_at: r.get(10),
+    }
+}
+
+/// A new job.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub max_attempts: i32,
+    pub idempotency_key: Option<String>,
+}
+
+impl NewJob {
+    pub fn new(kind: &str, payload: serde_json::Value) -> Self {
+        Self {
+            kind: kind.into(),
+            payload,
+            max_attempts: 5,
+            idempotency_key: None,
+        }
+    }
+}
+
+/// Enqueues a job for the context's tenant (or returns the job an idempotency key names).
+pub async fn enqueue(ctx: &TenantContext, job: &NewJob) -> Result<Job, DbError> {
+    let db = ctx.database();
+    let tenant = ctx.tenant_id().as_str();
+    let limits = ctx.limits();
+    let mut client = db.control().get().await?;
+    let tx = client.transaction().await?;
+    let row = tx
+        .query_opt(
+            &format!(
+                "INSERT INTO tenantry.jobs (id, tenant_id, kind, payload, state, max_attempts, idempotency_key)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, $6)
+                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+                 RETURNING {COLS}"
+            ),
+            &[
+                &Uuid::now_v7(),
+                &tenant,
+                &job.kind,
+                &job.payload,
+                &job.max_attempts.max(1),
+                &job.idempotency_key,
+            ],
+        )
+        .await?;
+    let Some(row) = row else {
+        // The key was used before: that job is the answer.
+        let existing = tx
+            .query_one(
+                &format!(
+                    "SELECT {COLS} FROM tenantry.jobs WHERE tenant_id = $1 AND idempotency_key = $2"
+                ),
+                &[&tenant, &job.idempotency_key],
+            )
+            .await?;
+        tx.commit().await?;
+        return Ok(from_row(&existing));
+    };
+    tx.execute(
+        "INSERT INTO tenantry.job_queues AS q (tenant_id, queued, cap, weight, vtime)
+         VALUES ($1, 1, $2, $3,
+                 coalesce((SELECT min(vtime) FROM tenantry.job_queues WHERE queued > 0), 0))
+         ON CONFLICT (tenant_id) DO UPDATE SET queued = q.queued + 1, cap = $2, weight = $3,
+             vtime = CASE WHEN q.queued = 0 AND q.running = 0
+                          THEN greatest(q.vtime, coalesce((SELECT min(vtime) FROM tenantry.job_queues
+                                                           WHERE queued > 0), 0))
+                          ELSE q.vtime END",
+        &[
+            &tenant,
+            &(limits.job_concurrency.max(1) as i32),
+            &(limits.job_concurrency.max(1) as f64),
+        ],
+    )
+    .await?;
+    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
+    tx.commit().await?;
+    Ok(from_row(&row))
+}
+
+/// A job of the context's tenant (`None` for another tenant's id: it looks missing).
+pub async fn get(ctx: &TenantContext, id: Uuid) -> Result<Option<Job>, DbError> {
+    let client = ctx.database().control().get().await?;
+    let row = client
+        .query_opt(
+            &format!("SELECT {COLS} FROM tenantry.jobs WHERE tenant_id = $1 AND id = $2"),
+            &[&ctx.tenant_id().as_str(), &id],
+        )
+        .await?;
+    Ok(row.as_ref().map(from_row))
+}
+
+/// Why a job attempt failed.
+#[derive(Debug, Clone)]
+pub enum JobError {
+    /// Try again later (counts toward `max_attempts`).
+    Retry(String),
+    /// Never retry: the job is `failed`.
+    Permanent(String),
+}
+
+impl<E: std::fmt::Display> From<E> for JobError {
+    fn from(e: E) -> Self {
+        JobError::Retry(e.to_string())
+    }
+}
+
+/// The future a handler returns.
+pub type JobFuture = Pin<Box<dyn Future<Output = Result<serde_json::Value, JobError>> + Send>>;
+
+/// Runs one kind of job, inside the job's tenant context.
+pub trait JobHandler: Send + Sync + 'static {
+    fn run(&self, ctx: TenantContext, job: Job) -> JobFuture;
+}
+
+impl<F> JobHandler for F
+where
+    F: Fn(TenantContext, Job) -> JobFuture + Send + Sync + 'static,
+{
+    fn run(&self, ctx: TenantContext, job: Job) -> JobFuture {
+        self(ctx, job)
+    }
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Jobs run at once by this worker.
+    pub concurrency: usize,
+    /// How long a claim is valid without a heartbeat.
+    pub lease: Duration,
+    /// Poll interval when no notification arrives.
+    pub poll: Duration,
+    /// Backoff base and cap for retries.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How long running jobs may finish after shutdown begins.
+    pub grace: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            lease: Duration::from_secs(30),
+            poll: Duration::from_millis(500),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A pool of job runners.
+#[derive(Clone)]
+pub struct Worker {
+    tenancy: Tenancy,
+    handlers: Arc<HashMap<String, Arc<dyn JobHandler>>>,
+    config: WorkerConfig,
+    id: String,
+}
+
+impl Worker {
+    pub fn new(tenancy: Tenancy, config: WorkerConfig) -> Self {
+        Self {
+            tenancy,
+            handlers: Arc::new(HashMap::new()),
+            config,
+            id: format!("worker-{}", Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Registers the handler of a job kind.
+    pub fn handle(mut self, kind: &str, handler: impl JobHandler) -> Self {
+        Arc::get_mut(&mut self.handlers)
+            .expect("handlers are registered before the worker runs")
+            .insert(kind.to_owned(), Arc::new(handler));
+        self
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Claims and runs jobs until `shutdown` resolves, then drains.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(listen(self.tenancy.clone(), wake.clone()));
+        let mut shutdown = std::pin::pin!(shutdown);
+        let mut last_reap = std::time::Instant::now() - Duration::from_secs(60);
+        loop {
+            if last_reap.elapsed() >= self.config.lease / 3 {
+                last_reap = std::time::Instant::now();
+                if let Err(e) = self.reap_expired().await {
+                    tracing::warn!(error = %e, "could not reclaim expired job leases");
+                }
+            }
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                p = slots.clone().acquire_owned() => p.expect("never closed"),
+            };
+            match self.claim().await {
+                Ok(Some(job)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.execute(job).await;
+                        drop(permit);
+                    });
+                    continue;
+                }
+                Ok(None) => drop(permit),
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!(error = %e, "job claim failed");
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = wake.notified() => {},
+                _ = tokio::time::sleep(self.config.poll) => {},
+            }
+        }
+        listener.abort();
+        // Drain: wait for running jobs up to the grace period, then release what is left.
+        let all = self.config.concurrency.max(1) as u32;
+        if tokio::time::timeout(self.config.grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            if let Err(e) = self.release_mine().await {
+                tracing::warn!(error = %e, "could not release running jobs at shutdown");
+            }
+        }
+    }
+
+    /// Claims the next job fairly, or `None` when nothing is runnable.
+    pub async fn claim(&self) -> Result<Option<Job>, DbError> {
+        let db = self.tenancy.catalog().database();
+        let mut client = db.control().get().await?;
+        let tx = client.transaction().await?;
+        let candidates: Vec<String> = tx
+            .query(
+                "SELECT tenant_id FROM tenantry.job_queues
+                 WHERE queued > 0 AND running < cap
+                 ORDER BY vtime, tenant_id LIMIT 16
+                 FOR UPDATE SKIP LOCKED",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for tenant in candidates {
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE tenantry.jobs SET state = 'running', attempts = attempts + 1,
+                                locked_by = $2, lease_until = now() + $3 * interval '1 millisecond'
+                         WHERE id = (SELECT id FROM tenantry.jobs
+                                     WHERE tenant_id = $1 AND state = 'queued' AND run_at <= now()
+                                     ORDER BY run_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                         RETURNING {COLS}"
+                    ),
+                    &[&tenant, &self.id, &(self.config.lease.as_millis() as f64)],
+                )
+                .await?;
+            if let Some(row) = row {
+                tx.execute(
+                    "UPDATE tenantry.job_queues SET queued = queued - 1, running = running + 1,
+                            vtime = greatest(vtime, coalesce((SELECT min(vtime) FROM tenantry.job_queues
+                                                              WHERE queued > 0), 0)) + 1.0 / weight
+                     WHERE tenant_id = $1",
+                    &[&tenant],
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Some(from_row(&row)));
+            }
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    async fn execute(&self, job: Job) {
+        let attempt = job.attempts;
+        let id = job.id;
+        let outcome = match (
+            self.handlers.get(&job.kind).cloned(),
+            TenantId::parse(&job.tenant),
+        ) {
+            (Some(handler), Ok(slug)) => match self.tenancy.job_context(&slug).await {
+                Ok(Some(ctx)) => {
+                    let heartbeat = tokio::spawn(heartbeat(
+                        self.tenancy.clone(),
+                        id,
+                        self.id.clone(),
+                        attempt,
+                        self.config.lease,
+                    ));
+                    let r = handler.run(ctx, job.clone()).await;
+                    heartbeat.abort();
+                    r
+                }
+                Ok(None) => Err(JobError::Permanent("tenant is not active".into())),
+                Err(e) => Err(JobError::Retry(e.to_string())),
+            },
+            (None, _) => Err(JobError::Permanent(format!(
+                "no handler for job kind {:?}",
+                job.kind
+            ))),
+            (_, Err(_)) => Err(JobError::Permanent("invalid tenant".into())),
+        };
+        if let Err(e) = self.finish(&job, outcome).await {
+            tracing::warn!(job = %id, error = %e, "could not record a job outcome; its lease will expire");
+        }
+    }
+
+    /// Records an outcome, fenced by (worker, attempt).
+    async fn finish(
+        &self,
+        job: &Job,
+        outcome: Result<serde_json::Value, JobError>,
+    ) -> Result<(), DbError> {
+        let db = self.tenancy.catalog().database();
+        let mut client = db.control().get().await?;
+        let tx = client.transaction().await?;
+        let (state, error, result, delay_ms): (
+            &str,
+            Option<String>,
+            Option<serde_json::Value>,
+            f64,
+        ) = match outcome {
+            Ok(v) => ("succeeded", None, Some(v), 0.0),
+            Err(JobError::Permanent(e)) => ("failed", Some(e), None, 0.0),
+            Err(JobError::Retry(e)) if job.attempts >= job.max_attempts => {
+                ("dead", Some(e), None, 0.0)
+            }
+            Err(JobError::Retry(e)) => ("queued", Some(e), None, self.backoff_ms(job.attempts)),
+        };
+        let n = tx
+            .execute(
+                "UPDATE tenantry.jobs SET state = $4, last_error = coalesce($5, last_error), result = $6,
+                        locked_by = NULL, lease_until = NULL,
+                        run_at = now() + $7 * interval '1 millisecond',
+                        finished_at = CASE WHEN $4 IN ('succeeded', 'failed', 'dead') THEN now() END
+                 WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND state = 'running'",
+                &[&job.id, &self.id, &job.attempts, &state, &error, &result, &delay_ms],
+            )
+            .await?;
+        if n == 1 {
+            let requeued: i32 = if state == "queued" { 1 } else { 0 };
+            tx.execute(
+                "UPDATE tenantry.job_queues SET running = greatest(running - 1, 0), queued = queued + $2
+                 WHERE tenant_id = $1",
+                &[&job.tenant, &requeued],
+            )
+            .await?;
+            if state == "dead" {
+                tracing::warn!(job = %job.id, tenant = %job.tenant, "job moved to dead letters after {} attempts", job.attempts);
+            }
+        } else {
+            tracing::warn!(job = %job.id, "lost the job's lease before finishing; outcome discarded");
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Exponential backoff with ±50% jitter.
+    fn backoff_ms(&self, attempts: i32) -> f64 {
+        let base = self.config.backoff_base.as_millis() as f64;
+        let max = self.config.backoff_max.as_millis() as f64;
+        let exp = base * 2f64.powi((attempts - 1).clamp(0, 30));
+        let jitter = 0.5 + rand::random::<f64>();
+        (exp.min(max) * jitter).min(max)
+    }
+
+    /// Returns jobs whose lease expired (a dead worker's) to the queue, or to the dead letters
+    /// when they have no attempts left.
+    pub async fn reap_expired(&self) -> Result<u64, DbError> {
+        let db = self.tenancy.catalog().database();
+        let mut client = db.control().get().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                "UPDATE tenantry.jobs SET
+                    state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+                    last_error = coalesce(last_error, 'lease expired (worker lost)'),
+                    locked_by = NULL, lease_until = NULL, run_at = now(),
+                    finished_at = CASE WHEN attempts >= max_attempts THEN now() END
+                 WHERE id IN (SELECT id FROM tenantry.jobs
+                              WHERE state = 'running' AND lease_until < now()
+                              FOR UPDATE SKIP LOCKED)
+                 RETURNING tenant_id, state",
+                &[],
+            )
+            .await?;
+        for r in &rows {
+            let tenant: String = r.get(0);
+            let state: String = r.get(1);
+            tx.execute(
+                "UPDATE tenantry.job_queues SET running = greatest(running - 1, 0),
+                        queued = queued + CASE WHEN $2 = 'queued' THEN 1 ELSE 0 END
+                 WHERE tenant_id = $1",
+                &[&tenant, &state],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
+
+    /// Shutdown: jobs this worker still runs go back to the queue at once (not counted as an
+    /// attempt), instead of waiting for their leases to expire.
+    async fn release_mine(&self) -> Result<(), DbError> {
+        let db = self.tenancy.catalog().database();
+        let mut client = db.control().get().await?;
+        let tx = client.transaction().await?;
+        let rows = tx
+            .query(
+                "UPDATE tenantry.jobs SET state = 'queued', attempts = greatest(attempts - 1, 0),
+                        locked_by = NULL, lease_until = NULL, run_at = now()
+                 WHERE locked_by = $1 AND state = 'running' RETURNING tenant_id",
+                &[&self.id],
+            )
+            .await?;
+        for r in &rows {
+            tx.execute(
+                "UPDATE tenantry.job_queues SET running = greatest(running - 1, 0), queued = queued + 1
+                 WHERE tenant_id = $1",
+                &[&r.get::<_, String>(0)],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Extends a running job's lease every third of its length.
+async fn heartbeat(tenancy: Tenancy, id: Uuid, worker: String, attempt: i32, lease: Duration) {
+    let mut tick = tokio::time::interval(lease / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let r = async {
+            let client = tenancy.catalog().database().control().get().await?;
+            client
+                .execute(
+                    "UPDATE tenantry.jobs SET lease_until = now() + $4 * interval '1 millisecond'
+                     WHERE id = $1 AND locked_by = $2 AND attempts = $3 AND state = 'running'",
+                    &[&id, &worker, &attempt, &(lease.as_millis() as f64)],
+                )
+                .await?;
+            Ok::<_, DbError>(())
+        }
+        .await;
+        if let Err(e) = r {
+            tracing::warn!(job = %id, error = %e, "could not extend a job lease");
+        }
+    }
+}
+
+/// Wakes the worker on NOTIFY (the poll interval covers a lost connection).
+async fn listen(tenancy: Tenancy, wake: Arc<tokio::sync::Notify>) {
+    let config = tenancy.catalog().database().control_config().clone();
+    loop {
+        if let Ok((client, mut conn)) = config.connect(tokio_postgres::NoTls).await {
+            let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+            let sql = format!("LISTEN {CHANNEL}");
+            let ok = {
+                let listen = client.batch_execute(&sql);
+                let mut listen = std::pin::pin!(listen);
+                loop {
+                    tokio::select! {
+                        r = &mut listen => break r.is_ok(),
+                        m = stream.next() => if m.is_none() { break false },
+                    }
+                }
+            };
+            if ok {
+                while let Some(Ok(msg)) = stream.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(_) = msg {
+                        wake.notify_one();
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Counts of a tenant's jobs by state (for metrics and tests).
+pub async fn counts(tenancy: &Tenancy, tenant: &TenantId) -> Result<HashMap<String, i64>, DbError> {
+    let client = tenancy.catalog().database().control().get().await?;
+    let rows = client
+        .query(
+            "SELECT state, count(*) FROM tenantry.jobs WHERE tenant_id = $1 GROUP BY state",
+            &[&tenant.as_str()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
