@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
 use tenantry::auth::jwt::JwtVerifier;
+use tenantry::cache::TenantCache;
 use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames};
 use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
 use tenantry::jobs::{Worker, WorkerConfig};
@@ -149,6 +150,8 @@ pub async fn run_worker(
 pub struct AppState {
     pub tenancy: Tenancy,
     pub admin: admin::AdminTokens,
+    /// Tenant-keyed cache of hot reads (orders by id).
+    pub cache: TenantCache,
 }
 
 /// Why the server could not start.
@@ -196,11 +199,14 @@ impl Application {
             eprintln!("tenantry: generated admin token (shown once): {t}");
             tokens.push(("default".into(), t));
         }
+        let cache = TenantCache::new(catalog.database().clone(), 64 * 1024 * 1024);
         let state = AppState {
             tenancy: tenancy.clone(),
             admin: admin::AdminTokens::new(tokens),
+            cache: cache.clone(),
         };
         let mut background = vec![tokio::spawn(catalog.listen(control))];
+        background.push(tokio::spawn(cache.listen()));
         background.push(tokio::spawn(
             tenancy
                 .clone()

@@ -9,6 +9,7 @@
 //! - [`auth`]: API keys (format, hashing, constant-time checks) and principals.
 //! - [`catalog`]: the control-plane catalog of tenants and keys, with a cache that every node
 //!   invalidates through PostgreSQL LISTEN/NOTIFY.
+//! - [`cache`]: a tenant-keyed cache with single-flight loads and cross-node invalidation.
 //! - [`ratelimit`]: per-tenant GCRA limits by plan.
 //! - [`db`]: the runtime and control pools, roles, migrations, and the scoped transaction that
 //!   is the only way to tenant tables.
@@ -57,6 +58,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod catalog;
 pub mod context;
 pub mod db;

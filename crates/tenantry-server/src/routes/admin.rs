@@ -286,6 +286,7 @@ pub async fn delete_tenant(
     AdminActor(actor): AdminActor,
 ) -> Result<StatusCode, Problem> {
     if lifecycle::delete(state.tenancy.catalog(), &slug, &actor).await? {
+        state.cache.flush_tenant(&slug).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(tenant_not_found())
@@ -375,6 +376,9 @@ pub async fn patch_tenant(
         .update_tenant(&slug, &patch, &actor)
         .await
         .map_err(catalog_error)?;
+    if patch.status == Some(TenantStatus::Suspended) {
+        state.cache.flush_tenant(&slug).await;
+    }
     Ok(Json(t))
 }
 

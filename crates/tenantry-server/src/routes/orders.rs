@@ -1,6 +1,9 @@
 //! `/orders`: a tenant's orders. `user_id` must be a user of the same tenant: the composite
 //! foreign key `(tenant_id, user_id)` refuses anything else in the database itself.
 
+use std::time::Duration;
+
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,9 +15,10 @@ use uuid::Uuid;
 
 use super::page::{uuid_page, Page};
 use super::users::ResourceId;
+use crate::app::AppState;
 use crate::validate;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Order {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -147,20 +151,40 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(from_row(&row))))
 }
 
-pub async fn get(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<Order>, Problem> {
-    let row = ctx
-        .db()
-        .run_opt(
-            "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
-             FROM orders WHERE tenant_id = $1 AND id = $2",
-            &[&id],
-        )
-        .await?
+/// How long a cached order may be served (bounds staleness after a read that raced a write;
+/// writes through this API invalidate at once, on every node).
+const CACHE_TTL: Duration = Duration::from_secs(30);
+
+fn cache_key(id: &Uuid) -> String {
+    format!("order:{id}")
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    ctx: TenantContext,
+    ResourceId(id): ResourceId,
+) -> Result<Json<Order>, Problem> {
+    let order = state
+        .cache
+        .get_or_load(&ctx, &cache_key(&id), CACHE_TTL, || async {
+            let row = ctx
+                .db()
+                .run_opt(
+                    "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+                     FROM orders WHERE tenant_id = $1 AND id = $2",
+                    &[&id],
+                )
+                .await?;
+            Ok::<_, DbError>(row.as_ref().map(from_row))
+        })
+        .await
+        .map_err(|e| Problem::unavailable(&e))?
         .ok_or_else(Problem::not_found)?;
-    Ok(Json(from_row(&row)))
+    Ok(Json(order))
 }
 
 pub async fn update(
+    State(state): State<AppState>,
     ctx: TenantContext,
     ResourceId(id): ResourceId,
     Json(body): Json<UpdateOrder>,
@@ -198,10 +222,15 @@ pub async fn update(
         .await
         .map_err(user_ref)?
         .ok_or_else(Problem::not_found)?;
+    state.cache.invalidate(&ctx, &cache_key(&id)).await;
     Ok(Json(from_row(&row)))
 }
 
-pub async fn delete(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<StatusCode, Problem> {
+pub async fn delete(
+    State(state): State<AppState>,
+    ctx: TenantContext,
+    ResourceId(id): ResourceId,
+) -> Result<StatusCode, Problem> {
     ctx.db()
         .run_opt(
             "DELETE FROM orders WHERE tenant_id = $1 AND id = $2 RETURNING id",
@@ -209,5 +238,6 @@ pub async fn delete(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<St
         )
         .await?
         .ok_or_else(Problem::not_found)?;
+    state.cache.invalidate(&ctx, &cache_key(&id)).await;
     Ok(StatusCode::NO_CONTENT)
 }

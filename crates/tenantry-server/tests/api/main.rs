@@ -3,6 +3,7 @@
 
 mod admin;
 mod auth;
+mod cache;
 mod cluster;
 mod helpers;
 mod input;

@@ -1,0 +1,210 @@
+//! A tenant-keyed cache. Every key is built from a [`TenantContext`] (or, to flush, a
+//! [`TenantId`]): there is no way to make an unscoped key, so one tenant's entry can never be
+//! served to another.
+//!
+//! - In process: `moka`, bounded by the bytes of the cached values, with a TTL per entry.
+//! - Single-flight: concurrent misses on one key make one load; the others wait for it.
+//! - Invalidation: on write ([`TenantCache::invalidate`]), and for a whole tenant
+//!   ([`TenantCache::flush_tenant`]: suspension, deletion, a move). Both reach every node through
+//!   PostgreSQL LISTEN/NOTIFY on [`CHANNEL`].
+//! - The TTL bounds staleness where invalidation cannot help (a read that raced a write).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use moka::future::Cache;
+use moka::Expiry;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::context::TenantContext;
+use crate::db::Database;
+use crate::tenant::TenantId;
+
+/// The notification channel for cross-node invalidation.
+pub const CHANNEL: &str = "tenantry_cache";
+
+type Key = (TenantId, String);
+
+#[derive(Clone)]
+struct Entry {
+    bytes: Arc<Vec<u8>>,
+    ttl: Duration,
+}
+
+struct PerEntryTtl;
+
+impl Expiry<Key, Entry> for PerEntryTtl {
+    fn expire_after_create(&self, _: &Key, v: &Entry, _: Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+/// The cache. Cheap to clone.
+#[derive(Clone)]
+pub struct TenantCache {
+    local: Cache<Key, Entry>,
+    db: Database,
+    hits: Arc<std::sync::atomic::AtomicU64>,
+    misses: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A load failed; nothing was cached.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cache load failed: {0}")]
+pub struct LoadError(pub String);
+
+impl TenantCache {
+    /// A cache holding at most `max_bytes` of values.
+    pub fn new(db: Database, max_bytes: u64) -> Self {
+        Self {
+            local: Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|k: &Key, v: &Entry| {
+                    (k.0.as_str().len() + k.1.len() + v.bytes.len()).min(u32::MAX as usize) as u32
+                })
+                .expire_after(PerEntryTtl)
+                .support_invalidation_closures()
+                .build(),
+            db,
+            hits: Default::default(),
+            misses: Default::default(),
+        }
+    }
+
+    fn key(tenant: &TenantId, name: &str) -> Key {
+        (tenant.clone(), name.to_owned())
+    }
+
+    /// The value for `name` in the context's tenant, loading it (once, however many ask at the
+    /// same time) on a miss. `None` from the loader is cached too (a missing row stays missing
+    /// until invalidated or expired).
+    pub async fn get_or_load<T, F, Fut, E>(
+        &self,
+        ctx: &TenantContext,
+        name: &str,
+        ttl: Duration,
+        load: F,
+    ) -> Result<Option<T>, LoadError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+        E: std::fmt::Display,
+    {
+        let key = Self::key(ctx.tenant_id(), name);
+        let loaded = std::sync::atomic::AtomicBool::new(false);
+        let entry = self
+            .local
+            .try_get_with(key, async {
+                loaded.store(true, std::sync::atomic::Ordering::Relaxed);
+                let value = load().await.map_err(|e| LoadError(e.to_string()))?;
+                let bytes = serde_json::to_vec(&value).map_err(|e| LoadError(e.to_string()))?;
+                Ok::<_, LoadError>(Entry {
+                    bytes: Arc::new(bytes),
+                    ttl,
+                })
+            })
+            .await
+            .map_err(|e: Arc<LoadError>| (*e).clone())?;
+        let counter = if loaded.load(std::sync::atomic::Ordering::Relaxed) {
+            &self.misses
+        } else {
+            &self.hits
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        serde_json::from_slice::<Option<T>>(&entry.bytes).map_err(|e| LoadError(e.to_string()))
+    }
+
+    /// Drops `name` in the context's tenant, here and on every node.
+    pub async fn invalidate(&self, ctx: &TenantContext, name: &str) {
+        self.local
+            .invalidate(&Self::key(ctx.tenant_id(), name))
+            .await;
+        self.broadcast(&format!("key:{}:{name}", ctx.tenant_id()))
+            .await;
+    }
+
+    /// Drops every entry of a tenant, here and on every node.
+    pub async fn flush_tenant(&self, tenant: &TenantId) {
+        self.flush_local(tenant);
+        self.broadcast(&format!("tenant:{tenant}")).await;
+    }
+
+    fn flush_local(&self, tenant: &TenantId) {
+        let t = tenant.clone();
+        if let Err(e) = self.local.invalidate_entries_if(move |k, _| k.0 == t) {
+            tracing::warn!(error = %e, "could not flush a tenant's cache entries; clearing all");
+            self.local.invalidate_all();
+        }
+    }
+
+    /// (hits, misses) since start.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.hits.load(std::sync::atomic::Ordering::Relaxed),
+            self.misses.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    async fn broadcast(&self, payload: &str) {
+        let r = async {
+            let c = self.db.control().get().await?;
+            c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                .await?;
+            Ok::<_, crate::db::DbError>(())
+        }
+        .await;
+        if let Err(e) = r {
+            // The other nodes' entries then live until their TTL; say so.
+            tracing::warn!(error = %e, "could not broadcast a cache invalidation");
+        }
+    }
+
+    async fn apply(&self, payload: &str) {
+        if let Some(rest) = payload.strip_prefix("tenant:") {
+            if let Ok(t) = TenantId::parse(rest) {
+                self.flush_local(&t);
+            }
+        } else if let Some(rest) = payload.strip_prefix("key:") {
+            if let Some((t, name)) = rest.split_once(':') {
+                if let Ok(t) = TenantId::parse(t) {
+                    self.local.invalidate(&Self::key(&t, name)).await;
+                }
+            }
+        }
+    }
+
+    /// Runs forever: applies other nodes' invalidations. If the connection drops, everything
+    /// cached is cleared once it is back (invalidations may have been missed).
+    pub async fn listen(self) {
+        let config = self.db.control_config().clone();
+        loop {
+            if let Ok((client, mut conn)) = config.connect(tokio_postgres::NoTls).await {
+                let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+                let sql = format!("LISTEN {CHANNEL}");
+                let ok = {
+                    let listen = client.batch_execute(&sql);
+                    let mut listen = std::pin::pin!(listen);
+                    loop {
+                        tokio::select! {
+                            r = &mut listen => break r.is_ok(),
+                            m = stream.next() => if m.is_none() { break false },
+                        }
+                    }
+                };
+                if ok {
+                    self.local.invalidate_all();
+                    while let Some(Ok(msg)) = stream.next().await {
+                        if let tokio_postgres::AsyncMessage::Notification(n) = msg {
+                            self.apply(n.payload()).await;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}

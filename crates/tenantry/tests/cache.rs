@@ -1,0 +1,172 @@
+//! The tenant-keyed cache against real PostgreSQL (for contexts and NOTIFY).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tenantry::audit::Actor;
+use tenantry::cache::TenantCache;
+use tenantry::catalog::NewTenant;
+use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
+use tenantry::{Catalog, Isolation, Tenancy, TenancyConfig, TenantContext, TenantId};
+use tokio_postgres::NoTls;
+
+static NONE: &[TenantMigration] = &[];
+
+async fn setup() -> (Database, TenantContext, TenantContext) {
+    let base = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("tl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let db = Database::connect(
+        format!("{base}/{name}").parse().unwrap(),
+        None,
+        &RoleNames::from_prefix(&name).unwrap(),
+        NONE,
+        &PoolSettings::default(),
+    )
+    .await
+    .unwrap();
+    let tenancy = Tenancy::new(Catalog::new(db.clone()), TenancyConfig::default());
+    let actor = Actor {
+        name: "t".into(),
+        request_id: "t".into(),
+    };
+    let mut ctxs = Vec::new();
+    for slug in ["aa", "bb"] {
+        let slug = TenantId::parse(slug).unwrap();
+        let new = NewTenant {
+            slug: slug.clone(),
+            name: "x".into(),
+            plan: "free".into(),
+            isolation: Isolation::Shared,
+            server: None,
+        };
+        tenantry::lifecycle::create(tenancy.catalog(), &new, &actor)
+            .await
+            .unwrap();
+        ctxs.push(
+            tenancy
+                .admin_context(&slug, &actor, "t", "t")
+                .await
+                .unwrap(),
+        );
+    }
+    let b = ctxs.pop().unwrap();
+    let a = ctxs.pop().unwrap();
+    (db, a, b)
+}
+
+const TTL: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn the_same_key_in_two_tenants_never_collides() {
+    let (db, a, b) = setup().await;
+    let cache = TenantCache::new(db, 1 << 20);
+    let va: Option<String> = cache
+        .get_or_load(&a, "k", TTL, || async {
+            Ok::<_, String>(Some("alpha".to_owned()))
+        })
+        .await
+        .unwrap();
+    let vb: Option<String> = cache
+        .get_or_load(&b, "k", TTL, || async {
+            Ok::<_, String>(Some("bravo".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(va.as_deref(), Some("alpha"));
+    assert_eq!(vb.as_deref(), Some("bravo"), "b must never get a's entry");
+    // Cached now: a loader that would change the value is not called.
+    let again: Option<String> = cache
+        .get_or_load(&a, "k", TTL, || async {
+            Ok::<_, String>(Some("changed".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(again.as_deref(), Some("alpha"));
+    // Invalidation is per tenant too.
+    cache.invalidate(&a, "k").await;
+    let a2: Option<String> = cache
+        .get_or_load(&a, "k", TTL, || async {
+            Ok::<_, String>(Some("alpha2".to_owned()))
+        })
+        .await
+        .unwrap();
+    let b2: Option<String> = cache
+        .get_or_load(&b, "k", TTL, || async {
+            Ok::<_, String>(Some("nope".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (a2.as_deref(), b2.as_deref()),
+        (Some("alpha2"), Some("bravo"))
+    );
+    // Flushing a tenant drops its entries only.
+    cache.flush_tenant(b.tenant_id()).await;
+    let b3: Option<String> = cache
+        .get_or_load(&b, "k", TTL, || async {
+            Ok::<_, String>(Some("bravo3".to_owned()))
+        })
+        .await
+        .unwrap();
+    let a3: Option<String> = cache
+        .get_or_load(&a, "k", TTL, || async {
+            Ok::<_, String>(Some("nope".to_owned()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (a3.as_deref(), b3.as_deref()),
+        (Some("alpha2"), Some("bravo3"))
+    );
+}
+
+#[tokio::test]
+async fn a_stampede_makes_one_load() {
+    let (db, a, _) = setup().await;
+    let cache = TenantCache::new(db, 1 << 20);
+    let loads = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (cache, a, loads) = (cache.clone(), a.clone(), loads.clone());
+        tasks.push(tokio::spawn(async move {
+            let v: Option<u64> = cache
+                .get_or_load(&a, "hot", TTL, || async {
+                    loads.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Ok::<_, String>(Some(42))
+                })
+                .await
+                .unwrap();
+            assert_eq!(v, Some(42));
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        1,
+        "fifty concurrent misses, one load"
+    );
+    // A failed load caches nothing.
+    let r: Result<Option<u64>, _> = cache
+        .get_or_load(&a, "broken", TTL, || async {
+            Err::<Option<u64>, _>("db down")
+        })
+        .await;
+    assert!(r.is_err());
+    let v: Option<u64> = cache
+        .get_or_load(&a, "broken", TTL, || async { Ok::<_, String>(Some(1)) })
+        .await
+        .unwrap();
+    assert_eq!(v, Some(1));
+}
