@@ -42,6 +42,13 @@ enum Scenario {
     Placements,
     /// Limiter decision cost, in process and in Redis (REDIS_URL, default 127.0.0.1:6379).
     Limiter,
+    /// Jobs per second with 1, 100 and 1,000 tenants active.
+    Jobs {
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+    },
+    /// A cache hit against the database read it saves.
+    Cache,
     /// A quiet tenant's latency alone and while a noisy tenant floods slow queries.
     NoisyNeighbour {
         /// Seconds per phase.
@@ -81,6 +88,19 @@ async fn main() {
                 &format!("reads={reads} smoke={smoke}"),
                 &tables,
             );
+        }
+        Scenario::Jobs { jobs } => {
+            let t = tenantry_bench::jobs::throughput(
+                scale(jobs, 40),
+                &[1, 100, 1000].map(|n| scale(n, 2)),
+                8,
+            )
+            .await;
+            report::publish("jobs", &format!("jobs={jobs} smoke={smoke}"), &[t]);
+        }
+        Scenario::Cache => {
+            let t = tenantry_bench::jobs::cache_vs_db(scale(20_000, 50)).await;
+            report::publish("cache", &format!("smoke={smoke}"), &[t]);
         }
         Scenario::Limiter => {
             let url =

@@ -36,3 +36,11 @@ async fn limit_scenarios_run() {
         tenantry_bench::limits::noisy_neighbour(std::time::Duration::from_millis(500), 20).await;
     assert_eq!(t.rows.len(), 2);
 }
+
+#[tokio::test]
+async fn job_and_cache_scenarios_run() {
+    let t = tenantry_bench::jobs::throughput(20, &[1, 3], 2).await;
+    assert_eq!(t.rows.len(), 2);
+    let t = tenantry_bench::jobs::cache_vs_db(20).await;
+    assert_eq!(t.rows.len(), 2);
+}

@@ -199,7 +199,12 @@ impl Application {
             eprintln!("tenantry: generated admin token (shown once): {t}");
             tokens.push(("default".into(), t));
         }
-        let cache = TenantCache::new(catalog.database().clone(), 64 * 1024 * 1024);
+        let mut cache = TenantCache::new(catalog.database().clone(), 64 * 1024 * 1024);
+        if let Some(url) = &settings.redis_url {
+            cache = cache
+                .with_redis(url, &settings.role_prefix)
+                .map_err(|e| StartError::Config(format!("REDIS_URL: {e}")))?;
+        }
         let state = AppState {
             tenancy: tenancy.clone(),
             admin: admin::AdminTokens::new(tokens),

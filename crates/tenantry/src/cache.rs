@@ -3,6 +3,9 @@
 //! served to another.
 //!
 //! - In process: `moka`, bounded by the bytes of the cached values, with a TTL per entry.
+//! - With Redis ([`TenantCache::with_redis`]) the values are shared across nodes too: a local
+//!   miss reads Redis before loading, a load is written to Redis with its TTL, and
+//!   invalidations delete there as well. Redis errors degrade to local-only caching.
 //! - Single-flight: concurrent misses on one key make one load; the others wait for it.
 //! - Invalidation: on write ([`TenantCache::invalidate`]), and for a whole tenant
 //!   ([`TenantCache::flush_tenant`]: suspension, deletion, a move). Both reach every node through
@@ -46,6 +49,8 @@ impl Expiry<Key, Entry> for PerEntryTtl {
 #[derive(Clone)]
 pub struct TenantCache {
     local: Cache<Key, Entry>,
+    /// Shared second level, and its key namespace.
+    redis: Option<(redis::aio::ConnectionManager, String)>,
     db: Database,
     hits: Arc<std::sync::atomic::AtomicU64>,
     misses: Arc<std::sync::atomic::AtomicU64>,
@@ -68,10 +73,27 @@ impl TenantCache {
                 .expire_after(PerEntryTtl)
                 .support_invalidation_closures()
                 .build(),
+            redis: None,
             db,
             hits: Default::default(),
             misses: Default::default(),
         }
+    }
+
+    /// Adds Redis as a shared second level (keys under `namespace`).
+    pub fn with_redis(mut self, url: &str, namespace: &str) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_millis(100)))
+            .set_connection_timeout(Some(Duration::from_millis(200)))
+            .set_number_of_retries(1);
+        let conn = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
+        self.redis = Some((conn, namespace.to_owned()));
+        Ok(self)
+    }
+
+    fn redis_key(ns: &str, tenant: &TenantId, name: &str) -> String {
+        format!("{ns}:cache:{tenant}:{name}")
     }
 
     fn key(tenant: &TenantId, name: &str) -> Key {
@@ -100,8 +122,34 @@ impl TenantCache {
             .local
             .try_get_with(key, async {
                 loaded.store(true, std::sync::atomic::Ordering::Relaxed);
+                let shared = self
+                    .redis
+                    .as_ref()
+                    .map(|(c, ns)| (c.clone(), Self::redis_key(ns, ctx.tenant_id(), name)));
+                if let Some((mut conn, rkey)) = shared.clone() {
+                    let got: Result<Option<Vec<u8>>, _> =
+                        redis::cmd("GET").arg(&rkey).query_async(&mut conn).await;
+                    if let Ok(Some(bytes)) = got {
+                        return Ok(Entry {
+                            bytes: Arc::new(bytes),
+                            ttl,
+                        });
+                    }
+                }
                 let value = load().await.map_err(|e| LoadError(e.to_string()))?;
                 let bytes = serde_json::to_vec(&value).map_err(|e| LoadError(e.to_string()))?;
+                if let Some((mut conn, rkey)) = shared {
+                    let set: Result<(), _> = redis::cmd("SET")
+                        .arg(&rkey)
+                        .arg(&bytes)
+                        .arg("PX")
+                        .arg(ttl.as_millis().max(1) as u64)
+                        .query_async(&mut conn)
+                        .await;
+                    if let Err(e) = set {
+                        tracing::debug!(error = %e, "cache: Redis write failed; local only");
+                    }
+                }
                 Ok::<_, LoadError>(Entry {
                     bytes: Arc::new(bytes),
                     ttl,
@@ -120,6 +168,16 @@ impl TenantCache {
 
     /// Drops `name` in the context's tenant, here and on every node.
     pub async fn invalidate(&self, ctx: &TenantContext, name: &str) {
+        if let Some((conn, ns)) = &self.redis {
+            let mut conn = conn.clone();
+            let r: Result<(), _> = redis::cmd("DEL")
+                .arg(Self::redis_key(ns, ctx.tenant_id(), name))
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cache: could not delete from Redis; the TTL bounds it");
+            }
+        }
         self.local
             .invalidate(&Self::key(ctx.tenant_id(), name))
             .await;
@@ -129,6 +187,33 @@ impl TenantCache {
 
     /// Drops every entry of a tenant, here and on every node.
     pub async fn flush_tenant(&self, tenant: &TenantId) {
+        if let Some((conn, ns)) = &self.redis {
+            let mut conn = conn.clone();
+            let pattern = format!("{ns}:cache:{tenant}:*");
+            let mut cursor: u64 = 0;
+            loop {
+                let r: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await;
+                let Ok((next, keys)) = r else {
+                    tracing::warn!("cache: could not flush a tenant in Redis; the TTL bounds it");
+                    break;
+                };
+                if !keys.is_empty() {
+                    let _: Result<(), _> =
+                        redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
         self.flush_local(tenant);
         self.broadcast(&format!("tenant:{tenant}")).await;
     }

@@ -170,3 +170,67 @@ async fn a_stampede_makes_one_load() {
         .unwrap();
     assert_eq!(v, Some(1));
 }
+
+/// With Redis, a second node's cache gets the value without loading it, invalidation deletes
+/// it there, and tenants stay apart.
+#[tokio::test]
+async fn redis_is_a_shared_second_level() {
+    let (db, a, b) = setup().await;
+    let ns = format!(
+        "cachetest{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let one = TenantCache::new(db.clone(), 1 << 20)
+        .with_redis("redis://127.0.0.1:6379", &ns)
+        .unwrap();
+    let two = TenantCache::new(db.clone(), 1 << 20)
+        .with_redis("redis://127.0.0.1:6379", &ns)
+        .unwrap();
+    let v: Option<String> = one
+        .get_or_load(&a, "k", TTL, || async {
+            Ok::<_, String>(Some("alpha".into()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("alpha"));
+    let loads = AtomicUsize::new(0);
+    let v: Option<String> = two
+        .get_or_load(&a, "k", TTL, || async {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, String>(Some("loaded".into()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("alpha"), "read from Redis, not loaded");
+    assert_eq!(loads.load(Ordering::SeqCst), 0);
+    let vb: Option<String> = two
+        .get_or_load(&b, "k", TTL, || async {
+            Ok::<_, String>(Some("bravo".into()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(vb.as_deref(), Some("bravo"));
+    one.invalidate(&a, "k").await;
+    let fresh = TenantCache::new(db, 1 << 20)
+        .with_redis("redis://127.0.0.1:6379", &ns)
+        .unwrap();
+    let v: Option<String> = fresh
+        .get_or_load(&a, "k", TTL, || async {
+            Ok::<_, String>(Some("reloaded".into()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("reloaded"), "the Redis copy was deleted");
+    one.flush_tenant(b.tenant_id()).await;
+    let v: Option<String> = fresh
+        .get_or_load(&b, "k", TTL, || async {
+            Ok::<_, String>(Some("bravo2".into()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        v.as_deref(),
+        Some("bravo2"),
+        "the tenant's Redis keys were flushed"
+    );
+}
