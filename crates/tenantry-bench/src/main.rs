@@ -42,6 +42,20 @@ enum Scenario {
     Placements,
     /// Limiter decision cost, in process and in Redis (REDIS_URL, default 127.0.0.1:6379).
     Limiter,
+    /// The headline: read one order by id through the full stack vs a hand-written baseline,
+    /// in every placement, plus rate-limited requests; writes a table and an SVG chart.
+    Http {
+        /// Tenants per placement.
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        /// Seconds per run (runs alternate baseline / tenantry).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
     /// Jobs per second with 1, 100 and 1,000 tenants active.
     Jobs {
         #[arg(long, default_value_t = 20_000)]
@@ -87,6 +101,38 @@ async fn main() {
                 "scoped-read",
                 &format!("reads={reads} smoke={smoke}"),
                 &tables,
+            );
+        }
+        Scenario::Http {
+            tenants,
+            seconds,
+            rounds,
+            clients,
+        } => {
+            let d = std::time::Duration::from_millis(if smoke { 300 } else { seconds * 1000 });
+            let rounds = if smoke { 1 } else { rounds };
+            let reads =
+                tenantry_bench::http::read_by_id(scale(tenants, 2), d, rounds, clients).await;
+            let rejected = tenantry_bench::http::rejected(d, rounds, clients).await;
+            let bars: Vec<(String, f64)> = reads
+                .rows
+                .iter()
+                .chain(rejected.rows.iter().skip(1))
+                .map(|r| {
+                    (
+                        r[0].clone(),
+                        r[5].trim_end_matches('x').parse().unwrap_or(0.0),
+                    )
+                })
+                .collect();
+            let svg =
+                tenantry_bench::http::svg("req/s relative to the hand-written baseline", &bars);
+            let _ = std::fs::create_dir_all("bench-results");
+            let _ = std::fs::write("bench-results/http.svg", svg);
+            report::publish(
+                "http",
+                &format!("tenants={tenants} seconds={seconds} rounds={rounds} clients={clients} smoke={smoke}"),
+                &[reads, rejected],
             );
         }
         Scenario::Jobs { jobs } => {

@@ -44,3 +44,13 @@ async fn job_and_cache_scenarios_run() {
     let t = tenantry_bench::jobs::cache_vs_db(20).await;
     assert_eq!(t.rows.len(), 2);
 }
+
+#[tokio::test]
+async fn http_scenarios_run() {
+    let d = std::time::Duration::from_millis(200);
+    let t = tenantry_bench::http::read_by_id(1, d, 1, 2).await;
+    assert_eq!(t.rows.len(), 4);
+    let t = tenantry_bench::http::rejected(d, 1, 2).await;
+    assert_eq!(t.rows.len(), 2);
+    assert!(tenantry_bench::http::svg("t", &[("a".into(), 1.0)]).starts_with("<svg"));
+}

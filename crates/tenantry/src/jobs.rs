@@ -312,16 +312,20 @@ impl Worker {
     }
 
     /// Claims the next job fairly, or `None` when nothing is runnable.
+    ///
+    /// Candidates are read without locks, in virtual-time order; for each, one short
+    /// transaction reserves a running slot under the tenant's cap (the row lock makes the cap
+    /// check atomic), takes its oldest runnable job with `SKIP LOCKED`, and advances the
+    /// tenant's virtual time. No lock is held across candidates, so claimers never deadlock, and
+    /// a busy tenant row makes a claimer wait a moment instead of skipping ahead.
     pub async fn claim(&self) -> Result<Option<Job>, DbError> {
         let db = self.tenancy.catalog().database();
         let mut client = db.control().get().await?;
-        let tx = client.transaction().await?;
-        let candidates: Vec<String> = tx
+        let candidates: Vec<String> = client
             .query(
                 "SELECT tenant_id FROM tenantry.job_queues
                  WHERE queued > 0 AND running < cap
-                 ORDER BY vtime, tenant_id LIMIT 16
-                 FOR UPDATE SKIP LOCKED",
+                 ORDER BY vtime, tenant_id LIMIT 16",
                 &[],
             )
             .await?
@@ -329,6 +333,18 @@ impl Worker {
             .map(|r| r.get(0))
             .collect();
         for tenant in candidates {
+            let tx = client.transaction().await?;
+            let reserved = tx
+                .execute(
+                    "UPDATE tenantry.job_queues SET running = running + 1
+                     WHERE tenant_id = $1 AND running < cap AND queued > 0",
+                    &[&tenant],
+                )
+                .await?;
+            if reserved == 0 {
+                tx.rollback().await?;
+                continue;
+            }
             let row = tx
                 .query_opt(
                     &format!(
@@ -342,20 +358,22 @@ impl Worker {
                     &[&tenant, &self.id, &(self.config.lease.as_millis() as f64)],
                 )
                 .await?;
-            if let Some(row) = row {
-                tx.execute(
-                    "UPDATE tenantry.job_queues SET queued = queued - 1, running = running + 1,
-                            vtime = greatest(vtime, coalesce((SELECT min(vtime) FROM tenantry.job_queues
-                                                              WHERE queued > 0), 0)) + 1.0 / weight
-                     WHERE tenant_id = $1",
-                    &[&tenant],
-                )
-                .await?;
-                tx.commit().await?;
-                return Ok(Some(from_row(&row)));
-            }
+            let Some(row) = row else {
+                // Only future (backed-off) jobs: give the slot back.
+                tx.rollback().await?;
+                continue;
+            };
+            tx.execute(
+                "UPDATE tenantry.job_queues SET queued = queued - 1,
+                        vtime = greatest(vtime, coalesce((SELECT min(vtime) FROM tenantry.job_queues
+                                                          WHERE queued > 0), 0)) + 1.0 / weight
+                 WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Some(from_row(&row)));
         }
-        tx.commit().await?;
         Ok(None)
     }
 

@@ -1,0 +1,460 @@
+//! Issue #7's headline: the full stack (API-key auth, hint check, rate limit, RLS-scoped
+//! transaction) against a hand-written baseline handler, over HTTP, side by side.
+//!
+//! The baseline is what a team would write by hand: an axum handler that takes the tenant
+//! from a header and runs `SELECT … WHERE tenant_id = $1 AND id = $2` on a pool of the same
+//! size, with no auth, no RLS and no rate limit. Both servers and the load generator run in
+//! this process; runs alternate (baseline, tenantry, baseline, …) so machine noise hits both.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::{json, Value};
+use tenantry_server::app::Application;
+use tenantry_server::config::{ServeArgs, Settings};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+use crate::report::Table;
+use crate::stats::{ms, Samples};
+
+const ADMIN: &str = "bench-admin-token-0123456789";
+
+/// One load run's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct Run {
+    pub requests: usize,
+    pub elapsed: Duration,
+    pub latencies: Samples,
+    pub statuses: std::collections::BTreeMap<u16, usize>,
+}
+
+impl Run {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A request to fire: (url, headers).
+pub type Target = (String, Vec<(String, String)>);
+
+/// Closed-loop load: `clients` connections, each firing the next target as soon as the last
+/// answered, for `duration`.
+pub async fn load(targets: Arc<Vec<Target>>, clients: usize, duration: Duration) -> Run {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..clients {
+        let (http, targets, stop) = (http.clone(), targets.clone(), stop.clone());
+        handles.push(tokio::spawn(async move {
+            let mut run = Run::default();
+            let mut i = c * 7919;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 104_729) % targets.len();
+                let (url, headers) = &targets[i];
+                let mut req = http.get(url);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                let t0 = Instant::now();
+                let status = match req.send().await {
+                    Ok(r) => {
+                        let s = r.status().as_u16();
+                        let _ = r.bytes().await;
+                        s
+                    }
+                    Err(_) => 0,
+                };
+                run.latencies.push(t0.elapsed());
+                *run.statuses.entry(status).or_default() += 1;
+                run.requests += 1;
+            }
+            run
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Run::default();
+    for h in handles {
+        let r = h.await.unwrap();
+        all.requests += r.requests;
+        all.latencies.0.extend(r.latencies.0);
+        for (k, v) in r.statuses {
+            *all.statuses.entry(k).or_default() += v;
+        }
+    }
+    all.elapsed = start.elapsed();
+    all
+}
+
+/// The hand-written baseline: tenant from a header, one SELECT, same pool size.
+async fn baseline(
+    pool: Pool,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, StatusCode> {
+    let tenant = headers
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .ok_or(StatusCode::BAD_REQUEST)?
+        .to_owned();
+    let client = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+             FROM shared.orders WHERE tenant_id = $1 AND id = $2",
+        )
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let row = client
+        .query_opt(&stmt, &[&tenant, &id])
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let created: chrono::DateTime<chrono::Utc> = row.get(5);
+    let updated: chrono::DateTime<chrono::Utc> = row.get(6);
+    Ok(Json(json!({
+        "id": row.get::<_, Uuid>(0), "user_id": row.get::<_, Uuid>(1),
+        "amount_cents": row.get::<_, i64>(2), "currency": row.get::<_, String>(3),
+        "status": row.get::<_, String>(4), "created_at": created, "updated_at": updated,
+    })))
+}
+
+async fn start_baseline(db_url: &str, pool_size: usize) -> String {
+    let mgr = Manager::from_config(
+        db_url.parse().unwrap(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(mgr).max_size(pool_size).build().unwrap();
+    let app = Router::new()
+        .route(
+            "/orders/{id}",
+            get(|State(p): State<Pool>, h: HeaderMap, id: Path<Uuid>| baseline(p, h, id)),
+        )
+        .with_state(pool);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// A running tenantry server over a fresh database.
+pub struct Server {
+    pub addr: String,
+    pub db_url: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        let name = format!("tb_{}", &Uuid::new_v4().simple().to_string()[..12]);
+        let base = crate::base_url();
+        let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let db_url = format!("{base}/{name}");
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            database_url: Some(db_url.clone()),
+            runtime_database_url: None,
+            admin_token: Some(ADMIN.into()),
+            base_domain: None,
+            role_prefix: Some(name),
+            data_dir: None,
+            tenant_db_budget: None,
+            tenant_db_per_tenant: None,
+            worker_concurrency: Some(0),
+            job_lease_ms: None,
+            redis_url: None,
+            rate_limit_fail_mode: None,
+            jwt_hs256_secret: None,
+            jwt_public_key_file: None,
+            jwt_jwks_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_tenant_claim: None,
+            jwt_leeway_secs: None,
+            trusted_proxies: None,
+            config: Some("/dev/null".into()),
+        };
+        let settings = Settings::load(&args).expect("settings");
+        let app = Application::build(settings).await.expect("server");
+        let addr = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until(std::future::pending()));
+        Self {
+            addr,
+            db_url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn post(&self, path: &str, auth: &str, body: Value) -> Value {
+        self.http
+            .post(format!("{}{path}", self.addr))
+            .bearer_auth(auth)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// A tenant (enterprise plan, so the limit does not interfere) with a key, a user and
+    /// `orders` orders; returns (slug, key, order ids).
+    pub async fn tenant(
+        &self,
+        slug: &str,
+        isolation: &str,
+        orders: usize,
+    ) -> (String, String, Vec<String>) {
+        self.post(
+            "/admin/v1/tenants",
+            ADMIN,
+            json!({"slug": slug, "name": slug, "plan": "enterprise", "isolation": isolation}),
+        )
+        .await;
+        self.http
+            .patch(format!("{}/admin/v1/tenants/{slug}", self.addr))
+            .bearer_auth(ADMIN)
+            .json(&json!({"rate_limit": {"requests": 100_000_000, "per_seconds": 3600}}))
+            .send()
+            .await
+            .unwrap();
+        let key = self
+            .post(
+                &format!("/admin/v1/tenants/{slug}/api-keys"),
+                ADMIN,
+                json!({"name": "k"}),
+            )
+            .await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let user = self
+            .post("/v1/users", &key, json!({"email": "b@b.io", "name": "b"}))
+            .await["id"]
+            .clone();
+        let mut ids = Vec::new();
+        for i in 0..orders {
+            let o = self
+                .post(
+                    "/v1/orders",
+                    &key,
+                    json!({"user_id": user, "amount_cents": i, "currency": "EUR"}),
+                )
+                .await;
+            ids.push(o["id"].as_str().unwrap().to_owned());
+        }
+        (slug.to_owned(), key, ids)
+    }
+}
+
+/// Read-by-id through the full stack versus the baseline, per placement.
+pub async fn read_by_id(
+    tenants: usize,
+    duration: Duration,
+    rounds: usize,
+    clients: usize,
+) -> Table {
+    let server = Server::start().await;
+    let base = start_baseline(&server.db_url, 16).await;
+    let mut t = Table::new(
+        &format!("Read one order by id: full stack vs hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
+        &["scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "req/s ratio", "p99 ratio"],
+    );
+    let mut baseline_targets = Vec::new();
+    let mut by_placement = Vec::new();
+    for placement in ["shared", "schema", "database"] {
+        let mut targets = Vec::new();
+        for i in 0..tenants {
+            let (slug, key, ids) = server
+                .tenant(&format!("{}{i}", &placement[..2]), placement, 2)
+                .await;
+            for id in ids {
+                targets.push((
+                    format!("{}/v1/orders/{id}", server.addr),
+                    vec![("authorization".to_owned(), format!("Bearer {key}"))],
+                ));
+                if placement == "shared" {
+                    baseline_targets.push((
+                        format!("{base}/orders/{id}"),
+                        vec![("x-tenant-id".to_owned(), slug.clone())],
+                    ));
+                }
+            }
+        }
+        by_placement.push((placement, Arc::new(targets)));
+    }
+    let baseline_targets = Arc::new(baseline_targets);
+    // Warm both.
+    load(baseline_targets.clone(), clients, duration / 2).await;
+    for (_, targets) in &by_placement {
+        load(targets.clone(), clients, duration / 2).await;
+    }
+    let mut base_run = Run::default();
+    let mut runs: Vec<Run> = by_placement.iter().map(|_| Run::default()).collect();
+    for _ in 0..rounds {
+        merge(
+            &mut base_run,
+            load(baseline_targets.clone(), clients, duration).await,
+        );
+        for (k, (_, targets)) in by_placement.iter().enumerate() {
+            merge(&mut runs[k], load(targets.clone(), clients, duration).await);
+        }
+    }
+    row(
+        &mut t,
+        "baseline (hand-written, no auth, no RLS)",
+        &base_run,
+        &base_run,
+    );
+    for (k, (placement, _)) in by_placement.iter().enumerate() {
+        row(
+            &mut t,
+            &format!("tenantry, {placement}"),
+            &runs[k],
+            &base_run,
+        );
+    }
+    t
+}
+
+/// Requests over the limit: 429s answered from memory, against the baseline's reads.
+pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Table {
+    let server = Server::start().await;
+    let base = start_baseline(&server.db_url, 16).await;
+    let (slug, key, ids) = server.tenant("limited", "shared", 1).await;
+    server
+        .http
+        .patch(format!("{}/admin/v1/tenants/{slug}", server.addr))
+        .bearer_auth(ADMIN)
+        .json(&json!({"rate_limit": {"requests": 1, "per_seconds": 86400}}))
+        .send()
+        .await
+        .unwrap();
+    let tenantry_targets = Arc::new(vec![(
+        format!("{}/v1/orders/{}", server.addr, ids[0]),
+        vec![("authorization".to_owned(), format!("Bearer {key}"))],
+    )]);
+    let base_targets = Arc::new(vec![(
+        format!("{base}/orders/{}", ids[0]),
+        vec![("x-tenant-id".to_owned(), slug.clone())],
+    )]);
+    load(tenantry_targets.clone(), clients, duration / 2).await;
+    load(base_targets.clone(), clients, duration / 2).await;
+    let (mut b, mut r) = (Run::default(), Run::default());
+    for _ in 0..rounds {
+        merge(&mut b, load(base_targets.clone(), clients, duration).await);
+        merge(
+            &mut r,
+            load(tenantry_targets.clone(), clients, duration).await,
+        );
+    }
+    let mut t = Table::new(
+        "Rate-limited requests (429) vs baseline reads",
+        &[
+            "scenario",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "req/s ratio",
+            "p99 ratio",
+        ],
+    );
+    row(&mut t, "baseline read", &b, &b);
+    row(
+        &mut t,
+        &format!(
+            "tenantry 429 ({} of {} were 429)",
+            r.statuses.get(&429).copied().unwrap_or(0),
+            r.requests
+        ),
+        &r,
+        &b,
+    );
+    t
+}
+
+fn merge(into: &mut Run, r: Run) {
+    into.requests += r.requests;
+    into.elapsed += r.elapsed;
+    into.latencies.0.extend(r.latencies.0);
+    for (k, v) in r.statuses {
+        *into.statuses.entry(k).or_default() += v;
+    }
+}
+
+fn row(t: &mut Table, label: &str, r: &Run, base: &Run) {
+    t.row(vec![
+        label.to_owned(),
+        format!("{:.0}", r.rps()),
+        ms(r.latencies.p50()),
+        ms(r.latencies.p99()),
+        ms(r.latencies.quantile(0.999)),
+        format!("{:.2}x", r.rps() / base.rps().max(1e-9)),
+        format!(
+            "{:.2}x",
+            r.latencies.p99().as_secs_f64() / base.latencies.p99().as_secs_f64().max(1e-9)
+        ),
+    ]);
+}
+
+/// A bar chart of the req/s ratios, as SVG.
+pub fn svg(title: &str, bars: &[(String, f64)]) -> String {
+    let w = 720.0;
+    let row_h = 28.0;
+    let h = 60.0 + row_h * bars.len() as f64;
+    let max = bars.iter().map(|b| b.1).fold(1.0f64, f64::max);
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n<text x=\"10\" y=\"20\" font-size=\"14\">{}</text>\n",
+        esc(title)
+    );
+    let x0 = 300.0;
+    let scale = (w - x0 - 60.0) / max;
+    let one = x0 + scale;
+    for (i, (label, v)) in bars.iter().enumerate() {
+        let y = 40.0 + row_h * i as f64;
+        s.push_str(&format!(
+            "<text x=\"10\" y=\"{}\">{}</text><rect x=\"{x0}\" y=\"{y}\" width=\"{:.1}\" height=\"18\" fill=\"#4a7bd0\"/><text x=\"{:.1}\" y=\"{}\">{v:.2}x</text>\n",
+            y + 13.0,
+            esc(label),
+            v * scale,
+            x0 + v * scale + 5.0,
+            y + 13.0
+        ));
+    }
+    s.push_str(&format!(
+        "<line x1=\"{one:.1}\" y1=\"32\" x2=\"{one:.1}\" y2=\"{}\" stroke=\"#c33\" stroke-dasharray=\"4\"/>\n</svg>\n",
+        h - 10.0
+    ));
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
