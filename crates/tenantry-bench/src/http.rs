@@ -162,7 +162,9 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start() -> Self {
+    /// `cached`: serve order reads through the tenant cache (the headline runs without it,
+    /// so both sides do the same SELECT).
+    pub async fn start(cached: bool) -> Self {
         let name = format!("tb_{}", &Uuid::new_v4().simple().to_string()[..12]);
         let base = crate::base_url();
         let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
@@ -184,6 +186,7 @@ impl Server {
             tenant_db_budget: None,
             tenant_db_per_tenant: None,
             worker_concurrency: Some(0),
+            order_cache: Some(if cached { "on" } else { "off" }.into()),
             job_lease_ms: None,
             redis_url: None,
             rate_limit_fail_mode: None,
@@ -278,7 +281,7 @@ pub async fn read_by_id(
     rounds: usize,
     clients: usize,
 ) -> Table {
-    let server = Server::start().await;
+    let server = Server::start(false).await;
     let base = start_baseline(&server.db_url, 16).await;
     let mut t = Table::new(
         &format!("Read one order by id: full stack vs hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
@@ -343,7 +346,7 @@ pub async fn read_by_id(
 
 /// Requests over the limit: 429s answered from memory, against the baseline's reads.
 pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Table {
-    let server = Server::start().await;
+    let server = Server::start(false).await;
     let base = start_baseline(&server.db_url, 16).await;
     let (slug, key, ids) = server.tenant("limited", "shared", 1).await;
     server
@@ -364,13 +367,17 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
     )]);
     load(tenantry_targets.clone(), clients, duration / 2).await;
     load(base_targets.clone(), clients, duration / 2).await;
-    let (mut b, mut r) = (Run::default(), Run::default());
+    // The floor of this setup: an unauthenticated route that does nothing, same server, same
+    // load generator (both share the machine's two cores).
+    let floor_targets = Arc::new(vec![(format!("{}/healthz", server.addr), Vec::new())]);
+    let (mut b, mut r, mut f) = (Run::default(), Run::default(), Run::default());
     for _ in 0..rounds {
         merge(&mut b, load(base_targets.clone(), clients, duration).await);
         merge(
             &mut r,
             load(tenantry_targets.clone(), clients, duration).await,
         );
+        merge(&mut f, load(floor_targets.clone(), clients, duration).await);
     }
     let mut t = Table::new(
         "Rate-limited requests (429) vs baseline reads",
@@ -395,6 +402,7 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
         &r,
         &b,
     );
+    row(&mut t, "floor: GET /healthz (no auth, no work)", &f, &b);
     t
 }
 

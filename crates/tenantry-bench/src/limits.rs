@@ -155,6 +155,7 @@ pub async fn noisy_neighbour(phase: Duration, b_rate: u32) -> Table {
         redis_url: None,
         rate_limit_fail_mode: None,
         worker_concurrency: Some(0),
+        order_cache: None,
         job_lease_ms: None,
         jwt_hs256_secret: None,
         jwt_public_key_file: None,

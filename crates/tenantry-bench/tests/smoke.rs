@@ -51,6 +51,8 @@ async fn http_scenarios_run() {
     let t = tenantry_bench::http::read_by_id(1, d, 1, 2).await;
     assert_eq!(t.rows.len(), 4);
     let t = tenantry_bench::http::rejected(d, 1, 2).await;
+    assert_eq!(t.rows.len(), 3);
+    let t = tenantry_bench::http::read_by_id_cached(1, d, 1, 2).await;
     assert_eq!(t.rows.len(), 2);
     assert!(tenantry_bench::http::svg("t", &[("a".into(), 1.0)]).starts_with("<svg"));
 }

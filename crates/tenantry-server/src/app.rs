@@ -152,6 +152,8 @@ pub struct AppState {
     pub admin: admin::AdminTokens,
     /// Tenant-keyed cache of hot reads (orders by id).
     pub cache: TenantCache,
+    /// Whether order reads go through the cache.
+    pub order_cache: bool,
 }
 
 /// Why the server could not start.
@@ -209,6 +211,7 @@ impl Application {
             tenancy: tenancy.clone(),
             admin: admin::AdminTokens::new(tokens),
             cache: cache.clone(),
+            order_cache: settings.order_cache,
         };
         let mut background = vec![tokio::spawn(catalog.listen(control))];
         background.push(tokio::spawn(cache.listen()));

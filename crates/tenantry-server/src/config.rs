@@ -73,6 +73,9 @@ pub struct ServeArgs {
     /// Jobs this process runs at once (0: serve HTTP only; run `tenantry worker` elsewhere).
     #[arg(long, env = "TENANTRY_WORKER_CONCURRENCY")]
     pub worker_concurrency: Option<usize>,
+    /// Serve GET /v1/orders/{id} through the tenant cache (`on`, default, or `off`).
+    #[arg(long, env = "TENANTRY_ORDER_CACHE")]
+    pub order_cache: Option<String>,
     /// How long a job claim lasts without a heartbeat, in milliseconds (default 30000).
     #[arg(long, env = "TENANTRY_JOB_LEASE_MS")]
     pub job_lease_ms: Option<u64>,
@@ -169,6 +172,8 @@ pub struct Settings {
     pub fail_mode: FailMode,
     /// Jobs run at once by this process (0: none).
     pub worker_concurrency: usize,
+    /// Whether GET /v1/orders/{id} is served through the tenant cache.
+    pub order_cache: bool,
     /// How long a job claim lasts without a heartbeat.
     pub job_lease: Duration,
 }
@@ -306,6 +311,7 @@ impl Settings {
             key_usage_flush: Duration::from_secs(10),
             redis_url: None,
             fail_mode: FailMode::Local,
+            order_cache: !matches!(args.order_cache.as_deref(), Some("off" | "false" | "0")),
             worker_concurrency: args
                 .worker_concurrency
                 .or(file.worker_concurrency)

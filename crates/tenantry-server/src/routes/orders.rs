@@ -164,23 +164,27 @@ pub async fn get(
     ctx: TenantContext,
     ResourceId(id): ResourceId,
 ) -> Result<Json<Order>, Problem> {
-    let order = state
-        .cache
-        .get_or_load(&ctx, &cache_key(&id), CACHE_TTL, || async {
-            let row = ctx
-                .db()
-                .run_opt(
-                    "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
-                     FROM orders WHERE tenant_id = $1 AND id = $2",
-                    &[&id],
-                )
-                .await?;
-            Ok::<_, DbError>(row.as_ref().map(from_row))
-        })
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
-        .ok_or_else(Problem::not_found)?;
-    Ok(Json(order))
+    let load = || async {
+        let row = ctx
+            .db()
+            .run_opt(
+                "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+                 FROM orders WHERE tenant_id = $1 AND id = $2",
+                &[&id],
+            )
+            .await?;
+        Ok::<_, DbError>(row.as_ref().map(from_row))
+    };
+    let order = if state.order_cache {
+        state
+            .cache
+            .get_or_load(&ctx, &cache_key(&id), CACHE_TTL, load)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?
+    } else {
+        load().await?
+    };
+    Ok(Json(order.ok_or_else(Problem::not_found)?))
 }
 
 pub async fn update(
