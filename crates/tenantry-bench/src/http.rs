@@ -133,7 +133,11 @@ async fn baseline(
     })))
 }
 
-async fn start_baseline(db_url: &str, pool_size: usize) -> String {
+/// The baseline server; it stops (and drops its pool) when the returned guard is dropped.
+async fn start_baseline(
+    db_url: &str,
+    pool_size: usize,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
     let mgr = Manager::from_config(
         db_url.parse().unwrap(),
         NoTls,
@@ -150,8 +154,15 @@ async fn start_baseline(db_url: &str, pool_size: usize) -> String {
         .with_state(pool);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    addr
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    (addr, stop)
 }
 
 /// A running tenantry server over a fresh database.
@@ -159,6 +170,8 @@ pub struct Server {
     pub addr: String,
     pub db_url: String,
     http: reqwest::Client,
+    /// Dropping the server shuts it down, so scenarios do not pile up connections.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Server {
@@ -203,11 +216,15 @@ impl Server {
         let settings = Settings::load(&args).expect("settings");
         let app = Application::build(settings).await.expect("server");
         let addr = format!("http://127.0.0.1:{}", app.port());
-        tokio::spawn(app.run_until(std::future::pending()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(app.run_until(async {
+            let _ = stopped.await;
+        }));
         Self {
             addr,
             db_url,
             http: reqwest::Client::new(),
+            _stop: stop,
         }
     }
 
@@ -282,7 +299,7 @@ pub async fn read_by_id(
     clients: usize,
 ) -> Table {
     let server = Server::start(false).await;
-    let base = start_baseline(&server.db_url, 16).await;
+    let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let mut t = Table::new(
         &format!("Read one order by id: full stack vs hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
         &["scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "req/s ratio", "p99 ratio"],
@@ -347,7 +364,7 @@ pub async fn read_by_id(
 /// Requests over the limit: 429s answered from memory, against the baseline's reads.
 pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Table {
     let server = Server::start(false).await;
-    let base = start_baseline(&server.db_url, 16).await;
+    let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let (slug, key, ids) = server.tenant("limited", "shared", 1).await;
     server
         .http
@@ -465,4 +482,53 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// The same read through the order cache (what `GET /v1/orders/{id}` costs by default).
+pub async fn read_by_id_cached(
+    tenants: usize,
+    duration: Duration,
+    rounds: usize,
+    clients: usize,
+) -> Table {
+    let server = Server::start(true).await;
+    let (base, _baseline) = start_baseline(&server.db_url, 16).await;
+    let mut targets = Vec::new();
+    let mut base_targets = Vec::new();
+    for i in 0..tenants {
+        let (slug, key, ids) = server.tenant(&format!("c{i}"), "shared", 2).await;
+        for id in ids {
+            targets.push((
+                format!("{}/v1/orders/{id}", server.addr),
+                vec![("authorization".to_owned(), format!("Bearer {key}"))],
+            ));
+            base_targets.push((
+                format!("{base}/orders/{id}"),
+                vec![("x-tenant-id".to_owned(), slug.clone())],
+            ));
+        }
+    }
+    let (targets, base_targets) = (Arc::new(targets), Arc::new(base_targets));
+    load(targets.clone(), clients, duration / 2).await;
+    load(base_targets.clone(), clients, duration / 2).await;
+    let (mut b, mut r) = (Run::default(), Run::default());
+    for _ in 0..rounds {
+        merge(&mut b, load(base_targets.clone(), clients, duration).await);
+        merge(&mut r, load(targets.clone(), clients, duration).await);
+    }
+    let mut t = Table::new(
+        "Read one order by id with the tenant cache on (the server's default)",
+        &[
+            "scenario",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "req/s ratio",
+            "p99 ratio",
+        ],
+    );
+    row(&mut t, "baseline (every read hits the database)", &b, &b);
+    row(&mut t, "tenantry, shared, order cache on", &r, &b);
+    t
 }

@@ -114,6 +114,9 @@ async fn main() {
             let reads =
                 tenantry_bench::http::read_by_id(scale(tenants, 2), d, rounds, clients).await;
             let rejected = tenantry_bench::http::rejected(d, rounds, clients).await;
+            let cached =
+                tenantry_bench::http::read_by_id_cached(scale(tenants, 2), d, rounds, clients)
+                    .await;
             let bars: Vec<(String, f64)> = reads
                 .rows
                 .iter()
@@ -132,7 +135,7 @@ async fn main() {
             report::publish(
                 "http",
                 &format!("tenants={tenants} seconds={seconds} rounds={rounds} clients={clients} smoke={smoke}"),
-                &[reads, rejected],
+                &[reads, rejected, cached],
             );
         }
         Scenario::Jobs { jobs } => {

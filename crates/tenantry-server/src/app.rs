@@ -17,6 +17,7 @@ use tenantry::cache::TenantCache;
 use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames};
 use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
 use tenantry::jobs::{Worker, WorkerConfig};
+use tenantry::metrics::Metrics;
 use tenantry::ratelimit::redis::RedisLimiter;
 use tenantry::resolve::ResolverConfig;
 use tenantry::{Catalog, RequestIdLayer, Tenancy, TenancyConfig, TenancyLayer};
@@ -154,6 +155,7 @@ pub struct AppState {
     pub cache: TenantCache,
     /// Whether order reads go through the cache.
     pub order_cache: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why the server could not start.
@@ -212,6 +214,7 @@ impl Application {
             admin: admin::AdminTokens::new(tokens),
             cache: cache.clone(),
             order_cache: settings.order_cache,
+            metrics: Arc::new(Metrics::new()),
         };
         let mut background = vec![tokio::spawn(catalog.listen(control))];
         background.push(tokio::spawn(cache.listen()));
@@ -348,11 +351,16 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(routes::ops::healthz))
         .route("/readyz", get(routes::ops::readyz))
+        .route("/metrics", get(routes::ops::metrics))
         .merge(tenant_plane)
         .merge(admin_plane)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_metrics,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn(limit_headers))
         .layer(CatchPanicLayer::custom(panic_response))
@@ -382,6 +390,34 @@ pub fn router(state: AppState) -> Router {
                 }),
         )
         .layer(RequestIdLayer)
+}
+
+/// Counts every request by route template and status, and by tenant where one was resolved
+/// (or rate-limited).
+async fn record_metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let start = std::time::Instant::now();
+    let res = next.run(req).await;
+    let tenant = tenantry::TenantContext::from_response(&res)
+        .map(|c| c.tenant_id().clone())
+        .or_else(|| res.extensions().get::<tenantry::TenantId>().cloned());
+    state.metrics.record(
+        &route,
+        &method,
+        res.status().as_u16(),
+        start.elapsed(),
+        tenant.as_ref(),
+    );
+    res
 }
 
 /// Requests whose headers total more than this are refused with 431 before any work.

@@ -14,8 +14,21 @@ use tenantry_server::config::{ServeArgs, Settings};
     about = "Multi-tenant API server and operator CLI"
 )]
 struct Cli {
+    /// Log format: `auto` (human-readable on a terminal, JSON otherwise), `text` or `json`.
+    #[arg(long, global = true, default_value = "auto", value_parser = ["auto", "text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate the configuration (file, environment, flags) and print the effective settings
+    /// with secrets redacted. Exit 2 on an invalid file, naming the line.
+    Check {
+        #[command(flatten)]
+        db: ServeArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -38,6 +51,11 @@ enum Command {
     Doctor {
         #[command(flatten)]
         db: ServeArgs,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
     },
     /// Run background jobs (exports) without serving HTTP.
     Worker {
@@ -62,18 +80,33 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tokio_postgres=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // tokio-postgres logs statement parameters at debug level; those can hold tenant data and
+    // secrets, so that level is never enabled for it, whatever RUST_LOG says.
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("{directives},tokio_postgres=info"))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=info"));
+    let json = match cli.log_format.as_str() {
+        "json" => true,
+        "text" => false,
+        _ => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let args = match &cli.command {
         Command::Serve(a)
         | Command::Migrate { db: a, .. }
         | Command::Doctor { db: a }
         | Command::Worker { db: a }
+        | Command::Config {
+            command: ConfigCommand::Check { db: a },
+        }
         | Command::Token { db: a, .. } => a,
     };
     let settings = match Settings::load(args) {
@@ -83,6 +116,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(cli::exit::USAGE);
         }
     };
+    if let Command::Config { .. } = cli.command {
+        println!("configuration is valid; effective settings (secrets redacted):");
+        println!("{settings:#?}");
+        return std::process::ExitCode::from(cli::exit::OK);
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let one_shot = |r: Result<u8, tenantry_server::app::StartError>| match r {
         Ok(code) => std::process::ExitCode::from(code),
@@ -96,6 +134,7 @@ fn main() -> std::process::ExitCode {
             parallel, dry_run, ..
         } => one_shot(rt.block_on(cli::migrate(&settings, parallel as usize, dry_run))),
         Command::Doctor { .. } => one_shot(rt.block_on(cli::doctor(&settings))),
+        Command::Config { .. } => std::process::ExitCode::from(cli::exit::OK),
         Command::Worker { .. } => one_shot(rt.block_on(async move {
             tenantry_server::app::run_worker(settings, shutdown_signal())
                 .await

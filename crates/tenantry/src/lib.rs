@@ -19,6 +19,7 @@
 //!   problem+json errors.
 //! - [`jobs`]: tenant-isolated background jobs in PostgreSQL, claimed fairly across tenants.
 //! - [`lifecycle`]: provisioning and deprovisioning tenants in every placement.
+//! - [`metrics`]: Prometheus metrics with per-tenant series of bounded cardinality.
 //! - [`operations`]: long-running admin operations (fleet migrations) and their progress.
 //! - [`tenancy`]: [`Tenancy`], which ties them together.
 //!
@@ -65,6 +66,7 @@ pub mod db;
 pub mod http;
 pub mod jobs;
 pub mod lifecycle;
+pub mod metrics;
 pub mod operations;
 pub mod ratelimit;
 pub mod resolve;

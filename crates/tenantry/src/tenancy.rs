@@ -341,6 +341,7 @@ impl Tenancy {
             return Err(ResolveError::RateLimited {
                 decision,
                 policy: limits.quota.name,
+                tenant: tenant.slug.clone(),
             });
         }
         let permit = self
@@ -355,6 +356,7 @@ impl Tenancy {
             .ok_or_else(|| ResolveError::TooManyInFlight {
                 decision,
                 policy: limits.quota.name.clone(),
+                tenant: tenant.slug.clone(),
             })?;
         Ok(TenantContext::new(
             tenant,

@@ -15,3 +15,128 @@ pub async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, Json<V
     state.tenancy.catalog().database().ping().await?;
     Ok((StatusCode::OK, Json(json!({"status": "ready"}))))
 }
+
+/// `GET /metrics`: Prometheus text. Request counters and latency histograms by route, per-tenant
+/// counters (top tenants, the rest as `other`), pool and budget gauges, job queue depth by
+/// state, cache hits and misses, and the rate limiter's backend health.
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use tenantry::metrics::Sample;
+    let db = state.tenancy.catalog().database();
+    let mut extra = Vec::new();
+    let gauge = |name, help, labels: Vec<(&'static str, String)>, value: f64| Sample {
+        name,
+        help,
+        kind: "gauge",
+        labels,
+        value,
+    };
+    for (pool_name, pool) in [("runtime", db.runtime()), ("control", db.control())] {
+        let s = pool.status();
+        extra.push(gauge(
+            "tenantry_db_pool_connections",
+            "Open connections per pool.",
+            vec![("pool", pool_name.into())],
+            s.size as f64,
+        ));
+        extra.push(gauge(
+            "tenantry_db_pool_available",
+            "Idle connections per pool.",
+            vec![("pool", pool_name.into())],
+            s.available as f64,
+        ));
+        extra.push(gauge(
+            "tenantry_db_pool_max",
+            "Pool size limit.",
+            vec![("pool", pool_name.into())],
+            s.max_size as f64,
+        ));
+    }
+    let pools = db.tenant_pools();
+    extra.push(gauge(
+        "tenantry_tenant_db_connections",
+        "Connections open to tenant databases (never above the budget).",
+        vec![],
+        pools.open_connections() as f64,
+    ));
+    extra.push(gauge(
+        "tenantry_tenant_db_budget",
+        "The tenant-database connection budget.",
+        vec![],
+        pools.settings().total as f64,
+    ));
+    extra.push(gauge(
+        "tenantry_tenant_db_pools",
+        "Tenant-database pools open.",
+        vec![],
+        pools.open_pools() as f64,
+    ));
+    if let Ok(client) = db.control().get().await {
+        if let Ok(rows) = client
+            .query(
+                "SELECT state, count(*) FROM tenantry.jobs GROUP BY state",
+                &[],
+            )
+            .await
+        {
+            for state_name in ["queued", "running", "succeeded", "failed", "dead"] {
+                let n = rows
+                    .iter()
+                    .find(|r| r.get::<_, String>(0) == state_name)
+                    .map(|r| r.get::<_, i64>(1))
+                    .unwrap_or(0);
+                extra.push(gauge(
+                    "tenantry_jobs",
+                    "Jobs by state.",
+                    vec![("state", state_name.into())],
+                    n as f64,
+                ));
+            }
+        }
+    }
+    let (hits, misses) = state.cache.stats();
+    extra.push(Sample {
+        name: "tenantry_cache_hits_total",
+        help: "Tenant cache hits.",
+        kind: "counter",
+        labels: vec![],
+        value: hits as f64,
+    });
+    extra.push(Sample {
+        name: "tenantry_cache_misses_total",
+        help: "Tenant cache misses (loads).",
+        kind: "counter",
+        labels: vec![],
+        value: misses as f64,
+    });
+    let limiter = state.tenancy.limiter();
+    extra.push(gauge(
+        "tenantry_rate_limiter_backend_up",
+        "1 when the rate limiter's backend (Redis, or in-process) answers.",
+        vec![(
+            "backend",
+            if limiter.uses_redis() {
+                "redis"
+            } else {
+                "local"
+            }
+            .into(),
+        )],
+        if limiter.backend_healthy() { 1.0 } else { 0.0 },
+    ));
+    extra.push(Sample {
+        name: "tenantry_rate_limiter_fallbacks_total",
+        help: "Decisions made by the local fallback while Redis was down.",
+        kind: "counter",
+        labels: vec![],
+        value: limiter.fallbacks() as f64,
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(&extra),
+    )
+        .into_response()
+}

@@ -12,6 +12,7 @@ mod jobs;
 mod lifecycle;
 mod limits;
 mod operations;
+mod ops;
 mod placements;
 mod resolution;
 mod startup;

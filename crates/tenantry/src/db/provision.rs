@@ -124,7 +124,7 @@ pub async fn add_server(db: &Database, name: &str, url: &str) -> Result<(), DbEr
     client
         .batch_execute(&format!(
             "ALTER ROLE {app} PASSWORD '{}'",
-            db.runtime_password()
+            super::roles::scram_verifier(db.runtime_password())
         ))
         .await?;
     let control = db.control().get().await?;

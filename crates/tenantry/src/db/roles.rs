@@ -118,20 +118,41 @@ async fn bootstrap_schemas(
     if let Some(row) = existing {
         return Ok(row.get(0));
     }
-    // Base62, so it can be inlined in ALTER ROLE (which takes no parameters) without escaping.
     let password = Alphanumeric.sample_string(&mut rand::rng(), 40);
-    client
-        .batch_execute(&format!(
-            "BEGIN;
-             ALTER ROLE {app} PASSWORD '{password}';
-             INSERT INTO {CONTROL_SCHEMA}.runtime_secret (role_name, password)
-                 VALUES ('{runtime}', '{password}')
-                 ON CONFLICT (role_name) DO UPDATE SET password = EXCLUDED.password;
-             COMMIT;",
-            runtime = roles.runtime,
-        ))
-        .await?;
+    // ALTER ROLE takes no parameters, so the statement text carries the password: send the
+    // SCRAM verifier instead, never the password itself (statement text can reach logs).
+    let verifier = scram_verifier(&password);
+    client.batch_execute("BEGIN").await?;
+    let stored = async {
+        client
+            .batch_execute(&format!("ALTER ROLE {app} PASSWORD '{verifier}'"))
+            .await?;
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {CONTROL_SCHEMA}.runtime_secret (role_name, password) VALUES ($1, $2)
+                     ON CONFLICT (role_name) DO UPDATE SET password = EXCLUDED.password"
+                ),
+                &[&roles.runtime, &password],
+            )
+            .await?;
+        Ok::<_, DbError>(())
+    }
+    .await;
+    match stored {
+        Ok(()) => client.batch_execute("COMMIT").await?,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
     Ok(password)
+}
+
+/// The SCRAM-SHA-256 verifier of a password, as `ALTER ROLE … PASSWORD` accepts it. Only
+/// base64 and `$:` characters, so it can be quoted without escaping.
+pub fn scram_verifier(password: &str) -> String {
+    postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
 /// Refuses a runtime role that could see past RLS: a superuser, a BYPASSRLS role, a role that

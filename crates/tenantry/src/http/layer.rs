@@ -105,15 +105,23 @@ where
                 }
                 Err(e) => {
                     let rate = match &e {
-                        ResolveError::RateLimited { decision, policy }
-                        | ResolveError::TooManyInFlight { decision, policy } => {
-                            Some((policy.clone(), *decision))
+                        ResolveError::RateLimited {
+                            decision,
+                            policy,
+                            tenant,
                         }
+                        | ResolveError::TooManyInFlight {
+                            decision,
+                            policy,
+                            tenant,
+                        } => Some((policy.clone(), *decision, tenant.clone())),
                         _ => None,
                     };
                     let mut res = Problem::from(e).into_response();
-                    if let Some((policy, d)) = rate {
+                    if let Some((policy, d, tenant)) = rate {
                         rate_headers(res.headers_mut(), &policy, &d);
+                        // Lets outer layers (metrics) count the rejection for its tenant.
+                        res.extensions_mut().insert(tenant);
                     }
                     Ok(res)
                 }

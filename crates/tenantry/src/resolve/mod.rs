@@ -60,11 +60,13 @@ pub enum ResolveError {
     RateLimited {
         decision: crate::ratelimit::Decision,
         policy: String,
+        tenant: TenantId,
     },
     #[error("too many requests in flight for this tenant")]
     TooManyInFlight {
         decision: crate::ratelimit::Decision,
         policy: String,
+        tenant: TenantId,
     },
     #[error("tenant lookups unavailable")]
     Unavailable,

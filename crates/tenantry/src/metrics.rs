@@ -1,0 +1,239 @@
+//! Prometheus metrics, with per-tenant series of bounded cardinality.
+//!
+//! Request counts and latency histograms are by route template (never the raw path, which
+//! would carry ids) and status. Per-tenant request and rate-limited counts are kept for every
+//! tenant seen, but only the top [`TOP_TENANTS`] by traffic are exported under their own label;
+//! the rest are summed under `tenant="other"`, so a fleet of 100,000 tenants is still a few
+//! dozen series. Written by hand: the exposition format is a few lines, and the registry needs
+//! the top-N folding no crate offers.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::tenant::TenantId;
+
+/// Tenants exported under their own label.
+pub const TOP_TENANTS: usize = 20;
+/// Tenants tracked individually; beyond this the least active are folded into `other`.
+const TRACKED: usize = 50_000;
+/// Latency histogram buckets, seconds.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+#[derive(Default)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    requests: HashMap<(String, String, u16), u64>,
+    latency: HashMap<String, Histogram>,
+    tenants: HashMap<TenantId, (u64, u64)>,
+    /// Requests and rate-limited requests of tenants folded out of `tenants`.
+    folded: (u64, u64),
+}
+
+/// The registry.
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// A gauge or counter computed at scrape time.
+pub struct Sample {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one finished request.
+    pub fn record(
+        &self,
+        route: &str,
+        method: &str,
+        status: u16,
+        latency: Duration,
+        tenant: Option<&TenantId>,
+    ) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *m.requests
+            .entry((route.to_owned(), method.to_owned(), status))
+            .or_default() += 1;
+        let h = m.latency.entry(route.to_owned()).or_default();
+        if h.counts.is_empty() {
+            h.counts = vec![0; BUCKETS.len()];
+        }
+        let secs = latency.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                h.counts[i] += 1;
+            }
+        }
+        h.sum += secs;
+        h.count += 1;
+        if let Some(t) = tenant {
+            if !m.tenants.contains_key(t) && m.tenants.len() >= TRACKED {
+                fold_least_active(&mut m);
+            }
+            let e = m.tenants.entry(t.clone()).or_default();
+            e.0 += 1;
+            if status == 429 {
+                e.1 += 1;
+            }
+        }
+    }
+
+    /// The exposition text, with `extra` samples appended.
+    pub fn render(&self, extra: &[Sample]) -> String {
+        let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        out.push_str("# HELP tenantry_http_requests_total HTTP requests by route template, method and status.\n");
+        out.push_str("# TYPE tenantry_http_requests_total counter\n");
+        let mut reqs: Vec<_> = m.requests.iter().collect();
+        reqs.sort();
+        for ((route, method, status), n) in reqs {
+            let _ = writeln!(
+                out,
+                "tenantry_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
+                esc(route),
+                esc(method)
+            );
+        }
+        out.push_str(
+            "# HELP tenantry_http_request_duration_seconds Request latency by route template.\n",
+        );
+        out.push_str("# TYPE tenantry_http_request_duration_seconds histogram\n");
+        let mut lat: Vec<_> = m.latency.iter().collect();
+        lat.sort_by(|a, b| a.0.cmp(b.0));
+        for (route, h) in lat {
+            let r = esc(route);
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "tenantry_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
+            }
+            let _ = writeln!(
+                out,
+                "tenantry_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "tenantry_http_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "tenantry_http_request_duration_seconds_count{{route=\"{r}\"}} {}",
+                h.count
+            );
+        }
+        let mut tenants: Vec<_> = m.tenants.iter().collect();
+        tenants.sort_by(|a, b| b.1 .0.cmp(&a.1 .0).then(a.0.cmp(b.0)));
+        let (mut other_req, mut other_lim) = m.folded;
+        for (_, (r, l)) in tenants.iter().skip(TOP_TENANTS) {
+            other_req += r;
+            other_lim += l;
+        }
+        for (name, help, idx) in [
+            (
+                "tenantry_tenant_requests_total",
+                "Tenant-plane requests per tenant (top tenants by traffic; the rest as other).",
+                0,
+            ),
+            (
+                "tenantry_tenant_rate_limited_total",
+                "Rate-limited requests per tenant (top tenants by traffic; the rest as other).",
+                1,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (t, v) in tenants.iter().take(TOP_TENANTS) {
+                let n = if idx == 0 { v.0 } else { v.1 };
+                let _ = writeln!(out, "{name}{{tenant=\"{t}\"}} {n}");
+            }
+            let n = if idx == 0 { other_req } else { other_lim };
+            let _ = writeln!(out, "{name}{{tenant=\"other\"}} {n}");
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        for s in extra {
+            if !seen.contains(&s.name) {
+                seen.push(s.name);
+                let _ = writeln!(
+                    out,
+                    "# HELP {} {}\n# TYPE {} {}",
+                    s.name, s.help, s.name, s.kind
+                );
+            }
+            let labels: Vec<String> = s
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", esc(v)))
+                .collect();
+            if labels.is_empty() {
+                let _ = writeln!(out, "{} {}", s.name, s.value);
+            } else {
+                let _ = writeln!(out, "{}{{{}}} {}", s.name, labels.join(","), s.value);
+            }
+        }
+        out
+    }
+}
+
+/// Folds the least active tenth of tracked tenants into `other`.
+fn fold_least_active(m: &mut Inner) {
+    let mut v: Vec<(TenantId, (u64, u64))> = m.tenants.drain().collect();
+    v.sort_by_key(|e| std::cmp::Reverse(e.1 .0));
+    let keep = TRACKED - TRACKED / 10;
+    for (_, (r, l)) in v.iter().skip(keep) {
+        m.folded.0 += r;
+        m.folded.1 += l;
+    }
+    m.tenants = v.into_iter().take(keep).collect();
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_beyond_the_top_are_folded_into_other() {
+        let m = Metrics::new();
+        for i in 0..30 {
+            let t = TenantId::parse(&format!("t{i:02}")).unwrap();
+            for _ in 0..=i {
+                m.record("/v1/orders", "GET", 200, Duration::from_millis(1), Some(&t));
+            }
+        }
+        let text = m.render(&[]);
+        let tenant_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tenantry_tenant_requests_total{"))
+            .collect();
+        assert_eq!(tenant_lines.len(), TOP_TENANTS + 1);
+        assert!(text.contains("tenantry_tenant_requests_total{tenant=\"t29\"} 30"));
+        // t00..t09 made 1+2+…+10 = 55 requests: folded into other.
+        assert!(text.contains("tenantry_tenant_requests_total{tenant=\"other\"} 55"));
+    }
+}
