@@ -16,13 +16,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use moka::future::Cache;
 use moka::Expiry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::context::TenantContext;
+use crate::db::notify::Subscription;
 use crate::db::Database;
 use crate::tenant::TenantId;
 
@@ -267,26 +267,10 @@ impl TenantCache {
     pub async fn listen(self) {
         let config = self.db.control_config().clone();
         loop {
-            if let Ok((client, mut conn)) = config.connect(tokio_postgres::NoTls).await {
-                let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                let sql = format!("LISTEN {CHANNEL}");
-                let ok = {
-                    let listen = client.batch_execute(&sql);
-                    let mut listen = std::pin::pin!(listen);
-                    loop {
-                        tokio::select! {
-                            r = &mut listen => break r.is_ok(),
-                            m = stream.next() => if m.is_none() { break false },
-                        }
-                    }
-                };
-                if ok {
-                    self.local.invalidate_all();
-                    while let Some(Ok(msg)) = stream.next().await {
-                        if let tokio_postgres::AsyncMessage::Notification(n) = msg {
-                            self.apply(n.payload()).await;
-                        }
-                    }
+            if let Ok(mut sub) = Subscription::open(&config, CHANNEL).await {
+                self.local.invalidate_all();
+                while let Some(payload) = sub.next().await {
+                    self.apply(&payload).await;
                 }
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use moka::future::Cache;
 use serde::Serialize;
 use tokio_postgres::Row;
@@ -24,6 +23,7 @@ use uuid::Uuid;
 use crate::audit::{self, Actor};
 use crate::auth::api_key::NewKey;
 use crate::auth::Scope;
+use crate::db::notify::Subscription;
 use crate::db::Placement;
 use crate::db::{Database, DbError};
 use crate::tenant::{Isolation, RateLimitOverride, StorageState, Tenant, TenantId, TenantStatus};
@@ -216,40 +216,16 @@ impl Catalog {
         let mut backoff = Duration::from_millis(100);
         let mut lost_at: Option<std::time::Instant> = None;
         loop {
-            match config.connect(tokio_postgres::NoTls).await {
-                Ok((client, mut conn)) => {
-                    let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-                    let listen_sql = format!("LISTEN {CHANNEL}");
-                    let ok = {
-                        let listen = client.batch_execute(&listen_sql);
-                        // The connection must be polled for LISTEN to complete.
-                        let mut listen = std::pin::pin!(listen);
-                        loop {
-                            tokio::select! {
-                                r = &mut listen => break r.is_ok(),
-                                m = stream.next() => if m.is_none() { break false },
-                            }
-                        }
-                    };
-                    if ok {
-                        backoff = Duration::from_millis(100);
-                        lost_at = None;
-                        // Anything cached before LISTEN took effect may be stale.
-                        self.invalidate_all();
-                        while let Some(msg) = stream.next().await {
-                            match msg {
-                                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                                    self.apply_notification(n.payload()).await;
-                                }
-                                Ok(_) => {}
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "catalog listener lost its connection");
-                                    break;
-                                }
-                            }
-                        }
+            match Subscription::open(&config, CHANNEL).await {
+                Ok(mut sub) => {
+                    backoff = Duration::from_millis(100);
+                    lost_at = None;
+                    // Anything cached before LISTEN took effect may be stale.
+                    self.invalidate_all();
+                    while let Some(payload) = sub.next().await {
+                        self.apply_notification(&payload).await;
                     }
-                    drop(client);
+                    tracing::warn!("catalog listener lost its connection");
                 }
                 Err(e) => tracing::warn!(error = %e, "catalog listener cannot connect"),
             }

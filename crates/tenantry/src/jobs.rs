@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -560,25 +559,9 @@ async fn heartbeat(tenancy: Tenancy, id: Uuid, worker: String, attempt: i32, lea
 async fn listen(tenancy: Tenancy, wake: Arc<tokio::sync::Notify>) {
     let config = tenancy.catalog().database().control_config().clone();
     loop {
-        if let Ok((client, mut conn)) = config.connect(tokio_postgres::NoTls).await {
-            let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
-            let sql = format!("LISTEN {CHANNEL}");
-            let ok = {
-                let listen = client.batch_execute(&sql);
-                let mut listen = std::pin::pin!(listen);
-                loop {
-                    tokio::select! {
-                        r = &mut listen => break r.is_ok(),
-                        m = stream.next() => if m.is_none() { break false },
-                    }
-                }
-            };
-            if ok {
-                while let Some(Ok(msg)) = stream.next().await {
-                    if let tokio_postgres::AsyncMessage::Notification(_) = msg {
-                        wake.notify_one();
-                    }
-                }
+        if let Ok(mut sub) = crate::db::notify::Subscription::open(&config, CHANNEL).await {
+            while sub.next().await.is_some() {
+                wake.notify_one();
             }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -12,6 +12,7 @@ pub mod doctor;
 mod error;
 pub mod fleet;
 pub mod migrate;
+pub mod notify;
 pub mod placement;
 pub mod pools;
 pub mod provision;
