@@ -165,6 +165,35 @@ async fn start_baseline(
     (addr, stop)
 }
 
+/// Settings for an in-process benchmark server: port 0, no worker, no config file.
+pub fn serve_args(db_url: &str, prefix: &str, admin: &str, order_cache: Option<&str>) -> ServeArgs {
+    ServeArgs {
+        listen: Some("127.0.0.1:0".parse().expect("static address")),
+        database_url: Some(db_url.to_owned()),
+        runtime_database_url: None,
+        admin_token: Some(admin.into()),
+        base_domain: None,
+        role_prefix: Some(prefix.to_owned()),
+        data_dir: None,
+        tenant_db_budget: None,
+        tenant_db_per_tenant: None,
+        worker_concurrency: Some(0),
+        order_cache: order_cache.map(str::to_owned),
+        job_lease_ms: None,
+        redis_url: None,
+        rate_limit_fail_mode: None,
+        jwt_hs256_secret: None,
+        jwt_public_key_file: None,
+        jwt_jwks_file: None,
+        jwt_issuer: None,
+        jwt_audience: None,
+        jwt_tenant_claim: None,
+        jwt_leeway_secs: None,
+        trusted_proxies: None,
+        config: Some("/dev/null".into()),
+    }
+}
+
 /// A running tenantry server over a fresh database.
 pub struct Server {
     pub addr: String,
@@ -188,31 +217,12 @@ impl Server {
             .await
             .unwrap();
         let db_url = format!("{base}/{name}");
-        let args = ServeArgs {
-            listen: Some("127.0.0.1:0".parse().unwrap()),
-            database_url: Some(db_url.clone()),
-            runtime_database_url: None,
-            admin_token: Some(ADMIN.into()),
-            base_domain: None,
-            role_prefix: Some(name),
-            data_dir: None,
-            tenant_db_budget: None,
-            tenant_db_per_tenant: None,
-            worker_concurrency: Some(0),
-            order_cache: Some(if cached { "on" } else { "off" }.into()),
-            job_lease_ms: None,
-            redis_url: None,
-            rate_limit_fail_mode: None,
-            jwt_hs256_secret: None,
-            jwt_public_key_file: None,
-            jwt_jwks_file: None,
-            jwt_issuer: None,
-            jwt_audience: None,
-            jwt_tenant_claim: None,
-            jwt_leeway_secs: None,
-            trusted_proxies: None,
-            config: Some("/dev/null".into()),
-        };
+        let args = serve_args(
+            &db_url,
+            &name,
+            ADMIN,
+            Some(if cached { "on" } else { "off" }),
+        );
         let settings = Settings::load(&args).expect("settings");
         let app = Application::build(settings).await.expect("server");
         let addr = format!("http://127.0.0.1:{}", app.port());

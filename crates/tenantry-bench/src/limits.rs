@@ -142,31 +142,7 @@ pub async fn noisy_neighbour(phase: Duration, b_rate: u32) -> Table {
             ..Plan::per_hour(1)
         },
     );
-    let args = tenantry_server::config::ServeArgs {
-        listen: Some("127.0.0.1:0".parse().unwrap()),
-        database_url: Some(url.clone()),
-        runtime_database_url: None,
-        admin_token: Some(admin.into()),
-        base_domain: None,
-        role_prefix: Some(name.clone()),
-        data_dir: None,
-        tenant_db_budget: None,
-        tenant_db_per_tenant: None,
-        redis_url: None,
-        rate_limit_fail_mode: None,
-        worker_concurrency: Some(0),
-        order_cache: None,
-        job_lease_ms: None,
-        jwt_hs256_secret: None,
-        jwt_public_key_file: None,
-        jwt_jwks_file: None,
-        jwt_issuer: None,
-        jwt_audience: None,
-        jwt_tenant_claim: None,
-        jwt_leeway_secs: None,
-        trusted_proxies: None,
-        config: Some("/dev/null".into()),
-    };
+    let args = crate::http::serve_args(&url, &name, admin, None);
     let mut settings = Settings::load(&args).expect("settings");
     settings.plans = plans;
     let app = Application::build(settings).await.expect("server");
