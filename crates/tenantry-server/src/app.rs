@@ -9,7 +9,6 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
 use tenantry::auth::jwt::JwtVerifier;
@@ -24,10 +23,13 @@ use tenantry::{Catalog, RequestIdLayer, Tenancy, TenancyConfig, TenancyLayer};
 use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Settings;
 use crate::local_pg::{LocalPgError, LocalPostgres};
 use crate::migrations::TENANT_MIGRATIONS;
+use crate::openapi;
 use crate::routes::{self, admin};
 
 /// Connects to the control plane (starting the managed local PostgreSQL when `DATABASE_URL` is
@@ -251,6 +253,11 @@ impl Application {
         })
     }
 
+    /// The router this server serves (tests compare its routes with the OpenAPI document).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
@@ -294,66 +301,58 @@ impl Application {
     }
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
-    let tenancy_layer = TenancyLayer::new(state.tenancy.clone());
-    let tenant_plane = Router::new()
-        .route("/v1/tenant", get(routes::tenant::get))
-        .nest("/v1", routes::tenant_data())
-        .route("/v1/tenants/{tenant}/tenant", get(routes::tenant::get))
-        .nest("/v1/tenants/{tenant}", routes::tenant_data())
-        .layer(tenancy_layer);
-
-    let admin_data = routes::tenant_data().layer(middleware::from_fn_with_state(
-        state.clone(),
-        admin::tenant_context,
-    ));
-    let admin_plane = Router::new()
-        .route(
-            "/admin/v1/tenants",
-            get(admin::list_tenants).post(admin::create_tenant),
-        )
-        .route(
-            "/admin/v1/tenants/{tenant}",
-            get(admin::get_tenant)
-                .patch(admin::patch_tenant)
-                .delete(admin::delete_tenant),
-        )
-        .route(
-            "/admin/v1/servers",
-            get(admin::list_servers).post(admin::add_server),
-        )
-        .route(
-            "/admin/v1/tenants/{tenant}/api-keys",
-            get(admin::list_keys).post(admin::create_key),
-        )
-        .route(
-            "/admin/v1/tenants/{tenant}/api-keys/{id}",
-            axum::routing::delete(admin::revoke_key),
-        )
-        .route(
-            "/admin/v1/tenants/{tenant}/api-keys/{id}/rotate",
-            axum::routing::post(admin::rotate_key),
-        )
-        .route("/admin/v1/audit", get(admin::audit_log))
-        .route("/admin/v1/tenants/{tenant}/usage", get(admin::usage))
-        .route(
-            "/admin/v1/migrations",
-            axum::routing::post(admin::start_migration),
-        )
-        .route("/admin/v1/operations/{id}", get(admin::get_operation))
-        .nest("/admin/v1/tenants/{tenant}", admin_data)
-        .layer(middleware::from_fn_with_state(
+/// Every route with its OpenAPI description, and, when `state` is given, the layers that
+/// guard each plane. The document is built from the same call (with `None`), so what is served
+/// and what is documented come from one list.
+pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
+    let mut tenant_plane = OpenApiRouter::default()
+        .nest("/v1", routes::tenant_plane_data())
+        .nest("/v1/tenants/{tenant}", routes::tenant_plane_data());
+    let mut admin_data = routes::tenant_data();
+    if let Some(state) = state {
+        tenant_plane = tenant_plane.layer(TenancyLayer::new(state.tenancy.clone()));
+        admin_data = admin_data.layer(middleware::from_fn_with_state(
+            state.clone(),
+            admin::tenant_context,
+        ));
+    }
+    let mut admin_plane = OpenApiRouter::default()
+        .routes(routes!(admin::list_tenants, admin::create_tenant))
+        .routes(routes!(
+            admin::get_tenant,
+            admin::patch_tenant,
+            admin::delete_tenant
+        ))
+        .routes(routes!(admin::list_servers, admin::add_server))
+        .routes(routes!(admin::list_keys, admin::create_key))
+        .routes(routes!(admin::revoke_key))
+        .routes(routes!(admin::rotate_key))
+        .routes(routes!(admin::audit_log))
+        .routes(routes!(admin::usage))
+        .routes(routes!(admin::start_migration))
+        .routes(routes!(admin::get_operation))
+        .nest("/admin/v1/tenants/{tenant}", admin_data);
+    if let Some(state) = state {
+        admin_plane = admin_plane.layer(middleware::from_fn_with_state(
             state.clone(),
             admin::require_admin,
         ));
-
-    Router::new()
-        .route("/healthz", get(routes::ops::healthz))
-        .route("/readyz", get(routes::ops::readyz))
-        .route("/metrics", get(routes::ops::metrics))
+    }
+    OpenApiRouter::default()
+        .routes(routes!(routes::ops::healthz))
+        .routes(routes!(routes::ops::readyz))
+        .routes(routes!(routes::ops::metrics))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(openapi::docs))
+        .routes(routes!(openapi::redoc_js))
         .merge(tenant_plane)
         .merge(admin_plane)
+}
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    let (routes, _) = surface(Some(&state)).split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())

@@ -8,6 +8,7 @@
 //! - [`app`]: building the router and serving with graceful shutdown.
 //! - [`cli`]: operator subcommands (`migrate`, `doctor`).
 //! - [`routes`]: thin handlers per resource (tenant, users, orders, admin, ops).
+//! - [`openapi`]: the OpenAPI document (generated from the handlers) and `/docs`.
 //! - [`migrations`]: the tenant tables, defined once for every placement.
 //! - [`validate`]: field checks shared by handlers.
 
@@ -16,5 +17,6 @@ pub mod cli;
 pub mod config;
 pub mod local_pg;
 pub mod migrations;
+pub mod openapi;
 pub mod routes;
 pub mod validate;

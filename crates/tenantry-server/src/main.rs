@@ -62,6 +62,8 @@ enum Command {
         #[command(flatten)]
         db: ServeArgs,
     },
+    /// Print the OpenAPI 3.1 document (the same as GET /openapi.json) and exit.
+    Openapi,
     /// Mint a development JWT for a tenant with the configured HS256 secret.
     Token {
         #[command(flatten)]
@@ -99,6 +101,13 @@ fn main() -> std::process::ExitCode {
     } else {
         logs.init();
     }
+    if let Command::Openapi = cli.command {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(tenantry_server::openapi::document()).unwrap_or_default()
+        );
+        return std::process::ExitCode::from(cli::exit::OK);
+    }
     let args = match &cli.command {
         Command::Serve(a)
         | Command::Migrate { db: a, .. }
@@ -108,6 +117,7 @@ fn main() -> std::process::ExitCode {
             command: ConfigCommand::Check { db: a },
         }
         | Command::Token { db: a, .. } => a,
+        Command::Openapi => unreachable!("handled above"),
     };
     let settings = match Settings::load(args) {
         Ok(s) => s,
@@ -134,7 +144,7 @@ fn main() -> std::process::ExitCode {
             parallel, dry_run, ..
         } => one_shot(rt.block_on(cli::migrate(&settings, parallel as usize, dry_run))),
         Command::Doctor { .. } => one_shot(rt.block_on(cli::doctor(&settings))),
-        Command::Config { .. } => std::process::ExitCode::from(cli::exit::OK),
+        Command::Config { .. } | Command::Openapi => std::process::ExitCode::from(cli::exit::OK),
         Command::Worker { .. } => one_shot(rt.block_on(async move {
             tenantry_server::app::run_worker(settings, shutdown_signal())
                 .await

@@ -20,6 +20,7 @@ pub struct Actor {
 
 /// One audit entry as the admin plane shows it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     pub id: String,
     pub at: DateTime<Utc>,

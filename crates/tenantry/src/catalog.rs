@@ -54,6 +54,7 @@ impl KeyRecord {
 
 /// An API key as the admin plane shows it (never the secret).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiKeyInfo {
     pub id: Uuid,
     pub name: String,

@@ -40,6 +40,7 @@ pub const CHANNEL: &str = "tenantry_jobs";
 
 /// A job as clients see it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     pub id: Uuid,
     #[serde(skip)]

@@ -10,6 +10,7 @@ use crate::db::{Database, DbError};
 
 /// An operation as the admin plane shows it.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Operation {
     pub id: Uuid,
     pub kind: String,

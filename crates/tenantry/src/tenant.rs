@@ -17,6 +17,21 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(Arc<str>);
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for TenantId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[a-z][a-z0-9-]{1,62}$"))
+            .description(Some("A tenant slug."))
+            .examples(["acme"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for TenantId {}
+
 /// Why a string is not a tenant slug.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("tenant slugs match ^[a-z][a-z0-9-]{{1,62}}$")]
@@ -75,6 +90,7 @@ impl<'de> Deserialize<'de> for TenantId {
 /// Whether a tenant may be served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TenantStatus {
     Active,
     Suspended,
@@ -101,6 +117,7 @@ impl TenantStatus {
 /// placement; only the place differs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Isolation {
     Shared,
     Schema,
@@ -129,6 +146,7 @@ impl Isolation {
 /// A per-tenant rate-limit override: `requests` per `per_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RateLimitOverride {
     pub requests: u32,
     pub per_seconds: u32,
@@ -138,6 +156,7 @@ pub struct RateLimitOverride {
 /// provisioning crashed half-way stays `Provisioning` and is never reachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum StorageState {
     Provisioning,
     Ready,
@@ -165,6 +184,7 @@ impl StorageState {
 
 /// A tenant as the catalog knows it. Shared read-only through `Arc` by the resolution cache.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Tenant {
     pub slug: TenantId,
     pub name: String,

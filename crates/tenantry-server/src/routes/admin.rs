@@ -182,14 +182,19 @@ fn catalog_error(e: CatalogError) -> Problem {
 
 // ----- tenants -----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    #[schema(pattern = "^[a-z][a-z0-9-]{1,62}$", example = "acme")]
     slug: String,
     name: String,
+    /// A plan from the configuration (default `free`).
     #[serde(default = "free")]
+    #[schema(required = false, example = "pro")]
     plan: String,
+    /// `shared` (default), `schema` or `database`.
     #[serde(default = "shared")]
+    #[schema(required = false, value_type = Isolation)]
     isolation: String,
     /// For `database` tenants: which registered server.
     server: Option<String>,
@@ -202,6 +207,14 @@ fn shared() -> String {
     "shared".into()
 }
 
+#[utoipa::path(post, path = "/admin/v1/tenants", tag = "admin", operation_id = "create_tenant",
+    summary = "Create a tenant and provision its storage",
+    description = "Writes a `provisioning` catalog entry (never served), creates the storage for the placement, then marks it ready. Re-sending the same request after a crash resumes.",
+    request_body = CreateTenant,
+    responses(
+        (status = 201, description = "Created and ready.", body = Tenant),
+        (status = 409, description = "`conflict`: the slug is taken."),
+    ))]
 pub async fn create_tenant(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
@@ -255,6 +268,10 @@ fn plan_error(state: &AppState) -> FieldError {
     FieldError::new("plan", format!("must be one of: {}", names.join(", ")))
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants", tag = "admin", operation_id = "list_tenants",
+    summary = "List tenants",
+    params(page::PageQuery),
+    responses((status = 200, description = "A page of tenants, ordered by slug.", body = Page<Tenant>)))]
 pub async fn list_tenants(
     State(state): State<AppState>,
     Query(q): Query<page::PageQuery>,
@@ -278,6 +295,13 @@ pub async fn list_tenants(
     })))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/tenants/{tenant}", tag = "admin", operation_id = "delete_tenant",
+    summary = "Deprovision a tenant",
+    description = "Stops traffic, deletes keys, drops the tenant's rows, schema or database, then the catalog entry. Idempotent and resumable.",
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`tenant_not_found`: no such tenant."),
+    ))]
 /// Deprovisions a tenant: keys, storage, catalog row. Retrying after a crash finishes the job;
 /// a tenant that is already gone is 404.
 pub async fn delete_tenant(
@@ -293,6 +317,12 @@ pub async fn delete_tenant(
     }
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant}", tag = "admin", operation_id = "get_tenant",
+    summary = "Read a tenant",
+    responses(
+        (status = 200, description = "The tenant.", body = Tenant),
+        (status = 404, description = "`tenant_not_found`: no such tenant."),
+    ))]
 pub async fn get_tenant(
     State(state): State<AppState>,
     TenantPath(slug): TenantPath,
@@ -307,13 +337,16 @@ pub async fn get_tenant(
 }
 
 /// `rate_limit` distinguishes absent (leave alone) from `null` (clear).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchTenant {
     name: Option<String>,
     plan: Option<String>,
+    #[schema(value_type = Option<TenantStatus>)]
     status: Option<String>,
+    /// An override of the plan's request quota; `null` clears it.
     #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimitOverride>)]
     rate_limit: Option<Option<RateLimitOverride>>,
 }
 
@@ -325,6 +358,14 @@ where
     Option::<T>::deserialize(d).map(Some)
 }
 
+#[utoipa::path(patch, path = "/admin/v1/tenants/{tenant}", tag = "admin", operation_id = "update_tenant",
+    summary = "Change a tenant's name, plan, status or rate-limit override",
+    description = "Suspension and plan changes take effect on every node at once.",
+    request_body = PatchTenant,
+    responses(
+        (status = 200, description = "The updated tenant.", body = Tenant),
+        (status = 404, description = "`tenant_not_found`: no such tenant."),
+    ))]
 pub async fn patch_tenant(
     State(state): State<AppState>,
     TenantPath(slug): TenantPath,
@@ -384,12 +425,16 @@ pub async fn patch_tenant(
 
 // ----- API keys -----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
+    /// Default `default`.
     #[serde(default = "default_key_name")]
+    #[schema(required = false)]
     name: String,
+    /// Default both `read` and `write`.
     #[serde(default = "all_scopes")]
+    #[schema(required = false)]
     scopes: Vec<Scope>,
     expires_at: Option<DateTime<Utc>>,
 }
@@ -401,13 +446,22 @@ fn all_scopes() -> Vec<Scope> {
     vec![Scope::Read, Scope::Write]
 }
 
-#[derive(serde::Serialize)]
+/// A new key: the `key` is shown this once.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     info: ApiKeyInfo,
     key: String,
 }
 
+#[utoipa::path(post, path = "/admin/v1/tenants/{tenant}/api-keys", tag = "admin", operation_id = "create_api_key",
+    summary = "Create an API key",
+    description = "The key is in this response only; it is stored hashed.",
+    request_body = CreateKey,
+    responses(
+        (status = 201, description = "Created.", body = CreatedKey),
+        (status = 404, description = "`tenant_not_found`: no such tenant."),
+    ))]
 pub async fn create_key(
     State(state): State<AppState>,
     TenantPath(slug): TenantPath,
@@ -440,6 +494,13 @@ pub async fn create_key(
     Ok((StatusCode::CREATED, Json(CreatedKey { info, key })))
 }
 
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant}/api-keys", tag = "admin", operation_id = "list_api_keys",
+    summary = "List a tenant's API keys (never the secrets)",
+    params(page::PageQuery),
+    responses(
+        (status = 200, description = "A page of keys.", body = Page<ApiKeyInfo>),
+        (status = 404, description = "`tenant_not_found`: no such tenant."),
+    ))]
 pub async fn list_keys(
     State(state): State<AppState>,
     TenantPath(slug): TenantPath,
@@ -459,6 +520,14 @@ pub async fn list_keys(
     })))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/tenants/{tenant}/api-keys/{id}", tag = "admin", operation_id = "revoke_api_key",
+    summary = "Revoke an API key",
+    description = "Effective on the next request, on every node.",
+    params(("id" = uuid::Uuid, Path, description = "The key's id.")),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 404, description = "`tenant_not_found`, or `not_found`: no such key in this tenant."),
+    ))]
 pub async fn revoke_key(
     State(state): State<AppState>,
     TenantPath(slug): TenantPath,
@@ -479,6 +548,14 @@ pub async fn revoke_key(
 
 /// Rotation: a new key (same name, scopes, expiry), and the old one revoked, atomically. 201
 /// with the new key, shown this once.
+#[utoipa::path(post, path = "/admin/v1/tenants/{tenant}/api-keys/{id}/rotate", tag = "admin", operation_id = "rotate_api_key",
+    summary = "Rotate an API key",
+    description = "Issues a new key with the same name and scopes and revokes the old one.",
+    params(("id" = uuid::Uuid, Path, description = "The key's id.")),
+    responses(
+        (status = 201, description = "The new key.", body = CreatedKey),
+        (status = 404, description = "`tenant_not_found`, or `not_found`: no such live key in this tenant."),
+    ))]
 pub async fn rotate_key(
     State(state): State<AppState>,
     TenantPath(slug): TenantPath,
@@ -499,14 +576,23 @@ pub async fn rotate_key(
 
 // ----- audit -----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only entries about this tenant.
     tenant: Option<String>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "admin", operation_id = "list_audit",
+    summary = "The audit log, newest first",
+    params(AuditQuery),
+    responses((status = 200, description = "A page of entries.", body = Page<audit::AuditEntry>)))]
 pub async fn audit_log(
     State(state): State<AppState>,
     Query(q): Query<AuditQuery>,
@@ -552,20 +638,31 @@ pub async fn audit_log(
 
 // ----- database servers -----
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddServer {
     name: String,
+    /// A PostgreSQL URL whose role may create databases. Stored, never shown again.
     url: String,
 }
 
+/// A registered database server (its URL is never shown).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ServerInfo {
+    pub name: String,
+}
+
+#[utoipa::path(post, path = "/admin/v1/servers", tag = "admin", operation_id = "add_server",
+    summary = "Register a PostgreSQL server for database tenants",
+    request_body = AddServer,
+    responses((status = 201, description = "Registered.", body = ServerInfo)))]
 /// Registers a PostgreSQL server for `database` tenants. The URL's role must be allowed to
 /// create databases; it is stored in the catalog and never shown again.
 pub async fn add_server(
     State(state): State<AppState>,
     AdminActor(actor): AdminActor,
     Json(body): Json<AddServer>,
-) -> Result<(StatusCode, Json<serde_json::Value>), Problem> {
+) -> Result<(StatusCode, Json<ServerInfo>), Problem> {
     let db = state.tenancy.catalog().database();
     provision::add_server(db, &body.name, &body.url)
         .await
@@ -579,32 +676,41 @@ pub async fn add_server(
             other => other.into(),
         })?;
     audit::record(db.runtime(), &actor, None, "server.add", &body.name).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({"name": body.name})),
-    ))
+    Ok((StatusCode::CREATED, Json(ServerInfo { name: body.name })))
 }
 
+#[utoipa::path(get, path = "/admin/v1/servers", tag = "admin", operation_id = "list_servers",
+    summary = "List the registered database servers",
+    responses((status = 200, description = "All servers (one page).", body = Page<ServerInfo>)))]
 pub async fn list_servers(
     State(state): State<AppState>,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<Page<ServerInfo>>, Problem> {
     let names = provision::server_names(state.tenancy.catalog().database()).await?;
-    Ok(Json(serde_json::json!({
-        "items": names.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
-        "next_cursor": null,
-    })))
+    Ok(Json(Page {
+        items: names.into_iter().map(|name| ServerInfo { name }).collect(),
+        next_cursor: None,
+    }))
 }
 
 // ----- operations -----
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartMigration {
+    /// Tenants migrated at once, 1..=64 (default 4).
+    #[schema(minimum = 1, maximum = 64)]
     parallelism: Option<usize>,
+    /// Report what would run without changing anything.
+    #[schema(required = false)]
     #[serde(default)]
     dry_run: bool,
 }
 
+#[utoipa::path(post, path = "/admin/v1/migrations", tag = "admin", operation_id = "start_migration",
+    summary = "Migrate every tenant's storage to the newest tenant schema",
+    description = "The body is optional. Poll the returned operation.",
+    request_body(content = Option<StartMigration>, content_type = "application/json"),
+    responses((status = 202, description = "Started.", body = tenantry::operations::Operation)))]
 /// Starts a fleet migration; 202 with the operation to poll.
 pub async fn start_migration(
     State(state): State<AppState>,
@@ -644,6 +750,13 @@ pub async fn start_migration(
     Ok((StatusCode::ACCEPTED, Json(op)))
 }
 
+#[utoipa::path(get, path = "/admin/v1/operations/{id}", tag = "admin", operation_id = "get_operation",
+    summary = "Progress and outcome of an operation",
+    params(("id" = uuid::Uuid, Path, description = "The operation's id.")),
+    responses(
+        (status = 200, description = "The operation.", body = tenantry::operations::Operation),
+        (status = 404, description = "`not_found`: no such operation."),
+    ))]
 pub async fn get_operation(
     State(state): State<AppState>,
     super::users::ResourceId(id): super::users::ResourceId,
@@ -656,13 +769,49 @@ pub async fn get_operation(
 
 // ----- usage -----
 
+/// A tenant's usage as the admin plane reports it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UsageReport {
+    pub tenant: TenantId,
+    pub requests: RequestUsage,
+    pub rows: RowCounts,
+    /// Bytes of the tenant's rows.
+    pub storage_bytes: i64,
+    /// Where rate-limit state lives: `redis` or `local`.
+    pub limiter: &'static str,
+}
+
+/// Requests in the current fixed window (aligned to the epoch).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RequestUsage {
+    /// Unix seconds.
+    pub window_start: i64,
+    pub window_seconds: u64,
+    pub allowed: u64,
+    pub limited: u64,
+    /// The quota for the window.
+    pub limit: u32,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RowCounts {
+    pub users: i64,
+    pub orders: i64,
+}
+
+#[utoipa::path(get, path = "/admin/v1/tenants/{tenant}/usage", tag = "admin", operation_id = "get_usage",
+    summary = "A tenant's requests, rate-limited requests, rows and storage",
+    responses(
+        (status = 200, description = "Usage in the current window.", body = UsageReport),
+        (status = 404, description = "`tenant_not_found`: no such tenant."),
+    ))]
 /// Requests allowed and rate-limited in the current window, rows, and storage, for a tenant.
 /// Counting rows reads tenant data, so it goes through an audited admin context.
 pub async fn usage(
     State(state): State<AppState>,
     TenantPath(slug): TenantPath,
     AdminActor(actor): AdminActor,
-) -> Result<Json<serde_json::Value>, Problem> {
+) -> Result<Json<UsageReport>, Problem> {
     let ctx = state
         .tenancy
         .admin_context(&slug, &actor, "tenant.usage", slug.as_str())
@@ -684,17 +833,24 @@ pub async fn usage(
         .await?
         .ok_or_else(|| Problem::internal(&"usage query returned nothing"))?;
     let limits = ctx.limits();
-    Ok(Json(serde_json::json!({
-        "tenant": slug.as_str(),
-        "requests": {
-            "window_start": requests.window_start,
-            "window_seconds": requests.window_seconds,
-            "allowed": requests.allowed,
-            "limited": requests.limited,
-            "limit": limits.quota.requests,
+    Ok(Json(UsageReport {
+        tenant: slug,
+        requests: RequestUsage {
+            window_start: requests.window_start,
+            window_seconds: requests.window_seconds,
+            allowed: requests.allowed,
+            limited: requests.limited,
+            limit: limits.quota.requests,
         },
-        "rows": {"users": row.get::<_, i64>(0), "orders": row.get::<_, i64>(1)},
-        "storage_bytes": row.get::<_, i64>(2),
-        "limiter": if state.tenancy.limiter().uses_redis() { "redis" } else { "local" },
-    })))
+        rows: RowCounts {
+            users: row.get(0),
+            orders: row.get(1),
+        },
+        storage_bytes: row.get(2),
+        limiter: if state.tenancy.limiter().uses_redis() {
+            "redis"
+        } else {
+            "local"
+        },
+    }))
 }

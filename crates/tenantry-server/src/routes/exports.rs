@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use serde_json::{json, Value};
+use serde_json::json;
 use tenantry::http::{ErrorCode, Problem};
 use tenantry::jobs::{self, Job, JobError, JobFuture, NewJob};
 use tenantry::{Json, TenantContext};
@@ -24,14 +24,36 @@ pub const EXPORT: &str = "export";
 const CHUNK: usize = 64 * 1024;
 const PAGE: i64 = 1000;
 
-pub async fn create(ctx: TenantContext) -> Result<(StatusCode, Json<Value>), Problem> {
+/// The answer to `POST /exports`: the job to poll.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct JobAccepted {
+    pub job_id: Uuid,
+    /// `queued`.
+    pub state: String,
+}
+
+#[utoipa::path(post, path = "/exports", tag = "exports", operation_id = "create_export",
+    summary = "Export the tenant's orders as CSV",
+    description = "Queues a background job; poll `GET /jobs/{id}`, then download the file.",
+    responses((status = 202, description = "Queued.", body = JobAccepted)))]
+pub async fn create(ctx: TenantContext) -> Result<(StatusCode, Json<JobAccepted>), Problem> {
     let job = jobs::enqueue(&ctx, &NewJob::new(EXPORT, json!({}))).await?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"job_id": job.id, "state": job.state})),
+        Json(JobAccepted {
+            job_id: job.id,
+            state: job.state,
+        }),
     ))
 }
 
+#[utoipa::path(get, path = "/jobs/{id}", tag = "exports", operation_id = "get_job",
+    summary = "A background job's state",
+    params(("id" = uuid::Uuid, Path, description = "The job id from `POST /exports`.")),
+    responses(
+        (status = 200, description = "The job.", body = Job),
+        (status = 404, description = "`not_found`: no such job in this tenant."),
+    ))]
 pub async fn job(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<Job>, Problem> {
     jobs::get(&ctx, id)
         .await?
@@ -39,6 +61,14 @@ pub async fn job(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<
         .ok_or_else(Problem::not_found)
 }
 
+#[utoipa::path(get, path = "/exports/{id}/download", tag = "exports", operation_id = "download_export",
+    summary = "Download a finished export",
+    params(("id" = uuid::Uuid, Path, description = "The export's job id.")),
+    responses(
+        (status = 200, description = "The CSV, streamed.", content_type = "text/csv", body = String),
+        (status = 404, description = "`not_found`: no such export in this tenant."),
+        (status = 409, description = "`conflict`: the export has not succeeded (yet)."),
+    ))]
 pub async fn download(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Response, Problem> {
     let job = jobs::get(&ctx, id)
         .await?

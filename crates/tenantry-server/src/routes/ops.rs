@@ -1,21 +1,35 @@
 //! `/healthz` (the process is up) and `/readyz` (the database answers).
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use serde_json::{json, Value};
 use tenantry::{Json, Problem};
 
 use crate::app::AppState;
 
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// `{"status": "ok"}` or `{"status": "ready"}`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Status {
+    pub status: &'static str,
 }
 
-pub async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), Problem> {
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "The process is up",
+    responses((status = 200, description = "Up.", body = Status)))]
+pub async fn healthz() -> Json<Status> {
+    Json(Status { status: "ok" })
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "operations", summary = "The database answers",
+    responses(
+        (status = 200, description = "Ready.", body = Status),
+        (status = 503, description = "`unavailable`: the database does not answer."),
+    ))]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, Problem> {
     state.tenancy.catalog().database().ping().await?;
-    Ok((StatusCode::OK, Json(json!({"status": "ready"}))))
+    Ok(Json(Status { status: "ready" }))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    description = "Request counts and latency histograms by route and status; per-tenant request and rate-limited counts for the top tenants (the rest as `other`); pool and budget gauges; jobs by state; cache hits and misses; rate-limiter backend health.",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String)))]
 /// `GET /metrics`: Prometheus text. Request counters and latency histograms by route, per-tenant
 /// counters (top tenants, the rest as `other`), pool and budget gauges, job queue depth by
 /// state, cache hits and misses, and the rate limiter's backend health.

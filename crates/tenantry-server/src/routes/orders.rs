@@ -18,7 +18,8 @@ use super::users::ResourceId;
 use crate::app::AppState;
 use crate::validate;
 
-#[derive(Debug, Serialize, Deserialize)]
+/// An order of a tenant.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Order {
     pub id: Uuid,
     pub user_id: Uuid,
@@ -41,13 +42,19 @@ fn from_row(r: &Row) -> Order {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrder {
+    /// A user of this tenant.
     user_id: Uuid,
+    #[schema(minimum = 0)]
     amount_cents: i64,
+    /// ISO 4217, e.g. `EUR`.
+    #[schema(pattern = "^[A-Z]{3}$", example = "EUR")]
     currency: String,
+    /// `pending` (default), `paid`, `shipped`, `cancelled` or `refunded`.
     #[serde(default = "pending")]
+    #[schema(required = false, example = "pending")]
     status: String,
 }
 
@@ -55,7 +62,8 @@ fn pending() -> String {
     "pending".into()
 }
 
-#[derive(Debug, Deserialize)]
+/// Fields to change; absent fields stay as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrder {
     user_id: Option<Uuid>,
@@ -64,11 +72,16 @@ pub struct UpdateOrder {
     status: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only orders in this status.
     status: Option<String>,
 }
 
@@ -86,6 +99,10 @@ fn user_ref(e: DbError) -> Problem {
     }
 }
 
+#[utoipa::path(get, path = "/orders", tag = "orders", operation_id = "list_orders",
+    summary = "List the tenant's orders",
+    params(ListQuery),
+    responses((status = 200, description = "A page of orders, ordered by id.", body = Page<Order>)))]
 pub async fn list(
     ctx: TenantContext,
     Query(q): Query<ListQuery>,
@@ -115,6 +132,11 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(post, path = "/orders", tag = "orders", operation_id = "create_order",
+    summary = "Create an order",
+    description = "`user_id` must be a user of this tenant; another tenant's user is a 422 on `user_id`, never linked.",
+    request_body = CreateOrder,
+    responses((status = 201, description = "Created.", body = Order)))]
 pub async fn create(
     ctx: TenantContext,
     Json(body): Json<CreateOrder>,
@@ -159,6 +181,13 @@ fn cache_key(id: &Uuid) -> String {
     format!("order:{id}")
 }
 
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", operation_id = "get_order",
+    summary = "Read an order",
+    params(("id" = uuid::Uuid, Path, description = "The order's id.")),
+    responses(
+        (status = 200, description = "The order.", body = Order),
+        (status = 404, description = "`not_found`: no such order in this tenant."),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     ctx: TenantContext,
@@ -187,6 +216,14 @@ pub async fn get(
     Ok(Json(order.ok_or_else(Problem::not_found)?))
 }
 
+#[utoipa::path(patch, path = "/orders/{id}", tag = "orders", operation_id = "update_order",
+    summary = "Change an order",
+    params(("id" = uuid::Uuid, Path, description = "The order's id.")),
+    request_body = UpdateOrder,
+    responses(
+        (status = 200, description = "The updated order.", body = Order),
+        (status = 404, description = "`not_found`: no such order in this tenant."),
+    ))]
 pub async fn update(
     State(state): State<AppState>,
     ctx: TenantContext,
@@ -230,6 +267,13 @@ pub async fn update(
     Ok(Json(from_row(&row)))
 }
 
+#[utoipa::path(delete, path = "/orders/{id}", tag = "orders", operation_id = "delete_order",
+    summary = "Delete an order",
+    params(("id" = uuid::Uuid, Path, description = "The order's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`not_found`: no such order in this tenant."),
+    ))]
 pub async fn delete(
     State(state): State<AppState>,
     ctx: TenantContext,

@@ -5,10 +5,14 @@ use serde::{Deserialize, Serialize};
 use tenantry::http::{FieldError, Problem};
 use uuid::Uuid;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Page size, 1..=200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<i64>,
+    /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
 }
 
@@ -58,7 +62,8 @@ pub fn uuid_page(limit_q: Option<i64>, cursor: Option<&str>) -> Result<PageReq<U
     }
 }
 
-#[derive(Debug, Serialize)]
+/// A page of a list: `next_cursor` is null on the last page.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,

@@ -7,14 +7,15 @@ use tenantry::{Json, TenantContext};
 
 use crate::app::AppState;
 
-#[derive(Debug, Serialize)]
+/// The tenant's effective request quota.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Limits {
     pub requests: u32,
     pub per_seconds: u64,
 }
 
-#[derive(Debug, Serialize)]
-pub struct Usage {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CurrentUsage {
     /// Requests left right now (the rate limiter's bucket), as of this request.
     pub remaining: u32,
     /// Seconds until the quota is whole again.
@@ -23,19 +24,27 @@ pub struct Usage {
     pub window: tenantry::ratelimit::Usage,
 }
 
-#[derive(Debug, Serialize)]
+/// The calling tenant as it sees itself.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = TenantSelf)]
 pub struct TenantView {
     pub slug: String,
     pub name: String,
     pub plan: String,
+    #[schema(value_type = tenantry::TenantStatus)]
     pub status: &'static str,
+    #[schema(value_type = tenantry::Isolation)]
     pub isolation: &'static str,
     pub rate_limit: Option<RateLimitOverride>,
     pub created_at: DateTime<Utc>,
     pub limits: Limits,
-    pub usage: Option<Usage>,
+    pub usage: Option<CurrentUsage>,
 }
 
+#[utoipa::path(get, path = "/tenant", tag = "tenant", operation_id = "get_tenant_self",
+    summary = "The calling tenant",
+    description = "Slug, name, plan, isolation, limits and current usage of the tenant the credential belongs to.",
+    responses((status = 200, description = "The tenant.", body = TenantView)))]
 pub async fn get(
     axum::extract::State(state): axum::extract::State<AppState>,
     ctx: TenantContext,
@@ -55,7 +64,7 @@ pub async fn get(
             requests: quota.requests,
             per_seconds: quota.window.as_secs(),
         },
-        usage: ctx.rate_decision().map(|(_, d)| Usage {
+        usage: ctx.rate_decision().map(|(_, d)| CurrentUsage {
             remaining: d.remaining,
             reset_seconds: d.reset_secs,
             window,

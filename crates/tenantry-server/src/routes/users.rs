@@ -13,7 +13,8 @@ use uuid::Uuid;
 use super::page::{uuid_page, Page, PageQuery};
 use crate::validate;
 
-#[derive(Debug, Serialize)]
+/// A user of a tenant.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -34,12 +35,16 @@ fn from_row(r: &Row) -> User {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    /// Unique within the tenant.
+    #[schema(format = "email")]
     email: String,
     name: String,
+    /// `admin`, `member` (default) or `viewer`.
     #[serde(default = "default_role")]
+    #[schema(required = false, example = "member")]
     role: String,
 }
 
@@ -47,7 +52,8 @@ fn default_role() -> String {
     "member".into()
 }
 
-#[derive(Debug, Deserialize)]
+/// Fields to change; absent fields stay as they are.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateUser {
     email: Option<String>,
@@ -92,6 +98,10 @@ fn conflict_or(e: DbError) -> Problem {
     }
 }
 
+#[utoipa::path(get, path = "/users", tag = "users", operation_id = "list_users",
+    summary = "List the tenant's users",
+    params(PageQuery),
+    responses((status = 200, description = "A page of users, ordered by id.", body = Page<User>)))]
 pub async fn list(
     ctx: TenantContext,
     Query(q): Query<PageQuery>,
@@ -112,6 +122,13 @@ pub async fn list(
     })))
 }
 
+#[utoipa::path(post, path = "/users", tag = "users", operation_id = "create_user",
+    summary = "Create a user",
+    request_body = CreateUser,
+    responses(
+        (status = 201, description = "Created.", body = User),
+        (status = 409, description = "`conflict`: a user with this email already exists in this tenant."),
+    ))]
 pub async fn create(
     ctx: TenantContext,
     Json(body): Json<CreateUser>,
@@ -136,6 +153,13 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(from_row(&row))))
 }
 
+#[utoipa::path(get, path = "/users/{id}", tag = "users", operation_id = "get_user",
+    summary = "Read a user",
+    params(("id" = uuid::Uuid, Path, description = "The user's id.")),
+    responses(
+        (status = 200, description = "The user.", body = User),
+        (status = 404, description = "`not_found`: no such user in this tenant."),
+    ))]
 pub async fn get(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<User>, Problem> {
     let row = ctx
         .db()
@@ -149,6 +173,15 @@ pub async fn get(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<
     Ok(Json(from_row(&row)))
 }
 
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", operation_id = "update_user",
+    summary = "Change a user's email, name or role",
+    params(("id" = uuid::Uuid, Path, description = "The user's id.")),
+    request_body = UpdateUser,
+    responses(
+        (status = 200, description = "The updated user.", body = User),
+        (status = 404, description = "`not_found`: no such user in this tenant."),
+        (status = 409, description = "`conflict`: the email is taken in this tenant."),
+    ))]
 pub async fn update(
     ctx: TenantContext,
     ResourceId(id): ResourceId,
@@ -183,6 +216,14 @@ pub async fn update(
     Ok(Json(from_row(&row)))
 }
 
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", operation_id = "delete_user",
+    summary = "Delete a user",
+    params(("id" = uuid::Uuid, Path, description = "The user's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "`not_found`: no such user in this tenant."),
+        (status = 409, description = "`conflict`: the user still has orders."),
+    ))]
 pub async fn delete(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<StatusCode, Problem> {
     ctx.db()
         .run_opt(

@@ -11,6 +11,7 @@ mod isolation;
 mod jobs;
 mod lifecycle;
 mod limits;
+mod openapi;
 mod operations;
 mod ops;
 mod placements;

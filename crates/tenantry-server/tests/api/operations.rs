@@ -127,15 +127,25 @@ async fn the_connection_budget_holds_under_load() {
         let pattern = format!("{name}\\_t\\_%");
         let role = format!("{name}_app");
         tokio::spawn(async move {
+            let count = || async {
+                sql.query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND datname LIKE $2",
+                    &[&role, &pattern],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0))
+                .unwrap_or(0)
+            };
             while stop.load(Ordering::Relaxed) == 0 {
-                let total: i64 = sql
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND datname LIKE $2",
-                        &[&role, &pattern],
-                    )
-                    .await
-                    .map(|r| r.get(0))
-                    .unwrap_or(0);
+                let mut total = count().await;
+                if total as usize > BUDGET {
+                    // A backend whose client has just closed its socket stays listed until it
+                    // notices and exits; under a loaded machine that takes a moment, while the
+                    // replacement is already open. An overshoot that is still there a little
+                    // later is a real one.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    total = total.min(count().await);
+                }
                 let one: i64 = sql
                     .query_one(
                         "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM pg_stat_activity

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// What a credential allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Scope {
     Read,
     Write,

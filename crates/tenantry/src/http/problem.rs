@@ -9,6 +9,7 @@ use serde::Serialize;
 /// The stable error codes of the HTTP contract. Clients branch on these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
     Unauthenticated,
     InvalidCredentials,
@@ -111,6 +112,7 @@ impl ErrorCode {
 
 /// One field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     pub field: String,
     pub message: String,

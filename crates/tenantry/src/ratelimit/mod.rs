@@ -60,6 +60,8 @@ pub struct Decision {
 
 /// Requests allowed and limited in the current fixed window (aligned to the epoch).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = WindowUsage))]
 pub struct Usage {
     pub window_start: i64,
     pub window_seconds: u64,
