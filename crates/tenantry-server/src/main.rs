@@ -11,7 +11,18 @@ use tenantry_server::config::{ServeArgs, Settings};
 #[command(
     name = "tenantry",
     version,
-    about = "Multi-tenant API server and operator CLI"
+    about = "Multi-tenant API server and operator CLI",
+    after_help = "\
+Settings come from flags, then environment variables, then tenantry.toml.
+
+Examples:
+  tenantry serve                                   (a local PostgreSQL when DATABASE_URL is unset)
+  tenantry tenants create acme --name Acme --plan pro --isolation schema
+  KEY=$(tenantry keys create acme --name ci)       (the key is printed once)
+  tenantry migrate --parallel 8
+  tenantry doctor
+
+Exit codes: 0 success; 1 failure, or findings reported; 2 bad usage or configuration."
 )]
 struct Cli {
     /// Log format: `auto` (human-readable on a terminal, JSON otherwise), `text` or `json`.
@@ -26,7 +37,10 @@ enum ConfigCommand {
     /// Validate the configuration (file, environment, flags) and print the effective settings
     /// with secrets redacted. Exit 2 on an invalid file, naming the line.
     Check {
-        #[command(flatten)]
+        #[command(
+            flatten,
+            next_help_heading = "Settings (flags > environment > tenantry.toml)"
+        )]
         db: ServeArgs,
     },
 }
@@ -38,7 +52,10 @@ enum Command {
     /// Apply pending tenant migrations to the shared tables, every tenant schema and every
     /// tenant database. Resumable; a re-run finishes only what is left.
     Migrate {
-        #[command(flatten)]
+        #[command(
+            flatten,
+            next_help_heading = "Settings (flags > environment > tenantry.toml)"
+        )]
         db: ServeArgs,
         /// Tenants migrated at once.
         #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -49,7 +66,10 @@ enum Command {
     },
     /// Check the whole fleet for anything that weakens tenant isolation (exit 0 when clean).
     Doctor {
-        #[command(flatten)]
+        #[command(
+            flatten,
+            next_help_heading = "Settings (flags > environment > tenantry.toml)"
+        )]
         db: ServeArgs,
     },
     /// Configuration tools.
@@ -59,14 +79,40 @@ enum Command {
     },
     /// Run background jobs (exports) without serving HTTP.
     Worker {
-        #[command(flatten)]
+        #[command(
+            flatten,
+            next_help_heading = "Settings (flags > environment > tenantry.toml)"
+        )]
         db: ServeArgs,
+    },
+    /// Create, list, show, suspend, resume or delete tenants in the database a server uses.
+    Tenants {
+        #[command(
+            flatten,
+            next_help_heading = "Settings (flags > environment > tenantry.toml)"
+        )]
+        db: ServeArgs,
+        #[command(subcommand)]
+        command: cli::tenants::TenantsCommand,
+    },
+    /// Create, list or revoke a tenant's API keys in the database a server uses.
+    Keys {
+        #[command(
+            flatten,
+            next_help_heading = "Settings (flags > environment > tenantry.toml)"
+        )]
+        db: ServeArgs,
+        #[command(subcommand)]
+        command: cli::tenants::KeysCommand,
     },
     /// Print the OpenAPI 3.1 document (the same as GET /openapi.json) and exit.
     Openapi,
     /// Mint a development JWT for a tenant with the configured HS256 secret.
     Token {
-        #[command(flatten)]
+        #[command(
+            flatten,
+            next_help_heading = "Settings (flags > environment > tenantry.toml)"
+        )]
         db: ServeArgs,
         /// The tenant slug.
         #[arg(long)]
@@ -83,11 +129,19 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // tokio-postgres logs statement parameters at debug level; those can hold tenant data and
-    // secrets, so that level is never enabled for it, whatever RUST_LOG says.
-    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    // secrets, so that level is never enabled for it, whatever RUST_LOG says (its info level is
+    // only server NOTICEs such as "already exists, skipping").
+    // One-shot commands print their results; their log shows only what went wrong.
+    let default_level = match cli.command {
+        Command::Serve(_) | Command::Worker { .. } | Command::Migrate { .. } => "info",
+        _ => "warn",
+    };
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| default_level.into());
     let filter =
-        tracing_subscriber::EnvFilter::try_new(format!("{directives},tokio_postgres=info"))
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=info"));
+        tracing_subscriber::EnvFilter::try_new(format!("{directives},tokio_postgres=warn"))
+            .unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(format!("{default_level},tokio_postgres=warn"))
+            });
     let json = match cli.log_format.as_str() {
         "json" => true,
         "text" => false,
@@ -116,7 +170,9 @@ fn main() -> std::process::ExitCode {
         | Command::Config {
             command: ConfigCommand::Check { db: a },
         }
-        | Command::Token { db: a, .. } => a,
+        | Command::Token { db: a, .. }
+        | Command::Tenants { db: a, .. }
+        | Command::Keys { db: a, .. } => a,
         Command::Openapi => unreachable!("handled above"),
     };
     let settings = match Settings::load(args) {
@@ -144,6 +200,14 @@ fn main() -> std::process::ExitCode {
             parallel, dry_run, ..
         } => one_shot(rt.block_on(cli::migrate(&settings, parallel as usize, dry_run))),
         Command::Doctor { .. } => one_shot(rt.block_on(cli::doctor(&settings))),
+        Command::Tenants { command, .. } => one_shot(rt.block_on(cli::tenants::run(
+            &settings,
+            cli::tenants::Admin::Tenants(command),
+        ))),
+        Command::Keys { command, .. } => one_shot(rt.block_on(cli::tenants::run(
+            &settings,
+            cli::tenants::Admin::Keys(command),
+        ))),
         Command::Config { .. } | Command::Openapi => std::process::ExitCode::from(cli::exit::OK),
         Command::Worker { .. } => one_shot(rt.block_on(async move {
             tenantry_server::app::run_worker(settings, shutdown_signal())

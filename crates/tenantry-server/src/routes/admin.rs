@@ -220,27 +220,52 @@ pub async fn create_tenant(
     AdminActor(actor): AdminActor,
     Json(body): Json<CreateTenant>,
 ) -> Result<(StatusCode, Json<Tenant>), Problem> {
-    let slug = TenantId::parse(&body.slug)
-        .map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?;
+    let new = new_tenant(
+        &state.tenancy,
+        &body.slug,
+        body.name,
+        body.plan,
+        &body.isolation,
+        body.server,
+    )
+    .await?;
+    let t = lifecycle::create(state.tenancy.catalog(), &new, &actor)
+        .await
+        .map_err(catalog_error)?;
+    Ok((StatusCode::CREATED, Json(t)))
+}
+
+/// Checks a new tenant's fields (slug, name, known plan, isolation, registered server) the same
+/// way for the admin API and the CLI.
+pub async fn new_tenant(
+    tenancy: &tenantry::Tenancy,
+    slug: &str,
+    name: String,
+    plan: String,
+    isolation: &str,
+    server: Option<String>,
+) -> Result<NewTenant, Problem> {
+    let slug =
+        TenantId::parse(slug).map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?;
     let mut errors = Vec::new();
-    validate::name("name", &body.name, &mut errors);
-    if !state.tenancy.plans().contains(&body.plan) {
-        errors.push(plan_error(&state));
+    validate::name("name", &name, &mut errors);
+    if !tenancy.plans().contains(&plan) {
+        errors.push(plan_error(tenancy));
     }
-    let isolation = Isolation::parse(&body.isolation);
+    let isolation = Isolation::parse(isolation);
     if isolation.is_none() {
         errors.push(FieldError::new(
             "isolation",
             "must be one of: shared, schema, database",
         ));
     }
-    if let Some(server) = &body.server {
+    if let Some(server) = &server {
         if isolation != Some(Isolation::Database) {
             errors.push(FieldError::new(
                 "server",
                 "only database tenants are placed on a server",
             ));
-        } else if !provision::server_names(state.tenancy.catalog().database())
+        } else if !provision::server_names(tenancy.catalog().database())
             .await?
             .contains(server)
         {
@@ -250,21 +275,17 @@ pub async fn create_tenant(
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
-    let new = NewTenant {
+    Ok(NewTenant {
         slug,
-        name: body.name,
-        plan: body.plan,
+        name,
+        plan,
         isolation: isolation.unwrap_or(Isolation::Shared),
-        server: body.server,
-    };
-    let t = lifecycle::create(state.tenancy.catalog(), &new, &actor)
-        .await
-        .map_err(catalog_error)?;
-    Ok((StatusCode::CREATED, Json(t)))
+        server,
+    })
 }
 
-fn plan_error(state: &AppState) -> FieldError {
-    let names: Vec<&str> = state.tenancy.plans().0.keys().map(String::as_str).collect();
+fn plan_error(tenancy: &tenantry::Tenancy) -> FieldError {
+    let names: Vec<&str> = tenancy.plans().0.keys().map(String::as_str).collect();
     FieldError::new("plan", format!("must be one of: {}", names.join(", ")))
 }
 
@@ -378,7 +399,7 @@ pub async fn patch_tenant(
     }
     if let Some(p) = &body.plan {
         if !state.tenancy.plans().contains(p) {
-            errors.push(plan_error(&state));
+            errors.push(plan_error(&state.tenancy));
         }
     }
     let status = match body.status.as_deref() {
@@ -525,7 +546,7 @@ pub async fn list_keys(
     description = "Effective on the next request, on every node.",
     params(("id" = uuid::Uuid, Path, description = "The key's id.")),
     responses(
-        (status = 204, description = "Revoked."),
+        (status = 200, description = "The revoked key (revoking again answers the same).", body = ApiKeyInfo),
         (status = 404, description = "`tenant_not_found`, or `not_found`: no such key in this tenant."),
     ))]
 pub async fn revoke_key(

@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod cache;
+mod cli;
 mod cluster;
 mod helpers;
 mod input;

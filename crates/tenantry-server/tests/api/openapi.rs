@@ -285,6 +285,14 @@ fn check_response(doc: &Value, path: &str, method: &str, status: u16, body: &Val
         response.is_object(),
         "{method} {path}: status {status} not documented"
     );
+    if status == 204 {
+        assert!(
+            response.get("content").is_none(),
+            "{method} {path}: 204 with content"
+        );
+        assert!(body.is_null(), "{method} {path}: 204 with a body");
+        return;
+    }
     let content = &response["content"];
     let (media, schema) = content
         .as_object()
@@ -396,6 +404,38 @@ async fn real_responses_match_the_documented_schemas() {
         .await;
     check_response(doc, "/v1/jobs/{id}", "get", 200, res.ok(200));
 
+    let res = app
+        .with_key(
+            &key,
+            Method::PATCH,
+            &format!("/v1/orders/{order_id}"),
+            Some(json!({"status": "paid"})),
+        )
+        .await;
+    check_response(doc, "/v1/orders/{id}", "patch", 200, res.ok(200));
+    let res = app
+        .with_key(
+            &key,
+            Method::PATCH,
+            &format!("/v1/users/{user_id}"),
+            Some(json!({"name": "Ann"})),
+        )
+        .await;
+    check_response(doc, "/v1/users/{id}", "patch", 200, res.ok(200));
+    let res = app
+        .with_key(
+            &key,
+            Method::DELETE,
+            &format!("/v1/orders/{order_id}"),
+            None,
+        )
+        .await;
+    check_response(doc, "/v1/orders/{id}", "delete", 204, &res.body);
+    let res = app
+        .with_key(&key, Method::DELETE, &format!("/v1/users/{user_id}"), None)
+        .await;
+    check_response(doc, "/v1/users/{id}", "delete", 204, &res.body);
+
     // Errors are documented problems, with the status the server really uses.
     let res = app
         .with_key(&key, Method::GET, &format!("/v1/orders/{job_id}"), None)
@@ -441,6 +481,46 @@ async fn real_responses_match_the_documented_schemas() {
         )
         .await;
     check_response(doc, "/admin/v1/operations/{id}", "get", 200, res.ok(200));
+    let keys = app
+        .admin(Method::GET, "/admin/v1/tenants/acme/api-keys", None)
+        .await;
+    let key_id = keys.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let res = app
+        .admin(
+            Method::POST,
+            &format!("/admin/v1/tenants/acme/api-keys/{key_id}/rotate"),
+            None,
+        )
+        .await;
+    let rotated = &res.body["id"].as_str().unwrap().to_owned();
+    check_response(
+        doc,
+        "/admin/v1/tenants/{tenant}/api-keys/{id}/rotate",
+        "post",
+        201,
+        res.ok(201),
+    );
+    let res = app
+        .admin(
+            Method::DELETE,
+            &format!("/admin/v1/tenants/acme/api-keys/{rotated}"),
+            None,
+        )
+        .await;
+    check_response(
+        doc,
+        "/admin/v1/tenants/{tenant}/api-keys/{id}",
+        "delete",
+        200,
+        res.ok(200),
+    );
+    let res = app
+        .admin(Method::DELETE, "/admin/v1/tenants/acme", None)
+        .await;
+    check_response(doc, "/admin/v1/tenants/{tenant}", "delete", 204, &res.body);
+    let res = app.admin(Method::GET, "/admin/v1/tenants/acme", None).await;
+    res.problem(404, "tenant_not_found");
+    check_response(doc, "/admin/v1/tenants/{tenant}", "get", 404, &res.body);
     for path in ["/healthz", "/readyz"] {
         let res = app.send(Method::GET, path, &[], None).await;
         check_response(doc, path, "get", 200, res.ok(200));

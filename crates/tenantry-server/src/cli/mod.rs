@@ -1,6 +1,7 @@
-//! Operator subcommands that work on the database directly: `migrate` and `doctor`.
+//! Operator subcommands that work on the database directly: `migrate`, `doctor`, and the
+//! tenant and key commands in [`tenants`].
 //!
-//! Both connect exactly as `serve` does (DATABASE_URL, or the managed local cluster), so they
+//! They connect exactly as `serve` does (DATABASE_URL, or the managed local cluster), so they
 //! act on the same fleet a running server serves.
 
 use std::io::IsTerminal;
@@ -8,6 +9,8 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use tenantry::db::doctor;
 use tenantry::db::fleet::{self, MigrateOptions};
+
+pub mod tenants;
 
 use crate::app::{connect, StartError};
 use crate::config::Settings;

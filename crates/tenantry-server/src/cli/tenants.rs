@@ -1,0 +1,452 @@
+//! `tenantry tenants …` and `tenantry keys …`: the admin plane's tenant and key operations for
+//! operators who prefer a shell. They work on the database a running server uses (connecting
+//! as `serve` does), go through the same library calls as the HTTP admin plane, notify every
+//! node (a suspension or revocation is effective on the next request), and write the audit log
+//! as `cli:<user>`.
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use tenantry::audit::Actor;
+use tenantry::auth::Scope;
+use tenantry::cache::TenantCache;
+use tenantry::catalog::{ApiKeyInfo, CatalogError, TenantPatch};
+use tenantry::db::Database;
+use tenantry::http::Problem;
+use tenantry::{Catalog, Tenant, TenantId, TenantStatus};
+use uuid::Uuid;
+
+use super::exit;
+use crate::app::{connect, StartError};
+use crate::config::Settings;
+
+#[derive(Subcommand)]
+pub enum TenantsCommand {
+    /// List every tenant.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one tenant.
+    Show {
+        /// The tenant's slug.
+        slug: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a tenant and provision its storage (re-running after a crash resumes).
+    Create {
+        /// The tenant's slug, matching `^[a-z][a-z0-9-]{1,62}$`.
+        slug: String,
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// A plan from the configuration.
+        #[arg(long, default_value = "free")]
+        plan: String,
+        /// Where its data lives.
+        #[arg(long, default_value = "shared", value_parser = ["shared", "schema", "database"])]
+        isolation: String,
+        /// For `database` tenants: a registered server (default: the control plane's own).
+        #[arg(long)]
+        server: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend a tenant: its requests get 403 tenant_suspended on every node at once.
+    Suspend {
+        /// The tenant's slug.
+        slug: String,
+    },
+    /// Resume a suspended tenant.
+    Resume {
+        /// The tenant's slug.
+        slug: String,
+    },
+    /// Deprovision a tenant: keys, rows, schema or database, catalog entry. Irreversible.
+    Delete {
+        /// The tenant's slug.
+        slug: String,
+        /// Confirm that the tenant's data is to be removed.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create an API key. Prints only the key on stdout (shown this once; stored hashed).
+    Create {
+        /// The tenant's slug.
+        tenant: String,
+        /// A label for the key.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Scopes (repeat for several); default read and write.
+        #[arg(long = "scope", value_parser = ["read", "write"])]
+        scopes: Vec<String>,
+        /// Lifetime, e.g. 90d; default: no expiry.
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// Print the key and its details as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a tenant's keys (never the secrets).
+    List {
+        /// The tenant's slug.
+        tenant: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: refused on the next request, on every node.
+    Revoke {
+        /// The tenant's slug.
+        tenant: String,
+        /// The key's id (from `keys list`).
+        id: String,
+    },
+}
+
+/// Who the audit log names for a CLI action.
+fn actor() -> Actor {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    Actor {
+        name: format!("cli:{user}"),
+        request_id: Uuid::new_v4().to_string(),
+    }
+}
+
+/// A failure to report: the message, and the exit code (2 for bad input, 1 otherwise).
+struct Failure(u8, String);
+
+impl From<Problem> for Failure {
+    fn from(p: Problem) -> Self {
+        let code = match p.code.status().as_u16() {
+            400 | 422 => exit::USAGE,
+            _ => exit::FAILED,
+        };
+        Failure(code, p.detail)
+    }
+}
+
+impl From<CatalogError> for Failure {
+    fn from(e: CatalogError) -> Self {
+        match e {
+            CatalogError::TenantExists(s) => {
+                Failure(exit::FAILED, format!("tenant {s} already exists"))
+            }
+            CatalogError::TenantNotFound => Failure(exit::FAILED, "no such tenant".into()),
+            CatalogError::Db(e) => Failure(exit::FAILED, e.to_string()),
+        }
+    }
+}
+
+impl From<tenantry::db::DbError> for Failure {
+    fn from(e: tenantry::db::DbError) -> Self {
+        Failure(exit::FAILED, e.to_string())
+    }
+}
+
+fn slug(s: &str) -> Result<TenantId, Failure> {
+    TenantId::parse(s).map_err(|e| Failure(exit::USAGE, format!("{s:?}: {e}")))
+}
+
+fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+fn time(t: Option<DateTime<Utc>>) -> String {
+    t.map(|t| t.format("%Y-%m-%d %H:%M").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_tenants(tenants: &[Tenant]) {
+    println!(
+        "{:<24} {:<24} {:<12} {:<10} {:<9} {:<12} CREATED",
+        "SLUG", "NAME", "PLAN", "STATUS", "ISOLATION", "STORAGE"
+    );
+    for t in tenants {
+        println!(
+            "{:<24} {:<24} {:<12} {:<10} {:<9} {:<12} {}",
+            t.slug.as_str(),
+            t.name,
+            t.plan,
+            t.status.as_str(),
+            t.isolation.as_str(),
+            t.storage_state.as_str(),
+            time(Some(t.created_at))
+        );
+    }
+}
+
+fn print_keys(keys: &[ApiKeyInfo]) {
+    println!(
+        "{:<36} {:<16} {:<14} {:<11} {:<16} {:<16} {:<16} REVOKED",
+        "ID", "NAME", "PREFIX", "SCOPES", "CREATED", "EXPIRES", "LAST USED"
+    );
+    for k in keys {
+        let scopes: Vec<&str> = k.scopes.iter().map(|s| s.as_str()).collect();
+        println!(
+            "{:<36} {:<16} {:<14} {:<11} {:<16} {:<16} {:<16} {}",
+            k.id,
+            k.name,
+            k.prefix,
+            scopes.join(","),
+            time(Some(k.created_at)),
+            time(k.expires_at),
+            time(k.last_used_at),
+            time(k.revoked_at)
+        );
+    }
+}
+
+async fn all_tenants(catalog: &Catalog) -> Result<Vec<Tenant>, Failure> {
+    let mut all: Vec<Tenant> = Vec::new();
+    loop {
+        let after = all.last().map(|t| t.slug.to_string());
+        let page = catalog.list_tenants(500, after.as_deref()).await?;
+        let done = page.len() < 500;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
+async fn all_keys(catalog: &Catalog, tenant: &TenantId) -> Result<Vec<ApiKeyInfo>, Failure> {
+    let mut all: Vec<ApiKeyInfo> = Vec::new();
+    loop {
+        let page = catalog
+            .list_keys(tenant, 500, all.last().map(|k| k.id))
+            .await?;
+        let done = page.len() < 500;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
+/// The tenancy the server would build, for the checks `create` shares with the admin API.
+fn tenancy(settings: &Settings, db: &Database) -> Result<tenantry::Tenancy, Failure> {
+    crate::app::tenancy(settings, Catalog::new(db.clone()))
+        .map(|(t, _)| t)
+        .map_err(|e| Failure(exit::USAGE, e.to_string()))
+}
+
+/// Flushes a tenant's cached data on every node (after a suspension or a deletion).
+async fn flush_cache(settings: &Settings, db: &Database, tenant: &TenantId) {
+    let mut cache = TenantCache::new(db.clone(), 1024 * 1024);
+    if let Some(url) = &settings.redis_url {
+        match cache.clone().with_redis(url, &settings.role_prefix) {
+            Ok(c) => cache = c,
+            Err(e) => eprintln!("tenantry: REDIS_URL: {e}; the Redis cache expires by TTL"),
+        }
+    }
+    cache.flush_tenant(tenant).await;
+}
+
+async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Result<(), Failure> {
+    let catalog = Catalog::new(db.clone());
+    match cmd {
+        TenantsCommand::List { json } => {
+            let all = all_tenants(&catalog).await?;
+            if json {
+                print_json(&all);
+            } else {
+                print_tenants(&all);
+            }
+        }
+        TenantsCommand::Show { slug: s, json } => {
+            let t = catalog
+                .get_tenant(&slug(&s)?)
+                .await?
+                .ok_or(CatalogError::TenantNotFound)?;
+            if json {
+                print_json(&t);
+            } else {
+                print_tenants(std::slice::from_ref(&t));
+                if let Some(r) = t.rate_limit {
+                    println!(
+                        "rate-limit override: {} per {} s",
+                        r.requests, r.per_seconds
+                    );
+                }
+                if let Some(server) = &t.server {
+                    println!("server: {server}");
+                }
+            }
+        }
+        TenantsCommand::Create {
+            slug: s,
+            name,
+            plan,
+            isolation,
+            server,
+            json,
+        } => {
+            let tenancy = tenancy(settings, db)?;
+            let new =
+                crate::routes::admin::new_tenant(&tenancy, &s, name, plan, &isolation, server)
+                    .await?;
+            let t = tenantry::lifecycle::create(&catalog, &new, &actor()).await?;
+            if json {
+                print_json(&t);
+            } else {
+                eprintln!("created tenant {} ({})", t.slug, t.isolation.as_str());
+            }
+        }
+        TenantsCommand::Suspend { slug: s } => {
+            let s = slug(&s)?;
+            set_status(&catalog, &s, TenantStatus::Suspended).await?;
+            flush_cache(settings, db, &s).await;
+            eprintln!("suspended tenant {s}");
+        }
+        TenantsCommand::Resume { slug: s } => {
+            let s = slug(&s)?;
+            set_status(&catalog, &s, TenantStatus::Active).await?;
+            eprintln!("resumed tenant {s}");
+        }
+        TenantsCommand::Delete { slug: s, yes } => {
+            let s = slug(&s)?;
+            if !yes {
+                return Err(Failure(
+                    exit::USAGE,
+                    format!("deleting {s} removes its data for good; pass --yes to confirm"),
+                ));
+            }
+            if !tenantry::lifecycle::delete(&catalog, &s, &actor()).await? {
+                return Err(CatalogError::TenantNotFound.into());
+            }
+            flush_cache(settings, db, &s).await;
+            eprintln!("deleted tenant {s}");
+        }
+    }
+    Ok(())
+}
+
+async fn set_status(
+    catalog: &Catalog,
+    slug: &TenantId,
+    status: TenantStatus,
+) -> Result<(), Failure> {
+    let patch = TenantPatch {
+        status: Some(status),
+        ..Default::default()
+    };
+    catalog.update_tenant(slug, &patch, &actor()).await?;
+    Ok(())
+}
+
+async fn keys(db: &Database, cmd: KeysCommand) -> Result<(), Failure> {
+    let catalog = Catalog::new(db.clone());
+    match cmd {
+        KeysCommand::Create {
+            tenant,
+            name,
+            scopes,
+            expires_in,
+            json,
+        } => {
+            let tenant = slug(&tenant)?;
+            let scopes: Vec<Scope> = if scopes.is_empty() {
+                vec![Scope::Read, Scope::Write]
+            } else {
+                scopes
+                    .iter()
+                    .map(|s| {
+                        if s == "read" {
+                            Scope::Read
+                        } else {
+                            Scope::Write
+                        }
+                    })
+                    .collect()
+            };
+            let expires_at = match expires_in.as_deref() {
+                None => None,
+                Some(d) => {
+                    let d = super::parse_duration(d).ok_or_else(|| {
+                        Failure(
+                            exit::USAGE,
+                            "--expires-in takes a number with s, m, h or d (e.g. 90d)".into(),
+                        )
+                    })?;
+                    Some(Utc::now() + chrono::Duration::from_std(d).unwrap_or_default())
+                }
+            };
+            if name.trim().is_empty() || name.len() > 200 {
+                return Err(Failure(exit::USAGE, "--name: 1 to 200 characters".into()));
+            }
+            let (info, key) = catalog
+                .create_key(&tenant, &name, &scopes, expires_at, &actor())
+                .await?;
+            if json {
+                print_json(
+                    &serde_json::json!({"key": key, "id": info.id, "prefix": info.prefix,
+                    "name": info.name, "scopes": info.scopes, "expires_at": info.expires_at}),
+                );
+            } else {
+                println!("{key}");
+                eprintln!(
+                    "created key {} ({}) for {tenant}; it is shown this once",
+                    info.id, info.prefix
+                );
+            }
+        }
+        KeysCommand::List { tenant, json } => {
+            let tenant = slug(&tenant)?;
+            if catalog.get_tenant(&tenant).await?.is_none() {
+                return Err(CatalogError::TenantNotFound.into());
+            }
+            let all = all_keys(&catalog, &tenant).await?;
+            if json {
+                print_json(&all);
+            } else {
+                print_keys(&all);
+            }
+        }
+        KeysCommand::Revoke { tenant, id } => {
+            let tenant = slug(&tenant)?;
+            let id = Uuid::try_parse(&id)
+                .map_err(|_| Failure(exit::USAGE, format!("{id:?} is not a key id")))?;
+            if catalog.revoke_key(&tenant, id, &actor()).await?.is_none() {
+                return Err(Failure(
+                    exit::FAILED,
+                    format!("no such key in tenant {tenant}"),
+                ));
+            }
+            eprintln!("revoked key {id}");
+        }
+    }
+    Ok(())
+}
+
+/// What `tenants` or `keys` should do.
+pub enum Admin {
+    Tenants(TenantsCommand),
+    Keys(KeysCommand),
+}
+
+/// Runs a `tenants` or `keys` subcommand; returns the exit code.
+pub async fn run(settings: &Settings, cmd: Admin) -> Result<u8, StartError> {
+    let (db, local) = connect(settings).await?;
+    let result = match cmd {
+        Admin::Tenants(c) => tenants(settings, &db, c).await,
+        Admin::Keys(c) => keys(&db, c).await,
+    };
+    if let Some(pg) = local {
+        pg.stop();
+    }
+    Ok(match result {
+        Ok(()) => exit::OK,
+        Err(Failure(code, message)) => {
+            eprintln!("tenantry: {message}");
+            code
+        }
+    })
+}
