@@ -307,6 +307,7 @@ pub async fn read_by_id(
     duration: Duration,
     rounds: usize,
     clients: usize,
+    placements: &[String],
 ) -> Table {
     let server = Server::start(false).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
@@ -317,6 +318,9 @@ pub async fn read_by_id(
     let mut baseline_targets = Vec::new();
     let mut by_placement = Vec::new();
     for placement in ["shared", "schema", "database"] {
+        if !placements.iter().any(|p| p == placement) {
+            continue;
+        }
         let mut targets = Vec::new();
         for i in 0..tenants {
             let (slug, key, ids) = server

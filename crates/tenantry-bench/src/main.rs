@@ -40,6 +40,17 @@ enum Scenario {
     },
     /// All of the placement benchmarks above.
     Placements,
+    /// The database path alone (no HTTP): a bare prepared query vs the scoped transaction.
+    DbPath {
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
     /// Limiter decision cost, in process and in Redis (REDIS_URL, default 127.0.0.1:6379).
     Limiter,
     /// The headline: read one order by id through the full stack vs a hand-written baseline,
@@ -55,6 +66,12 @@ enum Scenario {
         rounds: usize,
         #[arg(long, default_value_t = 16)]
         clients: usize,
+        /// Placements to run (comma-separated), e.g. `shared` to profile one path.
+        #[arg(long, default_value = "shared,schema,database", value_delimiter = ',')]
+        placements: Vec<String>,
+        /// Only the read-by-id table (skip the 429 and cached-read tables).
+        #[arg(long)]
+        reads_only: bool,
     },
     /// Jobs per second with 1, 100 and 1,000 tenants active.
     Jobs {
@@ -103,16 +120,48 @@ async fn main() {
                 &tables,
             );
         }
+        Scenario::DbPath {
+            tenants,
+            seconds,
+            rounds,
+            concurrency,
+        } => {
+            let secs = if smoke { 0.2 } else { seconds as f64 };
+            let t = tenantry_bench::placements::db_path(
+                scale(tenants, 2),
+                secs,
+                if smoke { 1 } else { rounds },
+                concurrency,
+            )
+            .await;
+            report::publish(
+                "db-path",
+                &format!("tenants={tenants} seconds={seconds} rounds={rounds} concurrency={concurrency} smoke={smoke}"),
+                &[t],
+            );
+        }
         Scenario::Http {
             tenants,
             seconds,
             rounds,
             clients,
+            placements,
+            reads_only,
         } => {
             let d = std::time::Duration::from_millis(if smoke { 300 } else { seconds * 1000 });
             let rounds = if smoke { 1 } else { rounds };
-            let reads =
-                tenantry_bench::http::read_by_id(scale(tenants, 2), d, rounds, clients).await;
+            let reads = tenantry_bench::http::read_by_id(
+                scale(tenants, 2),
+                d,
+                rounds,
+                clients,
+                &placements,
+            )
+            .await;
+            if reads_only {
+                print!("{}", reads.markdown());
+                return;
+            }
             let rejected = tenantry_bench::http::rejected(d, rounds, clients).await;
             let cached =
                 tenantry_bench::http::read_by_id_cached(scale(tenants, 2), d, rounds, clients)

@@ -367,3 +367,124 @@ async fn run_reads(
     }
     all
 }
+
+/// The database path alone, without HTTP: the same read by id as a bare prepared query on a
+/// pool of the runtime pool's size, through `ctx.db().run` (the single-statement form), and
+/// through an explicit transaction, at the same concurrency, in alternating rounds: what
+/// scoping costs the client and PostgreSQL together.
+pub async fn db_path(tenants: usize, seconds: f64, rounds: usize, concurrency: usize) -> Table {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    let fleet = Fleet::new(TENANT_MIGRATIONS, BudgetSettings::default()).await;
+    fleet.create_many("t", tenants, Isolation::Shared, 4).await;
+    let mut targets = Vec::new();
+    for i in 0..tenants {
+        let ctx = fleet.context(&format!("t{i}")).await;
+        let (user, order) = (Uuid::now_v7(), Uuid::now_v7());
+        ctx.db()
+            .run(
+                "INSERT INTO users (tenant_id, id, email, name, role) VALUES ($1, $2, 'b@b.io', 'b', 'member')",
+                &[&user],
+            )
+            .await
+            .unwrap();
+        ctx.db()
+            .run(
+                "INSERT INTO orders (tenant_id, id, user_id, amount_cents, currency, status)
+                 VALUES ($1, $2, $3, 100, 'EUR', 'paid')",
+                &[&order, &user],
+            )
+            .await
+            .unwrap();
+        targets.push((ctx, order));
+    }
+    let targets = Arc::new(targets);
+    let mgr = Manager::from_config(
+        fleet.cfg.clone(),
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(mgr)
+        .max_size(fleet.db.runtime_max())
+        .build()
+        .unwrap();
+    const SQL: &str = "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+                       FROM orders WHERE tenant_id = $1 AND id = $2";
+    let run = |mode: u8| {
+        let (targets, pool) = (targets.clone(), pool.clone());
+        async move {
+            let stop = Instant::now() + std::time::Duration::from_secs_f64(seconds);
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|c| {
+                    let (targets, pool) = (targets.clone(), pool.clone());
+                    tokio::spawn(async move {
+                        let mut n = 0usize;
+                        let mut i = c;
+                        while Instant::now() < stop {
+                            i = (i + 7) % targets.len();
+                            let (ctx, id) = &targets[i];
+                            let found = if mode == 1 {
+                                ctx.db().run_opt(SQL, &[id]).await.unwrap().is_some()
+                            } else if mode == 2 {
+                                let mut tx = ctx.db().begin().await.unwrap();
+                                let row = tx.query_opt(SQL, &[id]).await.unwrap();
+                                tx.commit().await.unwrap();
+                                row.is_some()
+                            } else {
+                                let client = pool.get().await.unwrap();
+                                let stmt = client
+                                    .prepare_cached(
+                                        "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+                                         FROM shared.orders WHERE tenant_id = $1 AND id = $2",
+                                    )
+                                    .await
+                                    .unwrap();
+                                let tenant = ctx.tenant_id().as_str();
+                                client.query_opt(&stmt, &[&tenant, id]).await.unwrap().is_some()
+                            };
+                            assert!(found);
+                            n += 1;
+                        }
+                        n
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.unwrap();
+            }
+            total as f64 / seconds
+        }
+    };
+    for mode in 0..3 {
+        run(mode).await;
+    }
+    let mut rate = [0.0f64; 3];
+    for _ in 0..rounds {
+        for (mode, r) in rate.iter_mut().enumerate() {
+            *r += run(mode as u8).await / rounds as f64;
+        }
+    }
+    drop(pool);
+    fleet.cleanup().await;
+    let mut t = Table::new(
+        &format!("Database path without HTTP: read one order by id ({tenants} shared tenants, {concurrency} tasks)"),
+        &["path", "reads/s", "ratio"],
+    );
+    for (label, r) in [
+        "bare prepared query (superuser, no RLS)",
+        "ctx.db().run: one statement that sets the tenant itself (reads, shared/database)",
+        "ctx.db().begin(), query, commit: BEGIN + settings + query pipelined, then COMMIT",
+    ]
+    .iter()
+    .zip(rate)
+    {
+        t.row(vec![
+            (*label).into(),
+            format!("{r:.0}"),
+            format!("{:.2}x", r / rate[0].max(1e-9)),
+        ]);
+    }
+    t
+}

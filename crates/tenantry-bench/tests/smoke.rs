@@ -48,7 +48,8 @@ async fn job_and_cache_scenarios_run() {
 #[tokio::test]
 async fn http_scenarios_run() {
     let d = std::time::Duration::from_millis(200);
-    let t = tenantry_bench::http::read_by_id(1, d, 1, 2).await;
+    let all = ["shared", "schema", "database"].map(String::from);
+    let t = tenantry_bench::http::read_by_id(1, d, 1, 2, &all).await;
     assert_eq!(t.rows.len(), 4);
     let t = tenantry_bench::http::rejected(d, 1, 2).await;
     assert_eq!(t.rows.len(), 3);

@@ -210,6 +210,91 @@ async fn pooled_connection_never_carries_a_tenant_even_after_cancellation() {
         );
     }
     assert_clean(&db).await;
+    // 3. A read in its single-statement form (no transaction block): the tenant setting ends
+    //    with the statement.
+    let rows = a
+        .db()
+        .run("SELECT id FROM notes WHERE tenant_id = $1 ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_clean(&db).await;
+}
+
+/// A read in its single-statement form still runs under the plan's statement timeout: past
+/// it the statement is cancelled, its connection is closed rather than reused, and the next
+/// read works on a fresh connection.
+#[tokio::test]
+async fn single_statement_reads_keep_the_statement_timeout() {
+    let (cfg, name) = fresh_db().await;
+    let settings = PoolSettings {
+        runtime_max: 1,
+        ..PoolSettings::default()
+    };
+    let db = connect(cfg.clone(), &name, &settings).await;
+    seed(&cfg).await;
+    let mut config = TenancyConfig::default();
+    for plan in config.plans.0.values_mut() {
+        plan.statement_timeout = std::time::Duration::from_millis(300);
+    }
+    let tenancy = Tenancy::new(Catalog::new(db.clone()), config);
+    let actor = Actor {
+        name: "test".into(),
+        request_id: "test".into(),
+    };
+    let new = NewTenant {
+        slug: t("aa"),
+        name: "aa".into(),
+        plan: "free".into(),
+        isolation: tenantry::Isolation::Shared,
+        server: None,
+    };
+    tenantry::lifecycle::create(tenancy.catalog(), &new, &actor)
+        .await
+        .unwrap();
+    let a = tenancy
+        .admin_context(&t("aa"), &actor, "test", "test")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let e = a
+        .db()
+        .run(
+            "SELECT id FROM notes, pg_sleep(5) WHERE tenant_id = $1",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DbError::Timeout), "{e:?}");
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}");
+    // The backend stopped sleeping: the cancel reached it.
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut sleeping = 1;
+    for _ in 0..50 {
+        sleeping = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(5)%'
+                 AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        if sleeping == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(sleeping, 0, "the timed-out statement was cancelled");
+    let rows = a
+        .db()
+        .run("SELECT id FROM notes WHERE tenant_id = $1", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_clean(&db).await;
 }
 
 /// The only runtime connection is idle, outside any transaction, with no tenant setting.

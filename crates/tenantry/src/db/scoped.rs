@@ -61,6 +61,98 @@ fn is_scoped(sql: &str) -> bool {
     sql.contains(TENANT_FILTER)
 }
 
+/// The single-statement form of a read, built once per statement and kept for the life of
+/// the process (statements are `&'static str`, so there are finitely many):
+///
+/// ```sql
+/// WITH _tenantry_scope AS MATERIALIZED (SELECT set_config('app.tenant_id', $1, true) AS tenant_id)
+/// SELECT _tenantry_q.* FROM _tenantry_scope CROSS JOIN LATERAL (<the read>) _tenantry_q
+/// ```
+///
+/// with every `$1` of the read replaced by `_tenantry_scope.tenant_id`. Why this is safe:
+/// - the setting is transaction-local and the statement is its own implicit transaction (it is
+///   sent with its own Sync, outside any transaction block), so it ends with the statement and
+///   never reaches the connection's next user;
+/// - the read refers to the scope for its tenant, so it is the inner side of a nested loop
+///   whose outer side evaluates `set_config` first; its scans (and the forced RLS policy on
+///   them) start only after the setting is made. Were PostgreSQL ever to evaluate the policy
+///   earlier, it would see no tenant and return no rows: the failure mode is "not found", never
+///   another tenant's rows;
+/// - the read still says `tenant_id = <the tenant>` itself.
+///
+/// Only plain reads qualify (a statement starting with `SELECT`); writes, CTEs and the
+/// `schema` placement (whose `search_path` must be set before the statement is planned) keep
+/// the pipelined `BEGIN … COMMIT`.
+fn single_statement(sql: &'static str) -> Option<&'static str> {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, RwLock};
+    static FORMS: LazyLock<RwLock<HashMap<(usize, usize), Option<&'static str>>>> =
+        LazyLock::new(Default::default);
+    let key = (sql.as_ptr() as usize, sql.len());
+    if let Some(form) = FORMS.read().ok().and_then(|m| m.get(&key).copied()) {
+        return form;
+    }
+    let form = single_statement_form(sql).map(|s| &*Box::leak(s.into_boxed_str()));
+    if let Ok(mut m) = FORMS.write() {
+        m.insert(key, form);
+    }
+    form
+}
+
+fn single_statement_form(sql: &str) -> Option<String> {
+    let head = sql.trim_start();
+    if !head
+        .get(..6)
+        .is_some_and(|h| h.eq_ignore_ascii_case("select"))
+    {
+        return None;
+    }
+    // Replace `$1` (not `$10`…) outside quotes and comments.
+    let b = sql.as_bytes();
+    let mut inner = String::with_capacity(sql.len() + 64);
+    let (mut i, mut copied, mut replaced) = (0, 0, 0);
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"') => {
+                i += 1;
+                while i < b.len() && b[i] != q {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            b'$' if b.get(i + 1) == Some(&b'1') && !b.get(i + 2).is_some_and(u8::is_ascii_digit) => {
+                inner.push_str(&sql[copied..i]);
+                inner.push_str("_tenantry_scope.tenant_id");
+                i += 2;
+                copied = i;
+                replaced += 1;
+            }
+            b';' => return None,
+            _ => i += 1,
+        }
+    }
+    if replaced == 0 {
+        return None;
+    }
+    inner.push_str(&sql[copied.min(sql.len())..]);
+    Some(format!(
+        "WITH _tenantry_scope AS MATERIALIZED (SELECT set_config('app.tenant_id', $1, true) AS tenant_id) \
+         SELECT _tenantry_q.* FROM _tenantry_scope CROSS JOIN LATERAL ({inner}) _tenantry_q"
+    ))
+}
+
 /// Parameters of a tenant statement, after the implicit `$1`.
 pub type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
@@ -75,13 +167,34 @@ pub struct TenantDb<'a> {
 enum Conn {
     Runtime(Object),
     TenantDatabase(TenantConn),
+    /// Taken out of its pool and closed (after a timed-out statement): it is never reused, so
+    /// the cancel request sent for it cannot reach another user's statement.
+    Discarded,
 }
 
 impl Conn {
-    fn client(&self) -> &ClientWrapper {
+    fn client(&self) -> Result<&ClientWrapper, DbError> {
         match self {
-            Conn::Runtime(o) => o,
-            Conn::TenantDatabase(o) => o,
+            Conn::Runtime(o) => Ok(o),
+            Conn::TenantDatabase(o) => Ok(o),
+            Conn::Discarded => Err(DbError::Finished),
+        }
+    }
+
+    /// Sends a cancel request for the connection's running statement and closes the
+    /// connection instead of returning it to its pool.
+    async fn cancel_and_discard(&mut self) {
+        let token = match self.client() {
+            Ok(c) => c.cancel_token(),
+            Err(_) => return,
+        };
+        match std::mem::replace(self, Conn::Discarded) {
+            Conn::Runtime(o) => drop(Object::take(o)),
+            Conn::TenantDatabase(o) => drop(deadpool::managed::Object::take(o)),
+            Conn::Discarded => {}
+        }
+        if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
+            tracing::warn!(error = %e, "could not cancel a timed-out statement; its connection is closed");
         }
     }
 }
@@ -134,14 +247,27 @@ impl<'a> TenantDb<'a> {
             tenant: self.tenant.slug.clone(),
             search_path,
             statement_timeout: self.limits.statement_timeout.as_millis().to_string(),
+            timeout: self.limits.statement_timeout,
             state: TxState::Fresh,
             _share: permit,
         })
     }
 
-    /// Runs one statement in its own scoped transaction and commits it: `BEGIN`, the settings,
-    /// the statement and `COMMIT` travel together, one round trip in all.
+    /// Runs one statement in its own scoped transaction and commits it, in one round trip.
+    ///
+    /// A read (`SELECT …`) of a `shared` or `database` tenant runs as a single statement that
+    /// sets the tenant itself (see [`single_statement`]): one statement for PostgreSQL instead
+    /// of four. Everything else pipelines `BEGIN`, the settings, the statement and `COMMIT`.
     pub async fn run(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
+        if !matches!(self.tenant.placement, Placement::Schema { .. }) {
+            if let Some(single) = single_statement(sql) {
+                if !is_scoped(sql) {
+                    return Err(DbError::Unscoped(sql));
+                }
+                let mut tx = self.begin().await?;
+                return tx.single(single, params).await;
+            }
+        }
         let mut tx = self.begin().await?;
         tx.first_or_retry(sql, params, true).await
     }
@@ -174,6 +300,8 @@ pub struct ScopedTx {
     search_path: Option<String>,
     /// The plan's statement timeout, in milliseconds, as `set_config` wants it.
     statement_timeout: String,
+    /// The same, for the single-statement form (which enforces it from the client side).
+    timeout: std::time::Duration,
     state: TxState,
     /// The tenant's share of the runtime pool (declared last: released after the connection
     /// went back to the pool).
@@ -218,7 +346,7 @@ impl ScopedTx {
         if self.state == TxState::Open {
             // Until COMMIT's answer arrives the outcome is unknown; if this future is dropped
             // the Drop impl sends ROLLBACK after it, which is then a harmless no-op warning.
-            self.conn.client().batch_execute("COMMIT").await?;
+            self.conn.client()?.batch_execute("COMMIT").await?;
         }
         self.state = TxState::Done;
         Ok(())
@@ -228,9 +356,44 @@ impl ScopedTx {
     pub async fn rollback(mut self) -> Result<(), DbError> {
         if self.state == TxState::Open {
             self.state = TxState::Done;
-            self.conn.client().batch_execute("ROLLBACK").await?;
+            self.conn.client()?.batch_execute("ROLLBACK").await?;
         }
         Ok(())
+    }
+
+    /// Runs the single-statement form of a read: no transaction block, so the statement is its
+    /// own implicit transaction and the transaction-local tenant setting ends with it. The
+    /// plan's statement timeout cannot travel inside the statement (PostgreSQL arms the timer
+    /// before the statement runs), so it is enforced here: past it, the statement is cancelled
+    /// and its connection closed rather than reused.
+    async fn single(&mut self, single: &'static str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
+        let tenant: &str = self.tenant.as_str();
+        let mut all: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(params.len() + 1);
+        all.push(&tenant);
+        all.extend_from_slice(params);
+        self.state = TxState::Done;
+        let timeout = self.timeout;
+        let client = self.conn.client()?;
+        let attempt = async {
+            let stmt = client.prepare_cached(single).await?;
+            match client.query(&stmt, &all).await {
+                // A `database` tenant's tables can change shape under a cached statement while
+                // a fleet migration runs: prepare again and retry once.
+                Err(e) if is_stale_plan(&e) => {
+                    client.statement_cache.remove(single, &[]);
+                    let stmt = client.prepare_cached(single).await?;
+                    client.query(&stmt, &all).await
+                }
+                other => other,
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(rows) => Ok(rows?),
+            Err(_) => {
+                self.conn.cancel_and_discard().await;
+                Err(DbError::Timeout)
+            }
+        }
     }
 
     /// The first statement of a transaction, retried once with fresh prepared statements if a
@@ -265,7 +428,7 @@ impl ScopedTx {
         } else {
             SCOPE_SQL
         };
-        let client = self.conn.client();
+        let client = self.conn.client()?;
         client.batch_execute("ROLLBACK").await?;
         client.statement_cache.remove(sql, &[]);
         let scope = client.prepare_cached(scope_sql).await?;
@@ -281,7 +444,7 @@ impl ScopedTx {
         all.push(&tenant);
         all.extend_from_slice(params);
         self.state = TxState::Open;
-        let client = self.conn.client();
+        let client = self.conn.client()?;
         let (b, s, p) = tokio::join!(
             client.batch_execute("BEGIN"),
             client.query(&scope, &scope_params),
@@ -320,7 +483,7 @@ impl ScopedTx {
             // Mark the transaction open *before* the first poll sends BEGIN, so that a
             // cancellation at any await point below still rolls the connection back.
             self.state = TxState::Open;
-            let client = self.conn.client();
+            let client = self.conn.client()?;
             let path: &str = self.search_path.as_deref().unwrap_or_default();
             let timeout: &str = &self.statement_timeout;
             let scope_params: Vec<&(dyn ToSql + Sync)> = if self.search_path.is_some() {
@@ -347,7 +510,7 @@ impl ScopedTx {
                 q?
             }
         } else {
-            let client = self.conn.client();
+            let client = self.conn.client()?;
             let stmt = client.prepare_cached(sql).await?;
             let rows = client.query(&stmt, &all).await?;
             if commit {
@@ -362,7 +525,7 @@ impl ScopedTx {
     /// Both statements come from the per-connection cache; on a new connection their two
     /// `Parse` messages are pipelined too.
     async fn prepare_pair(&self, sql: &str) -> Result<(Statement, Statement), DbError> {
-        let client = self.conn.client();
+        let client = self.conn.client()?;
         let scope_sql = if self.search_path.is_some() {
             SCOPE_SCHEMA_SQL
         } else {
@@ -390,7 +553,9 @@ impl Drop for ScopedTx {
             // Polling once enqueues ROLLBACK on the connection's request channel, ahead of any
             // request from the connection's next user; its answer is discarded by the
             // connection task. This is how tokio-postgres's own Transaction cleans up.
-            let _ = self.conn.client().batch_execute("ROLLBACK").now_or_never();
+            if let Ok(client) = self.conn.client() {
+                let _ = client.batch_execute("ROLLBACK").now_or_never();
+            }
         }
     }
 }
@@ -407,6 +572,22 @@ fn one_or_none(rows: Vec<Row>) -> Result<Option<Row>, DbError> {
 #[cfg(test)]
 mod tests {
     use super::is_scoped;
+
+    #[test]
+    fn single_statement_forms() {
+        use super::single_statement_form as f;
+        let w = f("SELECT a FROM t WHERE tenant_id = $1 AND id = $2 LIMIT $10").unwrap();
+        assert!(w.starts_with("WITH _tenantry_scope AS MATERIALIZED (SELECT set_config('app.tenant_id', $1, true)"));
+        assert!(w.contains("(SELECT a FROM t WHERE tenant_id = _tenantry_scope.tenant_id AND id = $2 LIMIT $10) _tenantry_q"), "{w}");
+        // Quotes and comments are left alone.
+        let w = f("SELECT '$1', \"$1\" FROM t -- $1\n WHERE tenant_id = $1 /* $1 */").unwrap();
+        assert!(w.contains("SELECT '$1', \"$1\" FROM t -- $1\n WHERE tenant_id = _tenantry_scope.tenant_id /* $1 */"), "{w}");
+        // Writes, CTEs, several statements and reads without the tenant keep the transaction.
+        assert!(f("UPDATE t SET a = 1 WHERE tenant_id = $1").is_none());
+        assert!(f("WITH x AS (DELETE FROM t WHERE tenant_id = $1 RETURNING *) SELECT * FROM x").is_none());
+        assert!(f("SELECT 1 WHERE tenant_id = $1; SELECT 2").is_none());
+        assert!(f("SELECT a FROM t WHERE id = $2").is_none());
+    }
 
     #[test]
     fn scoped_statements() {
