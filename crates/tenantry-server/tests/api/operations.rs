@@ -195,3 +195,105 @@ async fn the_connection_budget_holds_under_load() {
         "one tenant held {one} > {PER_TENANT}"
     );
 }
+
+/// When the working set fits the budget, connections are not churned: with 4 tenant databases
+/// over a budget of 8 (each pool capped at 8 / 4 = 2, below the per-tenant share of 4), heavy
+/// concurrent load opens each tenant database's connections once and reuses them. (Before the
+/// cap, pools grew to 4 each, the budget ran out, and idle connections of one tenant were
+/// closed to open another's, over and over.)
+#[tokio::test]
+async fn no_connection_churn_while_the_working_set_fits_the_budget() {
+    const TENANTS: usize = 4;
+    let (name, url) = fresh_database().await;
+    let mut s = settings(&name, &url);
+    s.tenant_db_budget = (8, 4);
+    let app = Arc::new(spawn_with(s).await);
+    let mut keys = Vec::new();
+    for i in 0..TENANTS {
+        keys.push(app.tenant_in(&format!("wf{i}"), "database").await);
+    }
+    let sql = app.sql().await;
+    let pattern = format!("{name}\\_t\\_%");
+    let role = format!("{name}_app");
+    // Each tenant database is opened once (the pools size themselves as they appear).
+    for key in &keys {
+        let r = app.with_key(key, Method::GET, "/v1/orders", None).await;
+        assert_eq!(r.status.as_u16(), 200, "{r:?}");
+    }
+    // Every backend the server opens to a tenant database during the load, by pid.
+    let stop = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (stop, pattern, role) = (stop.clone(), pattern.clone(), role.clone());
+        let sql = app.sql().await;
+        tokio::spawn(async move {
+            let mut pids = std::collections::BTreeSet::new();
+            while stop.load(Ordering::Relaxed) == 0 {
+                for r in sql
+                    .query(
+                        "SELECT pid FROM pg_stat_activity WHERE usename = $1 AND datname LIKE $2",
+                        &[&role, &pattern],
+                    )
+                    .await
+                    .unwrap()
+                {
+                    pids.insert(r.get::<_, i32>(0));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            pids
+        })
+    };
+    let mut tasks = Vec::new();
+    for worker in 0..12 {
+        let (app, keys) = (app.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40 {
+                let key = &keys[(worker + i) % TENANTS];
+                let r = app.with_key(key, Method::GET, "/v1/orders", None).await;
+                assert_eq!(r.status.as_u16(), 200, "{r:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Every backend the server ever opened to a tenant database is still there: none was
+    // closed to make room for another (and there are at most 2 per tenant).
+    let rows = sql
+        .query(
+            "SELECT datname, count(*) FROM pg_stat_activity WHERE usename = $1 AND datname LIKE $2
+             GROUP BY datname",
+            &[&role, &pattern],
+        )
+        .await
+        .unwrap();
+    let total: i64 = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
+    assert!(rows.iter().all(|r| r.get::<_, i64>(1) <= 2), "{rows:?}");
+    assert!(total <= 8);
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let opened = metrics
+        .lines()
+        .find(|l| l.starts_with("tenantry_tenant_db_connections "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert_eq!(
+        opened as i64, total,
+        "open connections as the server counts them"
+    );
+    stop.store(1, Ordering::Relaxed);
+    let pids = watcher.await.unwrap();
+    assert!(
+        pids.len() <= 8,
+        "{} backends were opened for a working set of at most 8 connections (churn)",
+        pids.len()
+    );
+}

@@ -9,6 +9,11 @@
 //!   share, so a tenant flooding requests waits on its own pool, not on everyone's budget.
 //! - **Idle connections yield to demand.** When the budget is exhausted, idle connections of
 //!   other pools are closed, least recently used pools first, before a new one waits.
+//! - **No churn while the working set fits.** Each pool's size is the per-tenant share capped
+//!   at `total / open pools` (at least one): with 20 tenant databases over a budget of 40, each
+//!   pool holds at most 2, so the pools never need more than the budget and a busy tenant waits
+//!   a moment for one of its own connections instead of closing another tenant's (opening a
+//!   connection costs PostgreSQL far more than a short wait).
 //!
 //! Written here rather than taken from a crate because no pooling crate offers a budget shared
 //! across many pools; each pool is still a plain `deadpool` pool.
@@ -142,6 +147,8 @@ pub struct Inner {
     /// Pools with their last-use tick, for LRU eviction.
     pools: Mutex<Lru>,
     statement_timeout_ms: u128,
+    /// The size every pool has now: the per-tenant share, capped at `total / open pools`.
+    share: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Default)]
@@ -152,6 +159,7 @@ struct Lru {
 
 impl TenantPools {
     pub fn new(settings: BudgetSettings, statement_timeout: Duration) -> Self {
+        let per_tenant = settings.per_tenant;
         Self {
             inner: Arc::new(Inner {
                 budget: Arc::new(Semaphore::new(settings.total)),
@@ -159,6 +167,7 @@ impl TenantPools {
                 servers: Mutex::new(HashMap::new()),
                 pools: Mutex::new(Lru::default()),
                 statement_timeout_ms: statement_timeout.as_millis(),
+                share: std::sync::atomic::AtomicUsize::new(per_tenant),
             }),
         }
     }
@@ -189,11 +198,52 @@ impl TenantPools {
             *used = tick;
             return Ok(pool.clone());
         }
+        let share = self.inner.share.load(std::sync::atomic::Ordering::Relaxed);
+        let pool = self.build(&key, share)?;
+        if lru.map.len() >= self.inner.settings.max_pools {
+            if let Some(oldest) = lru
+                .map
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| k.clone())
+            {
+                if let Some((evicted, _)) = lru.map.remove(&oldest) {
+                    // Idle connections close now; checked-out ones close when returned.
+                    evicted.close();
+                }
+            }
+        }
+        lru.map.insert(key.clone(), (pool.clone(), tick));
+        self.reshare(&mut lru);
+        // The share may just have changed, replacing every pool (this one too).
+        Ok(lru.map.get(&key).map(|(p, _)| p.clone()).unwrap_or(pool))
+    }
+
+    /// When the number of pools moves the share across a whole number, every pool is replaced
+    /// by one of the new size (the old one closes: idle connections now, busy ones when they
+    /// come back). Replacing rather than resizing keeps each pool's own limit exact.
+    fn reshare(&self, lru: &mut Lru) {
+        use std::sync::atomic::Ordering;
+        let settings = &self.inner.settings;
+        let share = (settings.total / lru.map.len().max(1)).clamp(1, settings.per_tenant.max(1));
+        if self.inner.share.swap(share, Ordering::Relaxed) == share {
+            return;
+        }
+        for (key, (pool, _)) in lru.map.iter_mut() {
+            match self.build(key, share) {
+                Ok(new) => std::mem::replace(pool, new).close(),
+                Err(e) => tracing::warn!(error = %e, "could not resize a tenant database pool"),
+            }
+        }
+    }
+
+    /// A pool for one tenant database, of `size` connections at most.
+    fn build(&self, key: &PoolKey, size: usize) -> Result<TenantPool, DbError> {
         let mut cfg = lock(&self.inner.servers)
-            .get(server)
+            .get(&key.0)
             .cloned()
-            .ok_or_else(|| DbError::Config(format!("unknown database server {server:?}")))?;
-        cfg.dbname(database);
+            .ok_or_else(|| DbError::Config(format!("unknown database server {:?}", key.0)))?;
+        cfg.dbname(&key.1);
         cfg.options(format!(
             "-c search_path={} -c statement_timeout={}",
             super::SHARED_SCHEMA,
@@ -213,34 +263,21 @@ impl TenantPools {
             owner: Arc::downgrade(&self.inner),
             key: key.clone(),
         };
-        let pool = managed::Pool::builder(mgr)
-            .max_size(self.inner.settings.per_tenant)
+        managed::Pool::builder(mgr)
+            .max_size(size)
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(self.inner.settings.wait))
             .build()
-            .map_err(|e| DbError::Config(e.to_string()))?;
-        if lru.map.len() >= self.inner.settings.max_pools {
-            if let Some(oldest) = lru
-                .map
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| k.clone())
-            {
-                if let Some((evicted, _)) = lru.map.remove(&oldest) {
-                    // Idle connections close now; checked-out ones close when returned.
-                    evicted.close();
-                }
-            }
-        }
-        lru.map.insert(key, (pool.clone(), tick));
-        Ok(pool)
+            .map_err(|e| DbError::Config(e.to_string()))
     }
 
     /// Closes a tenant database's pool (before dropping the database, or after a move).
     pub fn close(&self, server: &str, database: &str) {
         let key = (server.to_owned(), database.to_owned());
-        if let Some((pool, _)) = lock(&self.inner.pools).map.remove(&key) {
+        let mut lru = lock(&self.inner.pools);
+        if let Some((pool, _)) = lru.map.remove(&key) {
             pool.close();
+            self.reshare(&mut lru);
         }
     }
 

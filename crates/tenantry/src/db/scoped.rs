@@ -132,7 +132,9 @@ fn single_statement_form(sql: &str) -> Option<String> {
                 }
                 i += 2;
             }
-            b'$' if b.get(i + 1) == Some(&b'1') && !b.get(i + 2).is_some_and(u8::is_ascii_digit) => {
+            b'$' if b.get(i + 1) == Some(&b'1')
+                && !b.get(i + 2).is_some_and(u8::is_ascii_digit) =>
+            {
                 inner.push_str(&sql[copied..i]);
                 inner.push_str("_tenantry_scope.tenant_id");
                 i += 2;
@@ -366,7 +368,11 @@ impl ScopedTx {
     /// plan's statement timeout cannot travel inside the statement (PostgreSQL arms the timer
     /// before the statement runs), so it is enforced here: past it, the statement is cancelled
     /// and its connection closed rather than reused.
-    async fn single(&mut self, single: &'static str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
+    async fn single(
+        &mut self,
+        single: &'static str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, DbError> {
         let tenant: &str = self.tenant.as_str();
         let mut all: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(params.len() + 1);
         all.push(&tenant);
@@ -577,14 +583,19 @@ mod tests {
     fn single_statement_forms() {
         use super::single_statement_form as f;
         let w = f("SELECT a FROM t WHERE tenant_id = $1 AND id = $2 LIMIT $10").unwrap();
-        assert!(w.starts_with("WITH _tenantry_scope AS MATERIALIZED (SELECT set_config('app.tenant_id', $1, true)"));
+        assert!(w.starts_with(
+            "WITH _tenantry_scope AS MATERIALIZED (SELECT set_config('app.tenant_id', $1, true)"
+        ));
         assert!(w.contains("(SELECT a FROM t WHERE tenant_id = _tenantry_scope.tenant_id AND id = $2 LIMIT $10) _tenantry_q"), "{w}");
         // Quotes and comments are left alone.
         let w = f("SELECT '$1', \"$1\" FROM t -- $1\n WHERE tenant_id = $1 /* $1 */").unwrap();
         assert!(w.contains("SELECT '$1', \"$1\" FROM t -- $1\n WHERE tenant_id = _tenantry_scope.tenant_id /* $1 */"), "{w}");
         // Writes, CTEs, several statements and reads without the tenant keep the transaction.
         assert!(f("UPDATE t SET a = 1 WHERE tenant_id = $1").is_none());
-        assert!(f("WITH x AS (DELETE FROM t WHERE tenant_id = $1 RETURNING *) SELECT * FROM x").is_none());
+        assert!(
+            f("WITH x AS (DELETE FROM t WHERE tenant_id = $1 RETURNING *) SELECT * FROM x")
+                .is_none()
+        );
         assert!(f("SELECT 1 WHERE tenant_id = $1; SELECT 2").is_none());
         assert!(f("SELECT a FROM t WHERE id = $2").is_none());
     }
