@@ -25,6 +25,10 @@ use crate::report::Table;
 use crate::stats::{ms, Samples};
 
 const ADMIN: &str = "bench-admin-token-0123456789";
+/// CPU per request in this process: the servers and the load generator.
+const CPU_BENCH: &str = "µs CPU/req, bench process";
+/// CPU per request in PostgreSQL.
+const CPU_PG: &str = "µs CPU/req, PostgreSQL";
 
 /// One load run's outcome.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +37,42 @@ pub struct Run {
     pub elapsed: Duration,
     pub latencies: Samples,
     pub statuses: std::collections::BTreeMap<u16, usize>,
+    /// CPU seconds used by this process (servers and load generator) during the run.
+    pub cpu_bench: f64,
+    /// CPU seconds used by every PostgreSQL process during the run.
+    pub cpu_pg: f64,
+}
+
+/// CPU seconds (user + system) of one process, from `/proc/<pid>/stat`.
+fn process_cpu(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// CPU seconds of this process and of all `postgres` processes, now.
+pub fn cpu_now() -> (f64, f64) {
+    let me = process_cpu("self").unwrap_or(0.0);
+    let mut pg = 0.0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let name = e.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim() == "postgres" {
+                pg += process_cpu(pid).unwrap_or(0.0);
+            }
+        }
+    }
+    (me, pg)
 }
 
 impl Run {
@@ -52,6 +92,7 @@ pub async fn load(targets: Arc<Vec<Target>>, clients: usize, duration: Duration)
         .build()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let cpu0 = cpu_now();
     let start = Instant::now();
     let mut handles = Vec::new();
     for c in 0..clients {
@@ -94,6 +135,9 @@ pub async fn load(targets: Arc<Vec<Target>>, clients: usize, duration: Duration)
         }
     }
     all.elapsed = start.elapsed();
+    let cpu1 = cpu_now();
+    all.cpu_bench = cpu1.0 - cpu0.0;
+    all.cpu_pg = cpu1.1 - cpu0.1;
     all
 }
 
@@ -313,7 +357,7 @@ pub async fn read_by_id(
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let mut t = Table::new(
         &format!("Read one order by id: full stack vs hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
-        &["scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "req/s ratio", "p99 ratio"],
+        &["scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "req/s ratio", "p99 ratio", CPU_BENCH, CPU_PG],
     );
     let mut baseline_targets = Vec::new();
     let mut by_placement = Vec::new();
@@ -420,6 +464,8 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
             "p99.9 ms",
             "req/s ratio",
             "p99 ratio",
+            CPU_BENCH,
+            CPU_PG,
         ],
     );
     row(&mut t, "baseline read", &b, &b);
@@ -438,6 +484,8 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
 }
 
 fn merge(into: &mut Run, r: Run) {
+    into.cpu_bench += r.cpu_bench;
+    into.cpu_pg += r.cpu_pg;
     into.requests += r.requests;
     into.elapsed += r.elapsed;
     into.latencies.0.extend(r.latencies.0);
@@ -458,6 +506,8 @@ fn row(t: &mut Table, label: &str, r: &Run, base: &Run) {
             "{:.2}x",
             r.latencies.p99().as_secs_f64() / base.latencies.p99().as_secs_f64().max(1e-9)
         ),
+        format!("{:.1}", r.cpu_bench * 1e6 / r.requests.max(1) as f64),
+        format!("{:.1}", r.cpu_pg * 1e6 / r.requests.max(1) as f64),
     ]);
 }
 
@@ -540,9 +590,39 @@ pub async fn read_by_id_cached(
             "p99.9 ms",
             "req/s ratio",
             "p99 ratio",
+            CPU_BENCH,
+            CPU_PG,
         ],
     );
     row(&mut t, "baseline (every read hits the database)", &b, &b);
     row(&mut t, "tenantry, shared, order cache on", &r, &b);
     t
+}
+
+/// Drives one side alone for `duration` (for `perf record`): `baseline` or a placement.
+pub async fn profile(side: &str, tenants: usize, duration: Duration, clients: usize) -> Run {
+    let server = Server::start(false).await;
+    let (base, _baseline) = start_baseline(&server.db_url, 16).await;
+    let isolation = if side == "baseline" { "shared" } else { side };
+    let mut targets = Vec::new();
+    for i in 0..tenants {
+        let (slug, key, ids) = server.tenant(&format!("p{i}"), isolation, 2).await;
+        for id in ids {
+            targets.push(if side == "baseline" {
+                (
+                    format!("{base}/orders/{id}"),
+                    vec![("x-tenant-id".to_owned(), slug.clone())],
+                )
+            } else {
+                (
+                    format!("{}/v1/orders/{id}", server.addr),
+                    vec![("authorization".to_owned(), format!("Bearer {key}"))],
+                )
+            });
+        }
+    }
+    let targets = Arc::new(targets);
+    load(targets.clone(), clients, Duration::from_secs(1)).await;
+    eprintln!("profiling {side} now");
+    load(targets, clients, duration).await
 }

@@ -148,9 +148,20 @@ pub async fn run_worker(
     Ok(())
 }
 
-/// What every handler can reach.
+/// What every handler can reach. Cloned for every request (by `State` and the middleware), so
+/// it is one `Arc`: a clone is one atomic increment rather than one per field (the cache alone
+/// holds several).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub tenancy: Tenancy,
     pub admin: admin::AdminTokens,
     /// Tenant-keyed cache of hot reads (orders by id).
@@ -211,13 +222,13 @@ impl Application {
                 .with_redis(url, &settings.role_prefix)
                 .map_err(|e| StartError::Config(format!("REDIS_URL: {e}")))?;
         }
-        let state = AppState {
+        let state = AppState(Arc::new(AppStateInner {
             tenancy: tenancy.clone(),
             admin: admin::AdminTokens::new(tokens),
             cache: cache.clone(),
             order_cache: settings.order_cache,
             metrics: Arc::new(Metrics::new()),
-        };
+        }));
         let mut background = vec![tokio::spawn(catalog.listen(control))];
         background.push(tokio::spawn(cache.listen()));
         background.push(tokio::spawn(
