@@ -24,11 +24,11 @@ use uuid::Uuid;
 use crate::report::Table;
 use crate::stats::{ms, Samples};
 
-const ADMIN: &str = "bench-admin-token-0123456789";
+pub(crate) const ADMIN: &str = "bench-admin-token-0123456789";
 /// CPU per request in this process: the servers and the load generator.
-const CPU_BENCH: &str = "µs CPU/req, bench process";
+pub(crate) const CPU_BENCH: &str = "µs CPU/req, bench process";
 /// CPU per request in PostgreSQL.
-const CPU_PG: &str = "µs CPU/req, PostgreSQL";
+pub(crate) const CPU_PG: &str = "µs CPU/req, PostgreSQL";
 
 /// One load run's outcome.
 #[derive(Debug, Clone, Default)]
@@ -81,8 +81,32 @@ impl Run {
     }
 }
 
-/// A request to fire: (url, headers).
-pub type Target = (String, Vec<(String, String)>);
+/// A request to fire.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub method: reqwest::Method,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    /// A JSON body.
+    pub body: Option<String>,
+}
+
+/// GET targets from (url, headers) pairs.
+pub fn gets(v: Vec<(String, Vec<(String, String)>)>) -> Arc<Vec<Target>> {
+    Arc::new(v.into_iter().map(Target::from).collect())
+}
+
+impl From<(String, Vec<(String, String)>)> for Target {
+    /// A GET.
+    fn from((url, headers): (String, Vec<(String, String)>)) -> Self {
+        Target {
+            method: reqwest::Method::GET,
+            url,
+            headers,
+            body: None,
+        }
+    }
+}
 
 /// Closed-loop load: `clients` connections, each firing the next target as soon as the last
 /// answered, for `duration`.
@@ -102,10 +126,15 @@ pub async fn load(targets: Arc<Vec<Target>>, clients: usize, duration: Duration)
             let mut i = c * 7919;
             while !stop.load(Ordering::Relaxed) {
                 i = (i + 104_729) % targets.len();
-                let (url, headers) = &targets[i];
-                let mut req = http.get(url);
-                for (k, v) in headers {
+                let t = &targets[i];
+                let mut req = http.request(t.method.clone(), &t.url);
+                for (k, v) in &t.headers {
                     req = req.header(k, v);
+                }
+                if let Some(b) = &t.body {
+                    req = req
+                        .header("content-type", "application/json")
+                        .body(b.clone());
                 }
                 let t0 = Instant::now();
                 let status = match req.send().await {
@@ -177,8 +206,88 @@ async fn baseline(
     })))
 }
 
+fn tenant_header(headers: &HeaderMap) -> Result<String, StatusCode> {
+    headers
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or(StatusCode::BAD_REQUEST)
+}
+
+fn order_json(row: &tokio_postgres::Row) -> Value {
+    let created: chrono::DateTime<chrono::Utc> = row.get(5);
+    let updated: chrono::DateTime<chrono::Utc> = row.get(6);
+    json!({
+        "id": row.get::<_, Uuid>(0), "user_id": row.get::<_, Uuid>(1),
+        "amount_cents": row.get::<_, i64>(2), "currency": row.get::<_, String>(3),
+        "status": row.get::<_, String>(4), "created_at": created, "updated_at": updated,
+    })
+}
+
+/// The hand-written list: the tenant's first 50 orders by id.
+async fn baseline_list(pool: Pool, headers: HeaderMap) -> Result<Json<Value>, StatusCode> {
+    let tenant = tenant_header(&headers)?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let stmt = client
+        .prepare_cached(
+            "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+             FROM shared.orders WHERE tenant_id = $1 ORDER BY id LIMIT 51",
+        )
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let rows = client
+        .query(&stmt, &[&tenant])
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let items: Vec<Value> = rows.iter().take(50).map(order_json).collect();
+    let next = (rows.len() > 50).then(|| items.last().map(|o| o["id"].clone()));
+    Ok(Json(json!({"items": items, "next_cursor": next.flatten()})))
+}
+
+/// The hand-written create: the same INSERT, the foreign key checks the user's tenant.
+async fn baseline_create(
+    pool: Pool,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Result<(StatusCode, Json<Value>), StatusCode> {
+    let tenant = tenant_header(&headers)?;
+    let user: Uuid = body["user_id"]
+        .as_str()
+        .and_then(|u| u.parse().ok())
+        .ok_or(StatusCode::UNPROCESSABLE_ENTITY)?;
+    let amount = body["amount_cents"]
+        .as_i64()
+        .ok_or(StatusCode::UNPROCESSABLE_ENTITY)?;
+    let currency = body["currency"]
+        .as_str()
+        .ok_or(StatusCode::UNPROCESSABLE_ENTITY)?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let stmt = client
+        .prepare_cached(
+            "INSERT INTO shared.orders (tenant_id, id, user_id, amount_cents, currency, status)
+             VALUES ($1, $2, $3, $4, $5, 'pending')
+             RETURNING id, user_id, amount_cents, currency, status, created_at, updated_at",
+        )
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let row = client
+        .query_one(
+            &stmt,
+            &[&tenant, &Uuid::now_v7(), &user, &amount, &currency],
+        )
+        .await
+        .map_err(|_| StatusCode::UNPROCESSABLE_ENTITY)?;
+    Ok((StatusCode::CREATED, Json(order_json(&row))))
+}
+
 /// The baseline server; it stops (and drops its pool) when the returned guard is dropped.
-async fn start_baseline(
+pub(crate) async fn start_baseline(
     db_url: &str,
     pool_size: usize,
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
@@ -194,6 +303,12 @@ async fn start_baseline(
         .route(
             "/orders/{id}",
             get(|State(p): State<Pool>, h: HeaderMap, id: Path<Uuid>| baseline(p, h, id)),
+        )
+        .route(
+            "/orders",
+            get(|State(p): State<Pool>, h: HeaderMap| baseline_list(p, h)).post(
+                |State(p): State<Pool>, h: HeaderMap, b: Json<Value>| baseline_create(p, h, b),
+            ),
         )
         .with_state(pool);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -267,7 +382,12 @@ impl Server {
             ADMIN,
             Some(if cached { "on" } else { "off" }),
         );
-        let settings = Settings::load(&args).expect("settings");
+        let mut settings = Settings::load(&args).expect("settings");
+        // A plan whose limits never interfere with a throughput measurement.
+        let mut bench = tenantry::Plan::per_hour(1_000_000_000);
+        bench.max_concurrent = 1024;
+        bench.connection_share = 1.0;
+        settings.plans.0.insert("bench".into(), bench);
         let app = Application::build(settings).await.expect("server");
         let addr = format!("http://127.0.0.1:{}", app.port());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -282,7 +402,7 @@ impl Server {
         }
     }
 
-    async fn post(&self, path: &str, auth: &str, body: Value) -> Value {
+    pub(crate) async fn post(&self, path: &str, auth: &str, body: Value) -> Value {
         self.http
             .post(format!("{}{path}", self.addr))
             .bearer_auth(auth)
@@ -383,9 +503,9 @@ pub async fn read_by_id(
                 }
             }
         }
-        by_placement.push((placement, Arc::new(targets)));
+        by_placement.push((placement, gets(targets)));
     }
-    let baseline_targets = Arc::new(baseline_targets);
+    let baseline_targets = gets(baseline_targets);
     // Warm both.
     load(baseline_targets.clone(), clients, duration / 2).await;
     for (_, targets) in &by_placement {
@@ -432,11 +552,11 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
         .send()
         .await
         .unwrap();
-    let tenantry_targets = Arc::new(vec![(
+    let tenantry_targets = gets(vec![(
         format!("{}/v1/orders/{}", server.addr, ids[0]),
         vec![("authorization".to_owned(), format!("Bearer {key}"))],
     )]);
-    let base_targets = Arc::new(vec![(
+    let base_targets = gets(vec![(
         format!("{base}/orders/{}", ids[0]),
         vec![("x-tenant-id".to_owned(), slug.clone())],
     )]);
@@ -444,7 +564,7 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
     load(base_targets.clone(), clients, duration / 2).await;
     // The floor of this setup: an unauthenticated route that does nothing, same server, same
     // load generator (both share the machine's two cores).
-    let floor_targets = Arc::new(vec![(format!("{}/healthz", server.addr), Vec::new())]);
+    let floor_targets = gets(vec![(format!("{}/healthz", server.addr), Vec::new())]);
     let (mut b, mut r, mut f) = (Run::default(), Run::default(), Run::default());
     for _ in 0..rounds {
         merge(&mut b, load(base_targets.clone(), clients, duration).await);
@@ -483,7 +603,7 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
     t
 }
 
-fn merge(into: &mut Run, r: Run) {
+pub(crate) fn merge(into: &mut Run, r: Run) {
     into.cpu_bench += r.cpu_bench;
     into.cpu_pg += r.cpu_pg;
     into.requests += r.requests;
@@ -494,7 +614,7 @@ fn merge(into: &mut Run, r: Run) {
     }
 }
 
-fn row(t: &mut Table, label: &str, r: &Run, base: &Run) {
+pub(crate) fn row(t: &mut Table, label: &str, r: &Run, base: &Run) {
     t.row(vec![
         label.to_owned(),
         format!("{:.0}", r.rps()),
@@ -572,7 +692,7 @@ pub async fn read_by_id_cached(
             ));
         }
     }
-    let (targets, base_targets) = (Arc::new(targets), Arc::new(base_targets));
+    let (targets, base_targets) = (gets(targets), gets(base_targets));
     load(targets.clone(), clients, duration / 2).await;
     load(base_targets.clone(), clients, duration / 2).await;
     let (mut b, mut r) = (Run::default(), Run::default());
@@ -621,7 +741,7 @@ pub async fn profile(side: &str, tenants: usize, duration: Duration, clients: us
             });
         }
     }
-    let targets = Arc::new(targets);
+    let targets = gets(targets);
     load(targets.clone(), clients, Duration::from_secs(1)).await;
     eprintln!("profiling {side} now");
     load(targets, clients, duration).await

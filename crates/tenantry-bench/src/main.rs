@@ -82,6 +82,23 @@ enum Scenario {
         #[arg(long)]
         profile: Option<String>,
     },
+    /// List 50, create and a read/write mix in every placement vs the baseline, and read
+    /// latency at 10 / 1,000 / 10,000 shared, 10 / 1,000 schema and 10 / 200 database tenants.
+    Workloads {
+        /// Tenants per placement for the operations table.
+        #[arg(long, default_value_t = 20)]
+        tenants: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 4)]
+        seconds: u64,
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Skip the tenant-count table (it seeds 11,000+ tenants).
+        #[arg(long)]
+        operations_only: bool,
+    },
     /// Jobs per second with 1, 100 and 1,000 tenants active.
     Jobs {
         #[arg(long, default_value_t = 20_000)]
@@ -126,6 +143,37 @@ async fn main() {
             report::publish(
                 "scoped-read",
                 &format!("reads={reads} smoke={smoke}"),
+                &tables,
+            );
+        }
+        Scenario::Workloads {
+            tenants,
+            seconds,
+            rounds,
+            clients,
+            operations_only,
+        } => {
+            let d = std::time::Duration::from_millis(if smoke { 200 } else { seconds * 1000 });
+            let rounds = if smoke { 1 } else { rounds };
+            let mut tables = vec![
+                tenantry_bench::workloads::operations(scale(tenants, 2), d, rounds, clients).await,
+            ];
+            if !operations_only {
+                let (shared, schema, database) = if smoke {
+                    (vec![2, 4], vec![2, 3], vec![2, 3])
+                } else {
+                    (vec![10, 1_000, 10_000], vec![10, 1_000], vec![10, 200])
+                };
+                tables.push(
+                    tenantry_bench::workloads::tenant_scale(
+                        &shared, &schema, &database, d, rounds, clients,
+                    )
+                    .await,
+                );
+            }
+            report::publish(
+                "workloads",
+                &format!("tenants={tenants} seconds={seconds} rounds={rounds} clients={clients} smoke={smoke}"),
                 &tables,
             );
         }

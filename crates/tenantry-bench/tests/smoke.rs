@@ -57,3 +57,13 @@ async fn http_scenarios_run() {
     assert_eq!(t.rows.len(), 2);
     assert!(tenantry_bench::http::svg("t", &[("a".into(), 1.0)]).starts_with("<svg"));
 }
+
+#[tokio::test]
+async fn workload_scenarios_run() {
+    let d = std::time::Duration::from_millis(150);
+    let t = tenantry_bench::workloads::operations(2, d, 1, 2).await;
+    // list, create: baseline + 3 placements; mixed: baseline + shared.
+    assert_eq!(t.rows.len(), 4 + 4 + 2);
+    let t = tenantry_bench::workloads::tenant_scale(&[1, 3], &[1, 2], &[1, 2], d, 1, 2).await;
+    assert_eq!(t.rows.len(), 6);
+}

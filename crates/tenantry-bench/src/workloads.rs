@@ -1,0 +1,328 @@
+//! The rest of issue #7's matrix over HTTP: list 50, create and a read/write mix in every
+//! placement against the hand-written baseline doing the same SQL, and how read latency moves
+//! with the number of tenants (shared 10 / 1,000 / 10,000, schema 10 / 1,000, database 10 /
+//! 200 over a connection budget of 40). Runs alternate within each round.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::http::{
+    load, merge, row, start_baseline, Run, Server, Target, ADMIN, CPU_BENCH, CPU_PG,
+};
+use crate::report::Table;
+
+/// One seeded tenant.
+#[derive(Debug, Clone)]
+pub struct Seeded {
+    pub slug: String,
+    pub key: String,
+    pub user: String,
+    pub orders: Vec<String>,
+}
+
+/// Creates `n` tenants named `<prefix><i>` on the `bench` plan, `parallel` at a time, each with
+/// a key, a user and `orders` orders.
+pub async fn seed(
+    server: &Server,
+    prefix: &str,
+    n: usize,
+    isolation: &str,
+    orders: usize,
+    parallel: usize,
+) -> Vec<Seeded> {
+    let mut out: Vec<Seeded> = futures_util::stream::iter(0..n)
+        .map(|i| async move {
+            let slug = format!("{prefix}{i}");
+            server
+                .post(
+                    "/admin/v1/tenants",
+                    ADMIN,
+                    json!({"slug": slug, "name": slug, "plan": "bench", "isolation": isolation}),
+                )
+                .await;
+            let key = server
+                .post(
+                    &format!("/admin/v1/tenants/{slug}/api-keys"),
+                    ADMIN,
+                    json!({"name": "k"}),
+                )
+                .await["key"]
+                .as_str()
+                .expect("a key")
+                .to_owned();
+            let user = server
+                .post("/v1/users", &key, json!({"email": "b@b.io", "name": "b"}))
+                .await["id"]
+                .as_str()
+                .expect("a user")
+                .to_owned();
+            let mut ids = Vec::with_capacity(orders);
+            for a in 0..orders {
+                let o = server
+                    .post(
+                        "/v1/orders",
+                        &key,
+                        json!({"user_id": user, "amount_cents": a, "currency": "EUR"}),
+                    )
+                    .await;
+                ids.push(o["id"].as_str().expect("an order").to_owned());
+            }
+            Seeded {
+                slug,
+                key,
+                user,
+                orders: ids,
+            }
+        })
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    out.sort_by(|a, b| a.slug.cmp(&b.slug));
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Read,
+    List,
+    Create,
+    /// 80% reads by id, 10% lists, 10% creates.
+    Mixed,
+}
+
+impl Op {
+    fn label(self) -> &'static str {
+        match self {
+            Op::Read => "read one order by id",
+            Op::List => "list 50 orders",
+            Op::Create => "create an order",
+            Op::Mixed => "mixed: 80% read, 10% list, 10% create",
+        }
+    }
+}
+
+fn auth(key: &str) -> Vec<(String, String)> {
+    vec![("authorization".to_owned(), format!("Bearer {key}"))]
+}
+
+fn create_body(t: &Seeded) -> Option<String> {
+    Some(json!({"user_id": t.user, "amount_cents": 1234, "currency": "EUR"}).to_string())
+}
+
+/// Tenantry targets for an operation over some tenants.
+pub fn targets(addr: &str, op: Op, tenants: &[Seeded]) -> Arc<Vec<Target>> {
+    let mut v = Vec::new();
+    for t in tenants {
+        let read = |id: &String| Target {
+            method: Method::GET,
+            url: format!("{addr}/v1/orders/{id}"),
+            headers: auth(&t.key),
+            body: None,
+        };
+        let list = Target {
+            method: Method::GET,
+            url: format!("{addr}/v1/orders?limit=50"),
+            headers: auth(&t.key),
+            body: None,
+        };
+        let create = Target {
+            method: Method::POST,
+            url: format!("{addr}/v1/orders"),
+            headers: auth(&t.key),
+            body: create_body(t),
+        };
+        match op {
+            Op::Read => v.extend(t.orders.iter().take(4).map(read)),
+            Op::List => v.push(list),
+            Op::Create => v.push(create),
+            Op::Mixed => {
+                v.extend(t.orders.iter().take(8).map(read));
+                v.push(list);
+                v.push(create);
+            }
+        }
+    }
+    Arc::new(v)
+}
+
+/// The baseline's targets for the same operation over the same (shared) tenants.
+pub fn baseline_targets(base: &str, op: Op, tenants: &[Seeded]) -> Arc<Vec<Target>> {
+    let mut v = Vec::new();
+    for t in tenants {
+        let hdr = vec![("x-tenant-id".to_owned(), t.slug.clone())];
+        let read = |id: &String| Target {
+            method: Method::GET,
+            url: format!("{base}/orders/{id}"),
+            headers: hdr.clone(),
+            body: None,
+        };
+        let list = Target {
+            method: Method::GET,
+            url: format!("{base}/orders"),
+            headers: hdr.clone(),
+            body: None,
+        };
+        let create = Target {
+            method: Method::POST,
+            url: format!("{base}/orders"),
+            headers: hdr.clone(),
+            body: create_body(t),
+        };
+        match op {
+            Op::Read => v.extend(t.orders.iter().take(4).map(read)),
+            Op::List => v.push(list),
+            Op::Create => v.push(create),
+            Op::Mixed => {
+                v.extend(t.orders.iter().take(8).map(read));
+                v.push(list);
+                v.push(create);
+            }
+        }
+    }
+    Arc::new(v)
+}
+
+fn headers() -> Vec<&'static str> {
+    vec![
+        "scenario",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "req/s ratio",
+        "p99 ratio",
+        CPU_BENCH,
+        CPU_PG,
+    ]
+}
+
+/// List, create and mixed in every placement (read by id is the `http` scenario's table),
+/// each against the baseline doing the same operation, alternating.
+pub async fn operations(
+    tenants: usize,
+    duration: Duration,
+    rounds: usize,
+    clients: usize,
+) -> Table {
+    let server = Server::start(false).await;
+    let (base, _baseline) = start_baseline(&server.db_url, 16).await;
+    let mut by_placement = Vec::new();
+    for placement in ["shared", "schema", "database"] {
+        let seeded = seed(&server, &placement[..2], tenants, placement, 55, 4).await;
+        by_placement.push((placement, seeded));
+    }
+    let shared = &by_placement[0].1;
+    let mut t = Table::new(
+        &format!("Operations by placement vs the hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
+        &headers(),
+    );
+    for op in [Op::List, Op::Create, Op::Mixed] {
+        let base_targets = baseline_targets(&base, op, shared);
+        let sides: Vec<(&str, Arc<Vec<Target>>)> = by_placement
+            .iter()
+            .filter(|(p, _)| op != Op::Mixed || *p == "shared")
+            .map(|(p, s)| (*p, targets(&server.addr, op, s)))
+            .collect();
+        load(base_targets.clone(), clients, duration / 3).await;
+        for (_, s) in &sides {
+            load(s.clone(), clients, duration / 3).await;
+        }
+        let mut b = Run::default();
+        let mut runs: Vec<Run> = sides.iter().map(|_| Run::default()).collect();
+        for _ in 0..rounds {
+            merge(&mut b, load(base_targets.clone(), clients, duration).await);
+            for (k, (_, s)) in sides.iter().enumerate() {
+                merge(&mut runs[k], load(s.clone(), clients, duration).await);
+            }
+        }
+        row(&mut t, &format!("{}: baseline", op.label()), &b, &b);
+        for (k, (p, _)) in sides.iter().enumerate() {
+            row(
+                &mut t,
+                &format!("{}: tenantry, {p}", op.label()),
+                &runs[k],
+                &b,
+            );
+            let bad: usize = runs[k]
+                .statuses
+                .iter()
+                .filter(|(s, _)| **s >= 300)
+                .map(|(_, n)| n)
+                .sum();
+            assert_eq!(bad, 0, "{} {p}: {:?}", op.label(), runs[k].statuses);
+        }
+    }
+    t
+}
+
+/// Read-by-id latency as the number of tenants grows, each row against the small fleet of the
+/// same placement in the same rounds. `shared` and `schema` are (small, large...) tenant
+/// counts; database tenants run over a 40-connection budget.
+pub async fn tenant_scale(
+    shared: &[usize],
+    schema: &[usize],
+    database: &[usize],
+    duration: Duration,
+    rounds: usize,
+    clients: usize,
+) -> Table {
+    let server = Server::start(false).await;
+    let mut t = Table::new(
+        &format!("Read one order by id as the tenant count grows (requests spread evenly over the tenants, {clients} clients)"),
+        &[
+            "placement, tenants",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "req/s vs fewest",
+            "p99 vs fewest",
+            CPU_BENCH,
+            CPU_PG,
+        ],
+    );
+    for (placement, counts) in [
+        ("shared", shared),
+        ("schema", schema),
+        ("database", database),
+    ] {
+        let Some(&most) = counts.iter().max() else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let seeded = seed(
+            &server,
+            &format!("s{}", &placement[..2]),
+            most,
+            placement,
+            1,
+            8,
+        )
+        .await;
+        eprintln!(
+            "seeded {most} {placement} tenants in {:.1?}",
+            started.elapsed()
+        );
+        let sets: Vec<(usize, Arc<Vec<Target>>)> = counts
+            .iter()
+            .map(|&n| (n, targets(&server.addr, Op::Read, &seeded[..n])))
+            .collect();
+        for (_, s) in &sets {
+            load(s.clone(), clients, duration / 2).await;
+        }
+        let mut runs: Vec<Run> = sets.iter().map(|_| Run::default()).collect();
+        for _ in 0..rounds {
+            for (k, (_, s)) in sets.iter().enumerate() {
+                merge(&mut runs[k], load(s.clone(), clients, duration).await);
+            }
+        }
+        for (k, (n, _)) in sets.iter().enumerate() {
+            row(&mut t, &format!("{placement}, {n}"), &runs[k], &runs[0]);
+        }
+    }
+    t
+}
