@@ -367,12 +367,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            record_metrics,
-        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn(limit_headers))
+        .layer(middleware::from_fn_with_state(state.clone(), edge))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(
             TraceLayer::new_for_http()
@@ -402,39 +398,17 @@ pub fn router(state: AppState) -> Router {
         .layer(RequestIdLayer)
 }
 
-/// Counts every request by route template and status, and by tenant where one was resolved
-/// (or rate-limited).
-async fn record_metrics(
+/// Requests whose headers total more than this are refused with 431 before any work.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// What every request passes once, in one middleware: the header-size limit (431), then the
+/// request metrics by route template, method and status, and by tenant where one was resolved
+/// (a 429 for its tenant too).
+async fn edge(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: axum::extract::Request,
     next: middleware::Next,
 ) -> Response {
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|m| m.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().as_str().to_owned();
-    let start = std::time::Instant::now();
-    let res = next.run(req).await;
-    let tenant = tenantry::TenantContext::from_response(&res)
-        .map(|c| c.tenant_id().clone())
-        .or_else(|| res.extensions().get::<tenantry::TenantId>().cloned());
-    state.metrics.record(
-        &route,
-        &method,
-        res.status().as_u16(),
-        start.elapsed(),
-        tenant.as_ref(),
-    );
-    res
-}
-
-/// Requests whose headers total more than this are refused with 431 before any work.
-const MAX_HEADER_BYTES: usize = 16 * 1024;
-
-/// Oversized headers get a problem+json 431 (hyper itself only refuses far larger ones).
-async fn limit_headers(req: axum::extract::Request, next: middleware::Next) -> Response {
     let total: usize = req
         .headers()
         .iter()
@@ -447,7 +421,25 @@ async fn limit_headers(req: axum::extract::Request, next: middleware::Next) -> R
         )
         .into_response();
     }
-    next.run(req).await
+    // Layers added to the router run per route, after routing: the template is known here.
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .cloned();
+    let method = req.method().clone();
+    let start = std::time::Instant::now();
+    let res = next.run(req).await;
+    let tenant = tenantry::TenantContext::from_response(&res)
+        .map(|c| c.tenant_id().clone())
+        .or_else(|| res.extensions().get::<tenantry::TenantId>().cloned());
+    state.metrics.record(
+        route.as_ref().map_or("unmatched", |r| r.as_str()),
+        method.as_str(),
+        res.status().as_u16(),
+        start.elapsed(),
+        tenant.as_ref(),
+    );
+    res
 }
 
 async fn not_found() -> Problem {

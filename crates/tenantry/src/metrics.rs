@@ -30,10 +30,17 @@ struct Histogram {
     count: u64,
 }
 
+/// Counts and latency of one route template. Keyed by the template so that recording a request
+/// allocates nothing once its route, method and status have been seen.
+#[derive(Default)]
+struct Route {
+    requests: HashMap<(&'static str, u16), u64>,
+    latency: Histogram,
+}
+
 #[derive(Default)]
 struct Inner {
-    requests: HashMap<(String, String, u16), u64>,
-    latency: HashMap<String, Histogram>,
+    routes: HashMap<String, Route>,
     tenants: HashMap<TenantId, (u64, u64)>,
     /// Requests and rate-limited requests of tenants folded out of `tenants`.
     folded: (u64, u64),
@@ -69,10 +76,14 @@ impl Metrics {
         tenant: Option<&TenantId>,
     ) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        *m.requests
-            .entry((route.to_owned(), method.to_owned(), status))
+        let r = match m.routes.get_mut(route) {
+            Some(r) => r,
+            None => m.routes.entry(route.to_owned()).or_default(),
+        };
+        *r.requests
+            .entry((method_label(method), status))
             .or_default() += 1;
-        let h = m.latency.entry(route.to_owned()).or_default();
+        let h = &mut r.latency;
         if h.counts.is_empty() {
             h.counts = vec![0; BUCKETS.len()];
         }
@@ -102,9 +113,18 @@ impl Metrics {
         let mut out = String::new();
         out.push_str("# HELP tenantry_http_requests_total HTTP requests by route template, method and status.\n");
         out.push_str("# TYPE tenantry_http_requests_total counter\n");
-        let mut reqs: Vec<_> = m.requests.iter().collect();
+        let mut routes: Vec<_> = m.routes.iter().collect();
+        routes.sort_by(|a, b| a.0.cmp(b.0));
+        let mut reqs: Vec<_> = routes
+            .iter()
+            .flat_map(|(route, r)| {
+                r.requests
+                    .iter()
+                    .map(move |((m, s), n)| (*route, *m, *s, *n))
+            })
+            .collect();
         reqs.sort();
-        for ((route, method, status), n) in reqs {
+        for (route, method, status, n) in reqs {
             let _ = writeln!(
                 out,
                 "tenantry_http_requests_total{{route=\"{}\",method=\"{}\",status=\"{status}\"}} {n}",
@@ -116,9 +136,7 @@ impl Metrics {
             "# HELP tenantry_http_request_duration_seconds Request latency by route template.\n",
         );
         out.push_str("# TYPE tenantry_http_request_duration_seconds histogram\n");
-        let mut lat: Vec<_> = m.latency.iter().collect();
-        lat.sort_by(|a, b| a.0.cmp(b.0));
-        for (route, h) in lat {
+        for (route, h) in routes.iter().map(|(route, r)| (route, &r.latency)) {
             let r = esc(route);
             for (i, b) in BUCKETS.iter().enumerate() {
                 let _ = writeln!(
@@ -205,6 +223,15 @@ fn fold_least_active(m: &mut Inner) {
         m.folded.1 += l;
     }
     m.tenants = v.into_iter().take(keep).collect();
+}
+
+/// The method as a static label: the standard ones by name, anything else as `OTHER` (so a
+/// client cannot mint new series with made-up methods).
+fn method_label(m: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN.iter().find(|k| **k == m).copied().unwrap_or("OTHER")
 }
 
 fn esc(s: &str) -> String {

@@ -130,27 +130,27 @@ where
     }
 }
 
-/// The IETF draft headers (`RateLimit-Policy`, `RateLimit`) and the older trio.
+/// The IETF draft headers (`RateLimit-Policy`, `RateLimit`) and the older trio. On every
+/// tenant-plane response, so names are static and numbers are encoded without `format!`.
 pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
+    use http::header::HeaderName;
+    static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+    static STATE: HeaderName = HeaderName::from_static("ratelimit");
+    static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+    static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+    static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
     let window = d.window_secs;
-    let pairs = [
-        (
-            "ratelimit-policy",
-            format!("\"{policy}\";q={};w={window}", d.limit),
-        ),
-        (
-            "ratelimit",
-            format!("\"{policy}\";r={};t={}", d.remaining, d.reset_secs),
-        ),
-        ("ratelimit-limit", d.limit.to_string()),
-        ("ratelimit-remaining", d.remaining.to_string()),
-        ("ratelimit-reset", d.reset_secs.to_string()),
-    ];
-    for (name, value) in pairs {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            h.insert(name, v);
-        }
+    if let Ok(v) = HeaderValue::try_from(format!("\"{policy}\";q={};w={window}", d.limit)) {
+        h.insert(POLICY.clone(), v);
     }
+    if let Ok(v) =
+        HeaderValue::try_from(format!("\"{policy}\";r={};t={}", d.remaining, d.reset_secs))
+    {
+        h.insert(STATE.clone(), v);
+    }
+    h.insert(LIMIT.clone(), HeaderValue::from(d.limit));
+    h.insert(REMAINING.clone(), HeaderValue::from(d.remaining));
+    h.insert(RESET.clone(), HeaderValue::from(d.reset_secs));
 }
 
 impl TenantContext {
