@@ -23,6 +23,15 @@
 //! - [`operations`]: long-running admin operations (fleet migrations) and their progress.
 //! - [`tenancy`]: [`Tenancy`], which ties them together.
 //!
+//! # Features
+//!
+//! - `openapi`: `utoipa::ToSchema` for the public resource types ([`Tenant`], API keys, jobs,
+//!   operations, audit entries, problem codes), so an application's OpenAPI document can
+//!   describe them without mirroring them.
+//!
+//! A complete example app (its own table and routes behind [`TenancyLayer`]) is
+//! `examples/notes.rs`.
+//!
 //! # Quick start
 //!
 //! ```no_run

@@ -12,10 +12,12 @@
 //! - a transaction that is dropped unfinished (an error, a panic, a client that hung up and so
 //!   cancelled the handler's future) is rolled back before the connection can serve anyone else.
 //!
-//! Cost: `BEGIN`, the settings and the first statement are pipelined into one round trip, and
-//! [`TenantDb::run`] pipelines `COMMIT` too, so a single-statement read or write costs exactly
-//! one round trip, the same as a bare query. Multi-statement transactions pay one round trip per
-//! statement plus one for `COMMIT`.
+//! Cost: a read through [`TenantDb::run`] of a `shared` or `database` tenant is one statement
+//! that sets the tenant itself (see `single_statement`): one round trip and one statement for
+//! PostgreSQL. Otherwise `BEGIN`, the settings and the first statement are pipelined into one
+//! round trip, and [`TenantDb::run`] pipelines `COMMIT` too, so a single-statement write also
+//! costs one round trip. Multi-statement transactions pay one round trip per statement plus one
+//! for `COMMIT`.
 //!
 //! Prepared statements are cached per connection and shared by every schema tenant (the plan
 //! cache re-plans when `search_path` changes). While a fleet migration is changing the shape of
