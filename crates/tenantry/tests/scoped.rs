@@ -527,3 +527,48 @@ async fn schema_tenants_never_fall_through_to_other_schemas() {
     // (No tenant filter: refused before it is sent.)
     assert!(row.is_err());
 }
+
+/// Schema tenants get one prepared statement per schema on a connection (PostgreSQL would
+/// otherwise re-analyse a shared statement each time `search_path` changes), and each still
+/// reads only its own schema.
+#[tokio::test]
+async fn schema_tenants_keep_a_prepared_statement_each() {
+    let (cfg, name) = fresh_db().await;
+    let settings = PoolSettings {
+        runtime_max: 1,
+        ..PoolSettings::default()
+    };
+    let db = connect(cfg.clone(), &name, &settings).await;
+    let a = ctx_in(&db, "sa", tenantry::Isolation::Schema).await;
+    let b = ctx_in(&db, "sb", tenantry::Isolation::Schema).await;
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute(
+        "INSERT INTO t_sa.notes VALUES ('sa', 1, 'a'); INSERT INTO t_sb.notes VALUES ('sb', 1, 'b')",
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        for (ctx, body) in [(&a, "a"), (&b, "b")] {
+            let rows = ctx
+                .db()
+                .run("SELECT body FROM notes WHERE tenant_id = $1", &[])
+                .await
+                .unwrap();
+            let bodies: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            assert_eq!(bodies, vec![body.to_owned()]);
+        }
+    }
+    // The one runtime connection holds a statement per schema.
+    let rt = db.runtime().get().await.unwrap();
+    let rows = rt
+        .query(
+            "SELECT statement FROM pg_prepared_statements WHERE statement LIKE 'SELECT body%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let texts: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert!(texts.iter().any(|t| t.contains("t_sa")) && texts.iter().any(|t| t.contains("t_sb")));
+}

@@ -43,6 +43,9 @@ const SCOPE_SQL: &str =
 const SCOPE_SCHEMA_SQL: &str = "SELECT set_config('app.tenant_id', $1, true), \
      set_config('statement_timeout', $2, true), set_config('search_path', $3, true)";
 
+/// Prepared statements a connection keeps before schema tenants share one statement again.
+const PER_SCHEMA_STATEMENTS: usize = 512;
+
 /// The marker every tenant statement must contain. Checked on every call; it is cheap (a
 /// substring search over a short static string) and turns a forgotten tenant filter into an
 /// error in the first test that runs the statement.
@@ -437,9 +440,10 @@ impl ScopedTx {
         } else {
             SCOPE_SQL
         };
+        let text = self.text(sql)?;
         let client = self.conn.client()?;
         client.batch_execute("ROLLBACK").await?;
-        client.statement_cache.remove(sql, &[]);
+        client.statement_cache.remove(&text, &[]);
         let scope = client.prepare_cached(scope_sql).await?;
         let tenant: &str = self.tenant.as_str();
         let path: &str = self.search_path.as_deref().unwrap_or_default();
@@ -457,7 +461,7 @@ impl ScopedTx {
         let (b, s, p) = tokio::join!(
             client.batch_execute("BEGIN"),
             client.query(&scope, &scope_params),
-            client.prepare_cached(sql)
+            client.prepare_cached(&text)
         );
         b?;
         s?;
@@ -487,8 +491,9 @@ impl ScopedTx {
         all.push(&tenant);
         all.extend_from_slice(params);
 
+        let text = self.text(sql)?;
         let rows = if self.state == TxState::Fresh {
-            let (scope, stmt) = self.prepare_pair(sql).await?;
+            let (scope, stmt) = self.prepare_pair(&text).await?;
             // Mark the transaction open *before* the first poll sends BEGIN, so that a
             // cancellation at any await point below still rolls the connection back.
             self.state = TxState::Open;
@@ -520,7 +525,7 @@ impl ScopedTx {
             }
         } else {
             let client = self.conn.client()?;
-            let stmt = client.prepare_cached(sql).await?;
+            let stmt = client.prepare_cached(&text).await?;
             let rows = client.query(&stmt, &all).await?;
             if commit {
                 client.batch_execute("COMMIT").await?;
@@ -529,6 +534,22 @@ impl ScopedTx {
             rows
         };
         Ok(rows)
+    }
+
+    /// The statement text to prepare. For a `schema` tenant it names the schema in a trailing
+    /// comment, so each connection keeps one prepared statement per schema: PostgreSQL re-analyses
+    /// a cached statement whenever `search_path` differs from the one it was last planned under,
+    /// so one statement shared by every schema is re-planned on nearly every use. Bounded per
+    /// connection (beyond it, the shared statement as before), since each costs server memory.
+    fn text(&self, sql: &'static str) -> Result<std::borrow::Cow<'static, str>, DbError> {
+        Ok(match &self.search_path {
+            Some(path) if self.conn.client()?.statement_cache.size() < PER_SCHEMA_STATEMENTS => {
+                // `path` is a quoted identifier made from a slug ([a-z0-9-]): it cannot end
+                // the comment.
+                std::borrow::Cow::Owned(format!("{sql}\n/* tenantry schema {path} */"))
+            }
+            _ => std::borrow::Cow::Borrowed(sql),
+        })
     }
 
     /// Both statements come from the per-connection cache; on a new connection their two
