@@ -98,6 +98,9 @@ enum Scenario {
         /// Skip the tenant-count table (it seeds 11,000+ tenants).
         #[arg(long)]
         operations_only: bool,
+        /// Only the tenant-count table, for these placements (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        scale_only: Option<Vec<String>>,
     },
     /// Jobs per second with 1, 100 and 1,000 tenants active.
     Jobs {
@@ -152,18 +155,34 @@ async fn main() {
             rounds,
             clients,
             operations_only,
+            scale_only,
         } => {
             let d = std::time::Duration::from_millis(if smoke { 200 } else { seconds * 1000 });
             let rounds = if smoke { 1 } else { rounds };
-            let mut tables = vec![
-                tenantry_bench::workloads::operations(scale(tenants, 2), d, rounds, clients).await,
-            ];
+            let mut tables = Vec::new();
+            if scale_only.is_none() {
+                tables.push(
+                    tenantry_bench::workloads::operations(scale(tenants, 2), d, rounds, clients)
+                        .await,
+                );
+            }
             if !operations_only {
-                let (shared, schema, database) = if smoke {
+                let (mut shared, mut schema, mut database) = if smoke {
                     (vec![2, 4], vec![2, 3], vec![2, 3])
                 } else {
                     (vec![10, 1_000, 10_000], vec![10, 1_000], vec![10, 200])
                 };
+                if let Some(only) = &scale_only {
+                    for (name, counts) in [
+                        ("shared", &mut shared),
+                        ("schema", &mut schema),
+                        ("database", &mut database),
+                    ] {
+                        if !only.iter().any(|o| o == name) {
+                            counts.clear();
+                        }
+                    }
+                }
                 tables.push(
                     tenantry_bench::workloads::tenant_scale(
                         &shared, &schema, &database, d, rounds, clients,
@@ -171,8 +190,14 @@ async fn main() {
                     .await,
                 );
             }
+            // A partial run does not overwrite the full results.
+            let name = if scale_only.is_some() || operations_only {
+                "workloads-partial"
+            } else {
+                "workloads"
+            };
             report::publish(
-                "workloads",
+                name,
                 &format!("tenants={tenants} seconds={seconds} rounds={rounds} clients={clients} smoke={smoke}"),
                 &tables,
             );
