@@ -29,6 +29,18 @@ pub(crate) const ADMIN: &str = "bench-admin-token-0123456789";
 pub(crate) const CPU_BENCH: &str = "µs CPU/req, bench process";
 /// CPU per request in PostgreSQL.
 pub(crate) const CPU_PG: &str = "µs CPU/req, PostgreSQL";
+/// The columns of every load table.
+pub(crate) const LOAD_COLUMNS: [&str; 9] = [
+    "scenario",
+    "req/s",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "req/s ratio",
+    "p99 ratio",
+    CPU_BENCH,
+    CPU_PG,
+];
 
 /// One load run's outcome.
 #[derive(Debug, Clone, Default)]
@@ -415,7 +427,7 @@ impl Server {
             .unwrap()
     }
 
-    /// A tenant (enterprise plan, so the limit does not interfere) with a key, a user and
+    /// A tenant on the `bench` plan (whose limits never interfere) with a key, a user and
     /// `orders` orders; returns (slug, key, order ids).
     pub async fn tenant(
         &self,
@@ -423,45 +435,8 @@ impl Server {
         isolation: &str,
         orders: usize,
     ) -> (String, String, Vec<String>) {
-        self.post(
-            "/admin/v1/tenants",
-            ADMIN,
-            json!({"slug": slug, "name": slug, "plan": "enterprise", "isolation": isolation}),
-        )
-        .await;
-        self.http
-            .patch(format!("{}/admin/v1/tenants/{slug}", self.addr))
-            .bearer_auth(ADMIN)
-            .json(&json!({"rate_limit": {"requests": 100_000_000, "per_seconds": 3600}}))
-            .send()
-            .await
-            .unwrap();
-        let key = self
-            .post(
-                &format!("/admin/v1/tenants/{slug}/api-keys"),
-                ADMIN,
-                json!({"name": "k"}),
-            )
-            .await["key"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let user = self
-            .post("/v1/users", &key, json!({"email": "b@b.io", "name": "b"}))
-            .await["id"]
-            .clone();
-        let mut ids = Vec::new();
-        for i in 0..orders {
-            let o = self
-                .post(
-                    "/v1/orders",
-                    &key,
-                    json!({"user_id": user, "amount_cents": i, "currency": "EUR"}),
-                )
-                .await;
-            ids.push(o["id"].as_str().unwrap().to_owned());
-        }
-        (slug.to_owned(), key, ids)
+        let t = crate::workloads::seed_one(self, slug.to_owned(), isolation, orders).await;
+        (t.slug, t.key, t.orders)
     }
 }
 
@@ -477,7 +452,7 @@ pub async fn read_by_id(
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let mut t = Table::new(
         &format!("Read one order by id: full stack vs hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
-        &["scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "req/s ratio", "p99 ratio", CPU_BENCH, CPU_PG],
+        &LOAD_COLUMNS,
     );
     let mut baseline_targets = Vec::new();
     let mut by_placement = Vec::new();
@@ -576,17 +551,7 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
     }
     let mut t = Table::new(
         "Rate-limited requests (429) vs baseline reads",
-        &[
-            "scenario",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "req/s ratio",
-            "p99 ratio",
-            CPU_BENCH,
-            CPU_PG,
-        ],
+        &LOAD_COLUMNS,
     );
     row(&mut t, "baseline read", &b, &b);
     row(
@@ -702,17 +667,7 @@ pub async fn read_by_id_cached(
     }
     let mut t = Table::new(
         "Read one order by id with the tenant cache on (the server's default)",
-        &[
-            "scenario",
-            "req/s",
-            "p50 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "req/s ratio",
-            "p99 ratio",
-            CPU_BENCH,
-            CPU_PG,
-        ],
+        &LOAD_COLUMNS,
     );
     row(&mut t, "baseline (every read hits the database)", &b, &b);
     row(&mut t, "tenantry, shared, order cache on", &r, &b);

@@ -9,7 +9,6 @@ use tenantry::db::BudgetSettings;
 use tenantry::jobs::{JobFuture, Worker, WorkerConfig};
 use tenantry::Isolation;
 use tenantry_server::migrations::TENANT_MIGRATIONS;
-use uuid::Uuid;
 
 use crate::placements::Fleet;
 use crate::report::Table;
@@ -98,23 +97,7 @@ pub async fn cache_vs_db(n: usize) -> Table {
     let fleet = Fleet::new(TENANT_MIGRATIONS, BudgetSettings::default()).await;
     fleet.create("c0", Isolation::Shared).await;
     let ctx = fleet.context("c0").await;
-    let user = Uuid::now_v7();
-    let order = Uuid::now_v7();
-    ctx.db()
-        .run(
-            "INSERT INTO users (tenant_id, id, email, name, role) VALUES ($1, $2, 'c@c.io', 'c', 'member')",
-            &[&user],
-        )
-        .await
-        .unwrap();
-    ctx.db()
-        .run(
-            "INSERT INTO orders (tenant_id, id, user_id, amount_cents, currency, status)
-             VALUES ($1, $2, $3, 1, 'EUR', 'paid')",
-            &[&order, &user],
-        )
-        .await
-        .unwrap();
+    let order = crate::placements::one_order(&ctx).await;
     let read = || async {
         ctx.db()
             .run_opt(

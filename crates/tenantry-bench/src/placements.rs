@@ -253,6 +253,27 @@ pub async fn migrate(schemas: usize, databases: usize, parallel: usize) -> Table
     t
 }
 
+/// Gives a tenant a user and one order, through its own scoped context; returns the order id.
+pub async fn one_order(ctx: &TenantContext) -> Uuid {
+    let (user, order) = (Uuid::now_v7(), Uuid::now_v7());
+    ctx.db()
+        .run(
+            "INSERT INTO users (tenant_id, id, email, name, role) VALUES ($1, $2, 'b@b.io', 'b', 'member')",
+            &[&user],
+        )
+        .await
+        .unwrap();
+    ctx.db()
+        .run(
+            "INSERT INTO orders (tenant_id, id, user_id, amount_cents, currency, status)
+             VALUES ($1, $2, $3, 100, 'EUR', 'paid')",
+            &[&order, &user],
+        )
+        .await
+        .unwrap();
+    order
+}
+
 /// Scoped-read latency (one order by id, through `ctx.db().run`) spread over the first `small`
 /// tenants versus all `large` tenants of one placement, in interleaved rounds.
 pub async fn scoped_read(
@@ -269,23 +290,7 @@ pub async fn scoped_read(
     let mut targets = Vec::with_capacity(large);
     for i in 0..large {
         let ctx = fleet.context(&format!("t{i}")).await;
-        let user = Uuid::now_v7();
-        let order = Uuid::now_v7();
-        ctx.db()
-            .run(
-                "INSERT INTO users (tenant_id, id, email, name, role) VALUES ($1, $2, 'b@b.io', 'b', 'member')",
-                &[&user],
-            )
-            .await
-            .unwrap();
-        ctx.db()
-            .run(
-                "INSERT INTO orders (tenant_id, id, user_id, amount_cents, currency, status)
-                 VALUES ($1, $2, $3, 100, 'EUR', 'paid')",
-                &[&order, &user],
-            )
-            .await
-            .unwrap();
+        let order = one_order(&ctx).await;
         targets.push((ctx, order));
     }
     eprintln!(
@@ -379,22 +384,7 @@ pub async fn db_path(tenants: usize, seconds: f64, rounds: usize, concurrency: u
     let mut targets = Vec::new();
     for i in 0..tenants {
         let ctx = fleet.context(&format!("t{i}")).await;
-        let (user, order) = (Uuid::now_v7(), Uuid::now_v7());
-        ctx.db()
-            .run(
-                "INSERT INTO users (tenant_id, id, email, name, role) VALUES ($1, $2, 'b@b.io', 'b', 'member')",
-                &[&user],
-            )
-            .await
-            .unwrap();
-        ctx.db()
-            .run(
-                "INSERT INTO orders (tenant_id, id, user_id, amount_cents, currency, status)
-                 VALUES ($1, $2, $3, 100, 'EUR', 'paid')",
-                &[&order, &user],
-            )
-            .await
-            .unwrap();
+        let order = one_order(&ctx).await;
         targets.push((ctx, order));
     }
     let targets = Arc::new(targets);

@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::http::{
-    load, merge, row, start_baseline, Run, Server, Target, ADMIN, CPU_BENCH, CPU_PG,
+    load, merge, row, start_baseline, Run, Server, Target, ADMIN, CPU_BENCH, CPU_PG, LOAD_COLUMNS,
 };
 use crate::report::Table;
 
@@ -35,54 +35,56 @@ pub async fn seed(
     parallel: usize,
 ) -> Vec<Seeded> {
     let mut out: Vec<Seeded> = futures_util::stream::iter(0..n)
-        .map(|i| async move {
-            let slug = format!("{prefix}{i}");
-            server
-                .post(
-                    "/admin/v1/tenants",
-                    ADMIN,
-                    json!({"slug": slug, "name": slug, "plan": "bench", "isolation": isolation}),
-                )
-                .await;
-            let key = server
-                .post(
-                    &format!("/admin/v1/tenants/{slug}/api-keys"),
-                    ADMIN,
-                    json!({"name": "k"}),
-                )
-                .await["key"]
-                .as_str()
-                .expect("a key")
-                .to_owned();
-            let user = server
-                .post("/v1/users", &key, json!({"email": "b@b.io", "name": "b"}))
-                .await["id"]
-                .as_str()
-                .expect("a user")
-                .to_owned();
-            let mut ids = Vec::with_capacity(orders);
-            for a in 0..orders {
-                let o = server
-                    .post(
-                        "/v1/orders",
-                        &key,
-                        json!({"user_id": user, "amount_cents": a, "currency": "EUR"}),
-                    )
-                    .await;
-                ids.push(o["id"].as_str().expect("an order").to_owned());
-            }
-            Seeded {
-                slug,
-                key,
-                user,
-                orders: ids,
-            }
-        })
+        .map(|i| seed_one(server, format!("{prefix}{i}"), isolation, orders))
         .buffer_unordered(parallel)
         .collect()
         .await;
     out.sort_by(|a, b| a.slug.cmp(&b.slug));
     out
+}
+
+/// One tenant on the `bench` plan with a key, a user and `orders` orders.
+pub async fn seed_one(server: &Server, slug: String, isolation: &str, orders: usize) -> Seeded {
+    server
+        .post(
+            "/admin/v1/tenants",
+            ADMIN,
+            json!({"slug": slug, "name": slug, "plan": "bench", "isolation": isolation}),
+        )
+        .await;
+    let key = server
+        .post(
+            &format!("/admin/v1/tenants/{slug}/api-keys"),
+            ADMIN,
+            json!({"name": "k"}),
+        )
+        .await["key"]
+        .as_str()
+        .expect("a key")
+        .to_owned();
+    let user = server
+        .post("/v1/users", &key, json!({"email": "b@b.io", "name": "b"}))
+        .await["id"]
+        .as_str()
+        .expect("a user")
+        .to_owned();
+    let mut ids = Vec::with_capacity(orders);
+    for a in 0..orders {
+        let o = server
+            .post(
+                "/v1/orders",
+                &key,
+                json!({"user_id": user, "amount_cents": a, "currency": "EUR"}),
+            )
+            .await;
+        ids.push(o["id"].as_str().expect("an order").to_owned());
+    }
+    Seeded {
+        slug,
+        key,
+        user,
+        orders: ids,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,38 +115,54 @@ fn create_body(t: &Seeded) -> Option<String> {
     Some(json!({"user_id": t.user, "amount_cents": 1234, "currency": "EUR"}).to_string())
 }
 
+/// Where an operation's requests go: the URL of an order, of the list, and the headers that
+/// name the tenant (a key for Tenantry, `X-Tenant-Id` for the baseline).
+struct Side<'a> {
+    order: &'a dyn Fn(&str) -> String,
+    list: String,
+    create: String,
+    headers: Vec<(String, String)>,
+}
+
+fn side_targets(op: Op, t: &Seeded, side: Side<'_>, v: &mut Vec<Target>) {
+    let target = |method, url: String, body| Target {
+        method,
+        url,
+        headers: side.headers.clone(),
+        body,
+    };
+    let reads = |n| {
+        t.orders
+            .iter()
+            .take(n)
+            .map(|id| target(Method::GET, (side.order)(id), None))
+    };
+    let list = || target(Method::GET, side.list.clone(), None);
+    let create = || target(Method::POST, side.create.clone(), create_body(t));
+    match op {
+        Op::Read => v.extend(reads(4)),
+        Op::List => v.push(list()),
+        Op::Create => v.push(create()),
+        Op::Mixed => {
+            v.extend(reads(8));
+            v.push(list());
+            v.push(create());
+        }
+    }
+}
+
 /// Tenantry targets for an operation over some tenants.
 pub fn targets(addr: &str, op: Op, tenants: &[Seeded]) -> Arc<Vec<Target>> {
     let mut v = Vec::new();
+    let order = |id: &str| format!("{addr}/v1/orders/{id}");
     for t in tenants {
-        let read = |id: &String| Target {
-            method: Method::GET,
-            url: format!("{addr}/v1/orders/{id}"),
+        let side = Side {
+            order: &order,
+            list: format!("{addr}/v1/orders?limit=50"),
+            create: format!("{addr}/v1/orders"),
             headers: auth(&t.key),
-            body: None,
         };
-        let list = Target {
-            method: Method::GET,
-            url: format!("{addr}/v1/orders?limit=50"),
-            headers: auth(&t.key),
-            body: None,
-        };
-        let create = Target {
-            method: Method::POST,
-            url: format!("{addr}/v1/orders"),
-            headers: auth(&t.key),
-            body: create_body(t),
-        };
-        match op {
-            Op::Read => v.extend(t.orders.iter().take(4).map(read)),
-            Op::List => v.push(list),
-            Op::Create => v.push(create),
-            Op::Mixed => {
-                v.extend(t.orders.iter().take(8).map(read));
-                v.push(list);
-                v.push(create);
-            }
-        }
+        side_targets(op, t, side, &mut v);
     }
     Arc::new(v)
 }
@@ -152,52 +170,17 @@ pub fn targets(addr: &str, op: Op, tenants: &[Seeded]) -> Arc<Vec<Target>> {
 /// The baseline's targets for the same operation over the same (shared) tenants.
 pub fn baseline_targets(base: &str, op: Op, tenants: &[Seeded]) -> Arc<Vec<Target>> {
     let mut v = Vec::new();
+    let order = |id: &str| format!("{base}/orders/{id}");
     for t in tenants {
-        let hdr = vec![("x-tenant-id".to_owned(), t.slug.clone())];
-        let read = |id: &String| Target {
-            method: Method::GET,
-            url: format!("{base}/orders/{id}"),
-            headers: hdr.clone(),
-            body: None,
+        let side = Side {
+            order: &order,
+            list: format!("{base}/orders"),
+            create: format!("{base}/orders"),
+            headers: vec![("x-tenant-id".to_owned(), t.slug.clone())],
         };
-        let list = Target {
-            method: Method::GET,
-            url: format!("{base}/orders"),
-            headers: hdr.clone(),
-            body: None,
-        };
-        let create = Target {
-            method: Method::POST,
-            url: format!("{base}/orders"),
-            headers: hdr.clone(),
-            body: create_body(t),
-        };
-        match op {
-            Op::Read => v.extend(t.orders.iter().take(4).map(read)),
-            Op::List => v.push(list),
-            Op::Create => v.push(create),
-            Op::Mixed => {
-                v.extend(t.orders.iter().take(8).map(read));
-                v.push(list);
-                v.push(create);
-            }
-        }
+        side_targets(op, t, side, &mut v);
     }
     Arc::new(v)
-}
-
-fn headers() -> Vec<&'static str> {
-    vec![
-        "scenario",
-        "req/s",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "req/s ratio",
-        "p99 ratio",
-        CPU_BENCH,
-        CPU_PG,
-    ]
 }
 
 /// List, create and mixed in every placement (read by id is the `http` scenario's table),
@@ -218,7 +201,7 @@ pub async fn operations(
     let shared = &by_placement[0].1;
     let mut t = Table::new(
         &format!("Operations by placement vs the hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
-        &headers(),
+        &LOAD_COLUMNS,
     );
     for op in [Op::List, Op::Create, Op::Mixed] {
         let base_targets = baseline_targets(&base, op, shared);

@@ -237,25 +237,7 @@ async fn single_statement_reads_keep_the_statement_timeout() {
     for plan in config.plans.0.values_mut() {
         plan.statement_timeout = std::time::Duration::from_millis(300);
     }
-    let tenancy = Tenancy::new(Catalog::new(db.clone()), config);
-    let actor = Actor {
-        name: "test".into(),
-        request_id: "test".into(),
-    };
-    let new = NewTenant {
-        slug: t("aa"),
-        name: "aa".into(),
-        plan: "free".into(),
-        isolation: tenantry::Isolation::Shared,
-        server: None,
-    };
-    tenantry::lifecycle::create(tenancy.catalog(), &new, &actor)
-        .await
-        .unwrap();
-    let a = tenancy
-        .admin_context(&t("aa"), &actor, "test", "test")
-        .await
-        .unwrap();
+    let a = ctx_with(&db, "aa", tenantry::Isolation::Shared, config).await;
     let started = std::time::Instant::now();
     let e = a
         .db()
@@ -439,7 +421,17 @@ async fn ctx_for(db: &Database, slug: &TenantId) -> TenantContext {
 }
 
 async fn ctx_in(db: &Database, slug: &str, isolation: tenantry::Isolation) -> TenantContext {
-    let tenancy = Tenancy::new(Catalog::new(db.clone()), TenancyConfig::default());
+    ctx_with(db, slug, isolation, TenancyConfig::default()).await
+}
+
+/// A new tenant in `isolation` and an admin context for it, under `config`'s plans.
+async fn ctx_with(
+    db: &Database,
+    slug: &str,
+    isolation: tenantry::Isolation,
+    config: TenancyConfig,
+) -> TenantContext {
+    let tenancy = Tenancy::new(Catalog::new(db.clone()), config);
     let actor = Actor {
         name: "test".into(),
         request_id: "test".into(),
