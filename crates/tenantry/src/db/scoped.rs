@@ -13,16 +13,20 @@
 //!   cancelled the handler's future) is rolled back before the connection can serve anyone else.
 //!
 //! Cost: a read through [`TenantDb::run`] of a `shared` or `database` tenant is one statement
-//! that sets the tenant itself (see `single_statement`): one round trip and one statement for
-//! PostgreSQL. Otherwise `BEGIN`, the settings and the first statement are pipelined into one
+//! that sets the tenant itself: `WITH _tenantry_scope AS MATERIALIZED (SELECT set_config(
+//! 'app.tenant_id', $1, true) …) SELECT … CROSS JOIN LATERAL (the read)`, one round trip and
+//! one statement for PostgreSQL (why that is safe is on `single_statement`). Otherwise `BEGIN`, the settings and the first statement are pipelined into one
 //! round trip, and [`TenantDb::run`] pipelines `COMMIT` too, so a single-statement write also
 //! costs one round trip. Multi-statement transactions pay one round trip per statement plus one
 //! for `COMMIT`.
 //!
-//! Prepared statements are cached per connection and shared by every schema tenant (the plan
-//! cache re-plans when `search_path` changes). While a fleet migration is changing the shape of
-//! some schemas, a cached statement can fail with `cached plan must not change result type`;
-//! the first statement of a transaction then clears the connection's cache and retries once.
+//! Prepared statements are cached per connection; schema tenants get one per schema (the text
+//! names the schema in a comment), because PostgreSQL re-analyses a cached statement whenever
+//! `search_path` differs from the one it was planned under (up to `PER_SCHEMA_STATEMENTS` per
+//! connection, then one statement shared by every schema). While a fleet migration is changing
+//! the shape of some schemas, a cached statement can fail with `cached plan must not change
+//! result type`; the first statement of a transaction then clears the connection's cache and
+//! retries once.
 
 use deadpool_postgres::{ClientWrapper, Object};
 use futures_util::FutureExt;
@@ -83,7 +87,9 @@ fn is_scoped(sql: &str) -> bool {
 ///   them) start only after the setting is made. Were PostgreSQL ever to evaluate the policy
 ///   earlier, it would see no tenant and return no rows: the failure mode is "not found", never
 ///   another tenant's rows;
-/// - the read still says `tenant_id = <the tenant>` itself.
+/// - the read still says `tenant_id = <the tenant>` itself;
+/// - with one scope row, the nested loop returns the read's rows in the read's own order, so an
+///   inner `ORDER BY … LIMIT` (pagination) keeps its meaning.
 ///
 /// Only plain reads qualify (a statement starting with `SELECT`); writes, CTEs and the
 /// `schema` placement (whose `search_path` must be set before the statement is planned) keep
@@ -264,7 +270,7 @@ impl<'a> TenantDb<'a> {
     /// Runs one statement in its own scoped transaction and commits it, in one round trip.
     ///
     /// A read (`SELECT …`) of a `shared` or `database` tenant runs as a single statement that
-    /// sets the tenant itself (see [`single_statement`]): one statement for PostgreSQL instead
+    /// sets the tenant itself (see the module docs): one statement for PostgreSQL instead
     /// of four. Everything else pipelines `BEGIN`, the settings, the statement and `COMMIT`.
     pub async fn run(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
         if !matches!(self.tenant.placement, Placement::Schema { .. }) {
