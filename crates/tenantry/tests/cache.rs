@@ -1,5 +1,7 @@
 //! The tenant-keyed cache against real PostgreSQL (for contexts and NOTIFY).
 
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,23 +11,13 @@ use tenantry::cache::TenantCache;
 use tenantry::catalog::NewTenant;
 use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
 use tenantry::{Catalog, Isolation, Tenancy, TenancyConfig, TenantContext, TenantId};
-use tokio_postgres::NoTls;
 
 static NONE: &[TenantMigration] = &[];
 
 async fn setup() -> (Database, TenantContext, TenantContext) {
-    let base = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("tl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    let (url, name) = support::fresh_database().await;
     let db = Database::connect(
-        format!("{base}/{name}").parse().unwrap(),
+        url.parse().unwrap(),
         None,
         &RoleNames::from_prefix(&name).unwrap(),
         NONE,

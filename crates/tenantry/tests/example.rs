@@ -4,28 +4,13 @@
 #[allow(dead_code)]
 #[path = "../examples/notes.rs"]
 mod notes;
+mod support;
 
 use serde_json::{json, Value};
-use tokio_postgres::NoTls;
-
-async fn fresh_database() -> String {
-    let base = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("tl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    format!("{base}/{name}")
-}
 
 #[tokio::test]
 async fn the_example_app_isolates_tenants() {
-    let url = fresh_database().await;
-    let prefix = url.rsplit('/').next().unwrap().to_owned();
+    let (url, prefix) = support::fresh_database().await;
     let tenancy = notes::connect(&url, &prefix).await.unwrap();
     let acme = notes::tenant_with_key(&tenancy, "acme").await.unwrap();
     let globex = notes::tenant_with_key(&tenancy, "globex").await.unwrap();
@@ -38,6 +23,11 @@ async fn the_example_app_isolates_tenants() {
     tokio::spawn(async move { axum::serve(listener, notes::app(tenancy)).await });
     let http = reqwest::Client::new();
     let url = |p: &str| format!("http://{addr}{p}");
+    let get = |key: &str, p: &str| http.get(url(p)).bearer_auth(key).send();
+    let list = |key: &str| {
+        let r = get(key, "/notes");
+        async move { r.await.unwrap().json::<Value>().await.unwrap() }
+    };
 
     let created: Value = http
         .post(url("/notes"))
@@ -53,43 +43,17 @@ async fn the_example_app_isolates_tenants() {
 
     // The owner reads it (with either of its keys); the other tenant cannot see it at all.
     for key in [&acme, &acme2] {
-        let r = http
-            .get(url(&format!("/notes/{id}")))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap();
+        let r = get(key, &format!("/notes/{id}")).await.unwrap();
         assert_eq!(r.status(), 200);
         assert!(r.headers().contains_key("ratelimit-policy"));
     }
-    let r = http
-        .get(url(&format!("/notes/{id}")))
-        .bearer_auth(&globex)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&globex, &format!("/notes/{id}")).await.unwrap();
     assert_eq!(r.status(), 404);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let list: Value = http
-        .get(url("/notes"))
-        .bearer_auth(&globex)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list, json!([]));
-    let list: Value = http
-        .get(url("/notes"))
-        .bearer_auth(&acme)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list.as_array().unwrap().len(), 1);
+    let list_now = list(&globex).await;
+    assert_eq!(list_now, json!([]));
+    let list_now = list(&acme).await;
+    assert_eq!(list_now.as_array().unwrap().len(), 1);
 
     // No credential: 401. A hint naming another tenant: 403. Bad input: 422, nothing written.
     let r = http.get(url("/notes")).send().await.unwrap();
@@ -112,14 +76,6 @@ async fn the_example_app_isolates_tenants() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
-    let list: Value = http
-        .get(url("/notes"))
-        .bearer_auth(&globex)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(list, json!([]));
+    let list_now = list(&globex).await;
+    assert_eq!(list_now, json!([]));
 }

@@ -1,5 +1,7 @@
 //! Fleet migrations and the doctor, against real PostgreSQL.
 
+mod support;
+
 use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
 use tenantry::db::fleet::{self, MigrateOptions};
@@ -24,21 +26,9 @@ const V2: TenantMigration = TenantMigration {
 static ONLY_V1: &[TenantMigration] = &[V1];
 static BOTH: &[TenantMigration] = &[V1, V2];
 
-fn base_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
 async fn fresh() -> (tokio_postgres::Config, String) {
-    let name = format!("tl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (c, conn) = tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    (format!("{}/{name}", base_url()).parse().unwrap(), name)
+    let (url, name) = support::fresh_database().await;
+    (url.parse().unwrap(), name)
 }
 
 async fn open(cfg: &tokio_postgres::Config, name: &str, m: &'static [TenantMigration]) -> Database {

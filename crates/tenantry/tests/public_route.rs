@@ -1,6 +1,8 @@
 //! The explicit opt-in for public, subdomain-resolved routes, on a tiny axum app driven without
 //! a socket (`oneshot`).
 
+mod support;
+
 use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
@@ -12,7 +14,6 @@ use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
 use tenantry::{
     Catalog, Isolation, Tenancy, TenancyConfig, TenancyLayer, TenantContext, TenantId, TenantStatus,
 };
-use tokio_postgres::NoTls;
 use tower::ServiceExt;
 
 static NONE: &[TenantMigration] = &[];
@@ -24,18 +25,9 @@ async fn who(ctx: TenantContext) -> String {
 
 #[tokio::test]
 async fn public_routes_resolve_by_subdomain_read_only() {
-    let base = std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("tl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
+    let (url, name) = support::fresh_database().await;
     let db = Database::connect(
-        format!("{base}/{name}").parse().unwrap(),
+        url.parse().unwrap(),
         None,
         &RoleNames::from_prefix(&name).unwrap(),
         NONE,

@@ -2,6 +2,8 @@
 //! through pooled connections (including after a cancelled transaction), and the round-trip
 //! cost, counted by a TCP proxy between the pool and the server.
 
+mod support;
+
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -23,24 +25,10 @@ const MIGRATIONS: &[TenantMigration] = &[TenantMigration {
               PRIMARY KEY (tenant_id, id))",
 }];
 
-fn base_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
 /// A fresh database and a unique role prefix for one test.
 async fn fresh_db() -> (tokio_postgres::Config, String) {
-    let name = format!("tl_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls)
-        .await
-        .expect("PostgreSQL at TEST_DATABASE_URL (default 127.0.0.1:5432)");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let cfg: tokio_postgres::Config = format!("{}/{name}", base_url()).parse().unwrap();
-    (cfg, name)
+    let (url, name) = support::fresh_database().await;
+    (url.parse().unwrap(), name)
 }
 
 async fn connect(cfg: tokio_postgres::Config, prefix: &str, settings: &PoolSettings) -> Database {
@@ -400,24 +388,9 @@ async fn a_scoped_read_costs_one_round_trip() {
 
 /// A tenant context through the public, audited admin path (the only way in from outside the
 /// crate besides request resolution), creating the tenant in the catalog if needed.
+/// A new shared tenant and an admin context for it.
 async fn ctx_for(db: &Database, slug: &TenantId) -> TenantContext {
-    let tenancy = Tenancy::new(Catalog::new(db.clone()), TenancyConfig::default());
-    let actor = Actor {
-        name: "test".into(),
-        request_id: "test".into(),
-    };
-    let new = NewTenant {
-        slug: slug.clone(),
-        name: slug.to_string(),
-        plan: "free".into(),
-        isolation: tenantry::Isolation::Shared,
-        server: None,
-    };
-    let _ = tenantry::lifecycle::create(tenancy.catalog(), &new, &actor).await;
-    tenancy
-        .admin_context(slug, &actor, "test", "test")
-        .await
-        .unwrap()
+    ctx_in(db, slug.as_str(), tenantry::Isolation::Shared).await
 }
 
 async fn ctx_in(db: &Database, slug: &str, isolation: tenantry::Isolation) -> TenantContext {
