@@ -22,6 +22,16 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use crate::report::Table;
+use crate::workloads::{seed, Op};
+
+/// Read-by-id targets over seeded tenants, through Tenantry and through the baseline.
+fn reads(addr: &str, seeded: &[crate::workloads::Seeded]) -> Arc<Vec<Target>> {
+    crate::workloads::targets(addr, Op::Read, seeded)
+}
+
+fn baseline_reads(base: &str, seeded: &[crate::workloads::Seeded]) -> Arc<Vec<Target>> {
+    crate::workloads::baseline_targets(base, Op::Read, seeded)
+}
 use crate::stats::{ms, Samples};
 
 pub(crate) const ADMIN: &str = "bench-admin-token-0123456789";
@@ -188,11 +198,7 @@ async fn baseline(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
-    let tenant = headers
-        .get("x-tenant-id")
-        .and_then(|v| v.to_str().ok())
-        .ok_or(StatusCode::BAD_REQUEST)?
-        .to_owned();
+    let tenant = tenant_header(&headers)?;
     let client = pool
         .get()
         .await
@@ -209,13 +215,7 @@ async fn baseline(
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
         .ok_or(StatusCode::NOT_FOUND)?;
-    let created: chrono::DateTime<chrono::Utc> = row.get(5);
-    let updated: chrono::DateTime<chrono::Utc> = row.get(6);
-    Ok(Json(json!({
-        "id": row.get::<_, Uuid>(0), "user_id": row.get::<_, Uuid>(1),
-        "amount_cents": row.get::<_, i64>(2), "currency": row.get::<_, String>(3),
-        "status": row.get::<_, String>(4), "created_at": created, "updated_at": updated,
-    })))
+    Ok(Json(order_json(&row)))
 }
 
 fn tenant_header(headers: &HeaderMap) -> Result<String, StatusCode> {
@@ -454,33 +454,19 @@ pub async fn read_by_id(
         &format!("Read one order by id: full stack vs hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
         &LOAD_COLUMNS,
     );
-    let mut baseline_targets = Vec::new();
+    let mut baseline_targets = None;
     let mut by_placement = Vec::new();
     for placement in ["shared", "schema", "database"] {
         if !placements.iter().any(|p| p == placement) {
             continue;
         }
-        let mut targets = Vec::new();
-        for i in 0..tenants {
-            let (slug, key, ids) = server
-                .tenant(&format!("{}{i}", &placement[..2]), placement, 2)
-                .await;
-            for id in ids {
-                targets.push((
-                    format!("{}/v1/orders/{id}", server.addr),
-                    vec![("authorization".to_owned(), format!("Bearer {key}"))],
-                ));
-                if placement == "shared" {
-                    baseline_targets.push((
-                        format!("{base}/orders/{id}"),
-                        vec![("x-tenant-id".to_owned(), slug.clone())],
-                    ));
-                }
-            }
+        let seeded = seed(&server, &placement[..2], tenants, placement, 2, 4).await;
+        if placement == "shared" {
+            baseline_targets = Some(baseline_reads(&base, &seeded));
         }
-        by_placement.push((placement, gets(targets)));
+        by_placement.push((placement, reads(&server.addr, &seeded)));
     }
-    let baseline_targets = gets(baseline_targets);
+    let baseline_targets = baseline_targets.unwrap_or_default();
     // Warm both.
     load(baseline_targets.clone(), clients, duration / 2).await;
     for (_, targets) in &by_placement {
@@ -642,22 +628,8 @@ pub async fn read_by_id_cached(
 ) -> Table {
     let server = Server::start(true).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
-    let mut targets = Vec::new();
-    let mut base_targets = Vec::new();
-    for i in 0..tenants {
-        let (slug, key, ids) = server.tenant(&format!("c{i}"), "shared", 2).await;
-        for id in ids {
-            targets.push((
-                format!("{}/v1/orders/{id}", server.addr),
-                vec![("authorization".to_owned(), format!("Bearer {key}"))],
-            ));
-            base_targets.push((
-                format!("{base}/orders/{id}"),
-                vec![("x-tenant-id".to_owned(), slug.clone())],
-            ));
-        }
-    }
-    let (targets, base_targets) = (gets(targets), gets(base_targets));
+    let seeded = seed(&server, "c", tenants, "shared", 2, 4).await;
+    let (targets, base_targets) = (reads(&server.addr, &seeded), baseline_reads(&base, &seeded));
     load(targets.clone(), clients, duration / 2).await;
     load(base_targets.clone(), clients, duration / 2).await;
     let (mut b, mut r) = (Run::default(), Run::default());
@@ -679,24 +651,12 @@ pub async fn profile(side: &str, tenants: usize, duration: Duration, clients: us
     let server = Server::start(false).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let isolation = if side == "baseline" { "shared" } else { side };
-    let mut targets = Vec::new();
-    for i in 0..tenants {
-        let (slug, key, ids) = server.tenant(&format!("p{i}"), isolation, 2).await;
-        for id in ids {
-            targets.push(if side == "baseline" {
-                (
-                    format!("{base}/orders/{id}"),
-                    vec![("x-tenant-id".to_owned(), slug.clone())],
-                )
-            } else {
-                (
-                    format!("{}/v1/orders/{id}", server.addr),
-                    vec![("authorization".to_owned(), format!("Bearer {key}"))],
-                )
-            });
-        }
-    }
-    let targets = gets(targets);
+    let seeded = seed(&server, "p", tenants, isolation, 2, 4).await;
+    let targets = if side == "baseline" {
+        baseline_reads(&base, &seeded)
+    } else {
+        reads(&server.addr, &seeded)
+    };
     load(targets.clone(), clients, Duration::from_secs(1)).await;
     eprintln!("profiling {side} now");
     load(targets, clients, duration).await

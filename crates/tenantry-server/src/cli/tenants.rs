@@ -386,10 +386,8 @@ async fn keys(db: &Database, cmd: KeysCommand) -> Result<(), Failure> {
                 .create_key(&tenant, &name, &scopes, expires_at, &actor())
                 .await?;
             if json {
-                print_json(
-                    &serde_json::json!({"key": key, "id": info.id, "prefix": info.prefix,
-                    "name": info.name, "scopes": info.scopes, "expires_at": info.expires_at}),
-                );
+                // The same shape as the admin API's answer.
+                print_json(&crate::routes::admin::CreatedKey { info, key });
             } else {
                 println!("{key}");
                 eprintln!(

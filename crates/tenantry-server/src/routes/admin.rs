@@ -471,8 +471,8 @@ fn all_scopes() -> Vec<Scope> {
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
-    info: ApiKeyInfo,
-    key: String,
+    pub info: ApiKeyInfo,
+    pub key: String,
 }
 
 #[utoipa::path(post, path = "/admin/v1/tenants/{tenant}/api-keys", tag = "admin", operation_id = "create_api_key",

@@ -150,6 +150,18 @@ impl TestApp {
         into_res(req.send().await.expect("request sent")).await
     }
 
+    /// The body of an unauthenticated GET (operations routes: /metrics, /openapi.json).
+    pub async fn get_text(&self, path: &str) -> String {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("a body")
+    }
+
     pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Res {
         let auth = format!("Bearer {ADMIN}");
         self.send(method, path, &[("authorization", &auth)], body)

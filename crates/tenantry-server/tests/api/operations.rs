@@ -270,15 +270,7 @@ async fn no_connection_churn_while_the_working_set_fits_the_budget() {
     let total: i64 = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
     assert!(rows.iter().all(|r| r.get::<_, i64>(1) <= 2), "{rows:?}");
     assert!(total <= 8);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics").await;
     let opened = metrics
         .lines()
         .find(|l| l.starts_with("tenantry_tenant_db_connections "))

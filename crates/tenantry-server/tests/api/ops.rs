@@ -231,15 +231,7 @@ async fn metrics_are_prometheus_text_with_bounded_tenant_series() {
                 .ok(200);
         }
     }
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.get_text("/metrics").await;
     let mut names = std::collections::BTreeSet::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(rest) = line.strip_prefix("# ") {
