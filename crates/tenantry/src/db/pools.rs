@@ -198,8 +198,6 @@ impl TenantPools {
             *used = tick;
             return Ok(pool.clone());
         }
-        let share = self.inner.share.load(std::sync::atomic::Ordering::Relaxed);
-        let pool = self.build(&key, share)?;
         if lru.map.len() >= self.inner.settings.max_pools {
             if let Some(oldest) = lru
                 .map
@@ -213,28 +211,31 @@ impl TenantPools {
                 }
             }
         }
-        lru.map.insert(key.clone(), (pool.clone(), tick));
-        self.reshare(&mut lru);
-        // The share may just have changed, replacing every pool (this one too).
-        Ok(lru.map.get(&key).map(|(p, _)| p.clone()).unwrap_or(pool))
+        // The share with this pool counted, so it is built once at its final size.
+        let pools = lru.map.len() + 1;
+        let share = self.reshare(&mut lru, pools);
+        let pool = self.build(&key, share)?;
+        lru.map.insert(key, (pool.clone(), tick));
+        Ok(pool)
     }
 
-    /// When the number of pools moves the share across a whole number, every pool is replaced
-    /// by one of the new size (the old one closes: idle connections now, busy ones when they
-    /// come back). Replacing rather than resizing keeps each pool's own limit exact.
-    fn reshare(&self, lru: &mut Lru) {
+    /// The pool size for `pools` open pools. When that moves the share across a whole number,
+    /// every open pool is replaced by one of the new size (the old one closes: idle connections
+    /// now, busy ones when they come back). Replacing rather than resizing keeps each pool's own
+    /// limit exact.
+    fn reshare(&self, lru: &mut Lru, pools: usize) -> usize {
         use std::sync::atomic::Ordering;
         let settings = &self.inner.settings;
-        let share = (settings.total / lru.map.len().max(1)).clamp(1, settings.per_tenant.max(1));
-        if self.inner.share.swap(share, Ordering::Relaxed) == share {
-            return;
-        }
-        for (key, (pool, _)) in lru.map.iter_mut() {
-            match self.build(key, share) {
-                Ok(new) => std::mem::replace(pool, new).close(),
-                Err(e) => tracing::warn!(error = %e, "could not resize a tenant database pool"),
+        let share = (settings.total / pools.max(1)).clamp(1, settings.per_tenant.max(1));
+        if self.inner.share.swap(share, Ordering::Relaxed) != share {
+            for (key, (pool, _)) in lru.map.iter_mut() {
+                match self.build(key, share) {
+                    Ok(new) => std::mem::replace(pool, new).close(),
+                    Err(e) => tracing::warn!(error = %e, "could not resize a tenant database pool"),
+                }
             }
         }
+        share
     }
 
     /// A pool for one tenant database, of `size` connections at most.
@@ -277,7 +278,8 @@ impl TenantPools {
         let mut lru = lock(&self.inner.pools);
         if let Some((pool, _)) = lru.map.remove(&key) {
             pool.close();
-            self.reshare(&mut lru);
+            let open = lru.map.len();
+            self.reshare(&mut lru, open);
         }
     }
 
