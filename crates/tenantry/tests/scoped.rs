@@ -425,27 +425,41 @@ async fn ctx_with(
         .unwrap()
 }
 
-/// While a fleet migration has changed one tenant schema but not another, a statement cached
-/// for one shape fails on the other with "cached plan must not change result type"; the scoped
-/// transaction clears the connection's cache and retries once.
-#[tokio::test]
-async fn a_schema_changed_under_a_cached_statement_is_retried_with_fresh_statements() {
+/// Two schema tenants on a runtime pool of one connection, each with one note (`a`, `b`), and
+/// a superuser client for the test's own setup.
+async fn two_schema_tenants(
+    a: &str,
+    b: &str,
+) -> (
+    Database,
+    TenantContext,
+    TenantContext,
+    tokio_postgres::Client,
+) {
     let (cfg, name) = fresh_db().await;
     let settings = PoolSettings {
         runtime_max: 1,
         ..PoolSettings::default()
     };
     let db = connect(cfg.clone(), &name, &settings).await;
-    let a = ctx_in(&db, "aa", tenantry::Isolation::Schema).await;
-    let b = ctx_in(&db, "bb", tenantry::Isolation::Schema).await;
+    let ca = ctx_in(&db, a, tenantry::Isolation::Schema).await;
+    let cb = ctx_in(&db, b, tenantry::Isolation::Schema).await;
     let (c, conn) = cfg.connect(NoTls).await.unwrap();
     tokio::spawn(conn);
-    c.batch_execute(
-        "INSERT INTO t_aa.notes VALUES ('aa', 1, 'a');
-         INSERT INTO t_bb.notes VALUES ('bb', 1, 'b');",
-    )
+    c.batch_execute(&format!(
+        "INSERT INTO t_{a}.notes VALUES ('{a}', 1, 'a'); INSERT INTO t_{b}.notes VALUES ('{b}', 1, 'b');"
+    ))
     .await
     .unwrap();
+    (db, ca, cb, c)
+}
+
+/// While a fleet migration has changed one tenant schema but not another, a statement cached
+/// for one shape fails on the other with "cached plan must not change result type"; the scoped
+/// transaction clears the connection's cache and retries once.
+#[tokio::test]
+async fn a_schema_changed_under_a_cached_statement_is_retried_with_fresh_statements() {
+    let (_db, a, b, c) = two_schema_tenants("aa", "bb").await;
     let sql = "SELECT * FROM notes WHERE tenant_id = $1";
     // Cache the statement with bb's shape on the only connection.
     let rows = b.db().run(sql, &[]).await.unwrap();
@@ -498,21 +512,7 @@ async fn schema_tenants_never_fall_through_to_other_schemas() {
 /// reads only its own schema.
 #[tokio::test]
 async fn schema_tenants_keep_a_prepared_statement_each() {
-    let (cfg, name) = fresh_db().await;
-    let settings = PoolSettings {
-        runtime_max: 1,
-        ..PoolSettings::default()
-    };
-    let db = connect(cfg.clone(), &name, &settings).await;
-    let a = ctx_in(&db, "sa", tenantry::Isolation::Schema).await;
-    let b = ctx_in(&db, "sb", tenantry::Isolation::Schema).await;
-    let (c, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(
-        "INSERT INTO t_sa.notes VALUES ('sa', 1, 'a'); INSERT INTO t_sb.notes VALUES ('sb', 1, 'b')",
-    )
-    .await
-    .unwrap();
+    let (db, a, b, _c) = two_schema_tenants("sa", "sb").await;
     for _ in 0..3 {
         for (ctx, body) in [(&a, "a"), (&b, "b")] {
             let rows = ctx
