@@ -168,7 +168,7 @@ pub struct AppStateInner {
     pub cache: TenantCache,
     /// Whether order reads go through the cache.
     pub order_cache: bool,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
 }
 
 /// Why the server could not start.
@@ -227,7 +227,7 @@ impl Application {
             admin: admin::AdminTokens::new(tokens),
             cache: cache.clone(),
             order_cache: settings.order_cache,
-            metrics: Arc::new(Metrics::new()),
+            metrics: Metrics::new(),
         }));
         let mut background = vec![tokio::spawn(catalog.listen(control))];
         background.push(tokio::spawn(cache.listen()));

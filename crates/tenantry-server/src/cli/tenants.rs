@@ -204,12 +204,15 @@ fn print_keys(keys: &[ApiKeyInfo]) {
     }
 }
 
+/// Rows fetched per catalog query when listing everything.
+const PAGE: i64 = 500;
+
 async fn all_tenants(catalog: &Catalog) -> Result<Vec<Tenant>, Failure> {
     let mut all: Vec<Tenant> = Vec::new();
     loop {
         let after = all.last().map(|t| t.slug.to_string());
-        let page = catalog.list_tenants(500, after.as_deref()).await?;
-        let done = page.len() < 500;
+        let page = catalog.list_tenants(PAGE, after.as_deref()).await?;
+        let done = (page.len() as i64) < PAGE;
         all.extend(page);
         if done {
             return Ok(all);
@@ -221,9 +224,9 @@ async fn all_keys(catalog: &Catalog, tenant: &TenantId) -> Result<Vec<ApiKeyInfo
     let mut all: Vec<ApiKeyInfo> = Vec::new();
     loop {
         let page = catalog
-            .list_keys(tenant, 500, all.last().map(|k| k.id))
+            .list_keys(tenant, PAGE, all.last().map(|k| k.id))
             .await?;
-        let done = page.len() < 500;
+        let done = (page.len() as i64) < PAGE;
         all.extend(page);
         if done {
             return Ok(all);
@@ -379,9 +382,7 @@ async fn keys(db: &Database, cmd: KeysCommand) -> Result<(), Failure> {
                     Some(Utc::now() + chrono::Duration::from_std(d).unwrap_or_default())
                 }
             };
-            if name.trim().is_empty() || name.len() > 200 {
-                return Err(Failure(exit::USAGE, "--name: 1 to 200 characters".into()));
-            }
+            let scopes = crate::routes::admin::new_key(&name, &scopes, expires_at)?;
             let (info, key) = catalog
                 .create_key(&tenant, &name, &scopes, expires_at, &actor())
                 .await?;

@@ -475,6 +475,33 @@ pub struct CreatedKey {
     pub key: String,
 }
 
+/// Checks a new key's name, scopes and expiry the same way for the admin API and the CLI, and
+/// returns the scopes it gets: a write key can read too (writing usually needs reading what
+/// was written).
+pub fn new_key(
+    name: &str,
+    scopes: &[Scope],
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<Vec<Scope>, Problem> {
+    let mut errors = Vec::new();
+    validate::name("name", name, &mut errors);
+    if scopes.is_empty() {
+        errors.push(FieldError::new("scopes", "at least one of: read, write"));
+    }
+    if expires_at.is_some_and(|e| e <= Utc::now()) {
+        errors.push(FieldError::new("expires_at", "must be in the future"));
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let mut scopes = scopes.to_vec();
+    if scopes.contains(&Scope::Write) && !scopes.contains(&Scope::Read) {
+        scopes.insert(0, Scope::Read);
+    }
+    scopes.dedup();
+    Ok(scopes)
+}
+
 #[utoipa::path(post, path = "/admin/v1/tenants/{tenant}/api-keys", tag = "admin", operation_id = "create_api_key",
     summary = "Create an API key",
     description = "The key is in this response only; it is stored hashed.",
@@ -489,23 +516,7 @@ pub async fn create_key(
     AdminActor(actor): AdminActor,
     Json(body): Json<CreateKey>,
 ) -> Result<(StatusCode, Json<CreatedKey>), Problem> {
-    let mut errors = Vec::new();
-    validate::name("name", &body.name, &mut errors);
-    if body.scopes.is_empty() {
-        errors.push(FieldError::new("scopes", "at least one of: read, write"));
-    }
-    if body.expires_at.is_some_and(|e| e <= Utc::now()) {
-        errors.push(FieldError::new("expires_at", "must be in the future"));
-    }
-    if !errors.is_empty() {
-        return Err(Problem::validation(errors));
-    }
-    let mut scopes = body.scopes.clone();
-    // A write key can read: writing usually needs reading what was written.
-    if scopes.contains(&Scope::Write) && !scopes.contains(&Scope::Read) {
-        scopes.insert(0, Scope::Read);
-    }
-    scopes.dedup();
+    let scopes = new_key(&body.name, &body.scopes, body.expires_at)?;
     let (info, key) = state
         .tenancy
         .catalog()
