@@ -1,37 +1,48 @@
-//! A second PostgreSQL cluster for tests that place tenants on more than one server. Started
-//! once per machine on a fixed port and reused (`.ci/run` stops it after the suite).
+//! Throwaway PostgreSQL clusters for tests that need a server of their own: database tenants on
+//! a second server, or a database that a test stops. Each test gets its own directory and port
+//! and the cluster is stopped and removed when the value is dropped (also when the test panics),
+//! so nothing is shared between tests or left behind for the next run.
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Mutex;
 
-pub const PORT: u16 = 55432;
-const DIR: &str = "/tmp/tenantry-second-cluster";
-
-pub struct SecondCluster;
-
-/// A throwaway cluster of one test's own (for tests that stop the database).
 pub struct PrivateCluster {
     dir: String,
     pub port: u16,
 }
 
+/// Attempts to start a cluster. A port picked by binding port 0 can be taken by someone else
+/// before PostgreSQL binds it, so a failed start is retried on a fresh port.
+const ATTEMPTS: usize = 3;
+
 impl PrivateCluster {
     pub async fn start() -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let dir = format!("/tmp/tenantry-private-{}", uuid::Uuid::new_v4().simple());
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || start_at(&d, port))
-            .await
-            .unwrap();
-        Self { dir, port }
+        tokio::task::spawn_blocking(|| {
+            let mut failures = Vec::new();
+            for _ in 0..ATTEMPTS {
+                let cluster = Self {
+                    dir: format!("/tmp/tenantry-private-{}", uuid::Uuid::new_v4().simple()),
+                    port: free_port(),
+                };
+                match cluster.start_once() {
+                    Ok(()) => return cluster,
+                    // (Dropping `cluster` stops whatever half-started and removes its directory.)
+                    Err(e) => failures.push(e),
+                }
+            }
+            panic!("no test cluster started:\n{}", failures.join("\n---\n"));
+        })
+        .await
+        .unwrap()
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>`, to which a database name is appended.
+    pub fn base(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}", self.port)
     }
 
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!("{}/postgres", self.base())
     }
 
     /// Stops the cluster at once (`immediate`: like a crash, no waiting for clients).
@@ -39,6 +50,50 @@ impl PrivateCluster {
         let pg_ctl = bin().join("pg_ctl").to_string_lossy().into_owned();
         let data = format!("{}/data", self.dir);
         let _ = run(&[&pg_ctl, "-D", &data, "-m", "immediate", "-w", "stop"]);
+    }
+
+    fn start_once(&self) -> Result<(), String> {
+        let bin = bin();
+        let initdb = bin.join("initdb").to_string_lossy().into_owned();
+        let pg_ctl = bin.join("pg_ctl").to_string_lossy().into_owned();
+        let data = format!("{}/data", self.dir);
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir))?;
+        if is_root() {
+            Command::new("chown")
+                .args(["-R", "postgres:postgres", &self.dir])
+                .status()
+                .map_err(|e| format!("chown: {e}"))?;
+        }
+        let out = run(&[
+            &initdb,
+            "-D",
+            &data,
+            "-U",
+            "postgres",
+            "-A",
+            "trust",
+            "--no-instructions",
+        ]);
+        if !out.status.success() {
+            return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {}",
+            self.port, self.dir
+        );
+        let log = format!("{}/log", self.dir);
+        let out = run(&[&pg_ctl, "-D", &data, "-l", &log, "-o", &opts, "-w", "start"]);
+        if out.status.success() {
+            return Ok(());
+        }
+        // pg_ctl only says "examine the log output": put the log in the failure.
+        Err(format!(
+            "pg_ctl start on port {}: {} {}\nserver log:\n{}",
+            self.port,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({log}: {e})"))
+        ))
     }
 }
 
@@ -49,29 +104,9 @@ impl Drop for PrivateCluster {
     }
 }
 
-static START: Mutex<bool> = Mutex::new(false);
-
-impl SecondCluster {
-    pub async fn start() -> Self {
-        tokio::task::spawn_blocking(|| {
-            let mut started = START.lock().unwrap_or_else(|p| p.into_inner());
-            if !*started {
-                ensure_running();
-                *started = true;
-            }
-        })
-        .await
-        .unwrap();
-        SecondCluster
-    }
-
-    pub fn base(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{PORT}")
-    }
-
-    pub fn url(&self) -> String {
-        format!("{}/postgres", self.base())
-    }
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 fn bin() -> PathBuf {
@@ -111,51 +146,4 @@ fn run(args: &[&str]) -> std::process::Output {
         .current_dir("/tmp")
         .output()
         .expect("run a PostgreSQL tool")
-}
-
-fn ensure_running() {
-    start_at(DIR, PORT);
-}
-
-fn start_at(dir: &str, port: u16) {
-    let bin = bin();
-    let initdb = bin.join("initdb").to_string_lossy().into_owned();
-    let pg_ctl = bin.join("pg_ctl").to_string_lossy().into_owned();
-    let data = format!("{dir}/data");
-    std::fs::create_dir_all(dir).unwrap();
-    if is_root() {
-        Command::new("chown")
-            .args(["-R", "postgres:postgres", dir])
-            .status()
-            .unwrap();
-    }
-    if !std::path::Path::new(&format!("{data}/PG_VERSION")).exists() {
-        let out = run(&[
-            &initdb,
-            "-D",
-            &data,
-            "-U",
-            "postgres",
-            "-A",
-            "trust",
-            "--no-instructions",
-        ]);
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if run(&[&pg_ctl, "-D", &data, "status"]).status.success() {
-        return;
-    }
-    let opts = format!("-c listen_addresses=127.0.0.1 -p {port} -k {dir}");
-    let log = format!("{dir}/log");
-    let out = run(&[&pg_ctl, "-D", &data, "-l", &log, "-o", &opts, "-w", "start"]);
-    assert!(
-        out.status.success(),
-        "cluster start: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

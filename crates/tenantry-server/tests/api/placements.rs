@@ -203,11 +203,11 @@ async fn a_crash_during_deletion_is_finished_by_a_retry() {
     }
 }
 
-/// Database tenants on two PostgreSQL servers: the test starts a second cluster on another
-/// port, registers it, and places tenants on both.
+/// Database tenants on two PostgreSQL servers: the test starts a second cluster of its own on
+/// another port, registers it, and places tenants on both.
 #[tokio::test]
 async fn database_tenants_on_two_servers() {
-    let second = crate::cluster::SecondCluster::start().await;
+    let second = crate::cluster::PrivateCluster::start().await;
     let app = spawn_app().await;
     let url = second.url();
     app.admin(
