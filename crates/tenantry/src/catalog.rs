@@ -132,7 +132,18 @@ impl Catalog {
     }
 
     /// A tenant by slug, from the cache or the catalog.
+    ///
+    /// A hit (nearly every request) takes the small `get` future; the single-flight load is a
+    /// future of several kilobytes, boxed so that it does not grow every request's future
+    /// (each layer that boxes a request future copies all of it).
     pub async fn tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
+        if let Some(hit) = self.tenants.get(slug).await {
+            return Ok(hit);
+        }
+        Box::pin(self.load_tenant(slug)).await
+    }
+
+    async fn load_tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
         let db = self.db.clone();
         let s = slug.clone();
         self.tenants
@@ -151,8 +162,16 @@ impl Catalog {
     }
 
     /// A key by its lookup prefix, from the cache or the catalog. Revoked and expired keys are
-    /// cached too, so their repeated use costs nothing either.
+    /// cached too, so their repeated use costs nothing either. (A hit allocates nothing; the
+    /// load is boxed, as for [`tenant`](Self::tenant).)
     pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
+        if let Some(hit) = self.keys.get(prefix).await {
+            return Ok(hit);
+        }
+        Box::pin(self.load_key(prefix)).await
+    }
+
+    async fn load_key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
         let db = self.db.clone();
         let p = prefix.to_owned();
         self.keys

@@ -297,11 +297,12 @@ impl Tenancy {
             .await
             .map_err(|_| ResolveError::Unavailable)?
             .ok_or(ResolveError::InvalidCredentials)?;
-        if !key.matches(&rec.hash) || !rec.is_live(Utc::now()) {
+        let now = Utc::now();
+        if !key.matches(&rec.hash) || !rec.is_live(now) {
             return Err(ResolveError::InvalidCredentials);
         }
         let read_only = !rec.scopes.contains(&Scope::Write);
-        lock(&self.inner.key_usage).insert(rec.id, Utc::now());
+        lock(&self.inner.key_usage).insert(rec.id, now);
         Ok((
             rec.tenant.clone(),
             Principal::ApiKey {
