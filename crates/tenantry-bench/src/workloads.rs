@@ -40,6 +40,7 @@ pub async fn seed(
         .collect()
         .await;
     out.sort_by(|a, b| a.slug.cmp(&b.slug));
+    server.settle().await;
     out
 }
 
