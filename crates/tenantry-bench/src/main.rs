@@ -101,6 +101,11 @@ enum Scenario {
         /// Only the tenant-count table, for these placements (comma-separated).
         #[arg(long, value_delimiter = ',')]
         scale_only: Option<Vec<String>>,
+        /// Seconds of warm-up load per tenant count before the tenant-count table is measured
+        /// (default: half a run). A long warm-up measures the steady state; a short one
+        /// includes each connection's first uses of each tenant's tables.
+        #[arg(long)]
+        warmup: Option<u64>,
     },
     /// Jobs per second with 1, 100 and 1,000 tenants active.
     Jobs {
@@ -156,8 +161,13 @@ async fn main() {
             clients,
             operations_only,
             scale_only,
+            warmup,
         } => {
             let d = std::time::Duration::from_millis(if smoke { 200 } else { seconds * 1000 });
+            let warmup = match warmup {
+                Some(w) if !smoke => std::time::Duration::from_secs(w),
+                _ => d / 2,
+            };
             let rounds = if smoke { 1 } else { rounds };
             let mut tables = Vec::new();
             if scale_only.is_none() {
@@ -185,7 +195,7 @@ async fn main() {
                 }
                 tables.push(
                     tenantry_bench::workloads::tenant_scale(
-                        &shared, &schema, &database, d, rounds, clients,
+                        &shared, &schema, &database, d, warmup, rounds, clients,
                     )
                     .await,
                 );
@@ -198,7 +208,7 @@ async fn main() {
             };
             report::publish(
                 name,
-                &format!("tenants={tenants} seconds={seconds} rounds={rounds} clients={clients} smoke={smoke}"),
+                &format!("tenants={tenants} seconds={seconds} warmup={}s rounds={rounds} clients={clients} smoke={smoke}", warmup.as_secs_f64()),
                 &tables,
             );
         }

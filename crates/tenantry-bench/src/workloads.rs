@@ -251,6 +251,7 @@ pub async fn tenant_scale(
     schema: &[usize],
     database: &[usize],
     duration: Duration,
+    warmup: Duration,
     rounds: usize,
     clients: usize,
 ) -> Table {
@@ -296,7 +297,7 @@ pub async fn tenant_scale(
             .map(|&n| (n, targets(&server.addr, Op::Read, &seeded[..n])))
             .collect();
         for (_, s) in &sets {
-            load(s.clone(), clients, duration / 2).await;
+            load(s.clone(), clients, warmup).await;
         }
         let mut runs: Vec<Run> = sets.iter().map(|_| Run::default()).collect();
         for _ in 0..rounds {

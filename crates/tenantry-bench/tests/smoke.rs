@@ -64,6 +64,7 @@ async fn workload_scenarios_run() {
     let t = tenantry_bench::workloads::operations(2, d, 1, 2).await;
     // list, create: baseline + 3 placements; mixed: baseline + shared.
     assert_eq!(t.rows.len(), 4 + 4 + 2);
-    let t = tenantry_bench::workloads::tenant_scale(&[1, 3], &[1, 2], &[1, 2], d, 1, 2).await;
+    let t =
+        tenantry_bench::workloads::tenant_scale(&[1, 3], &[1, 2], &[1, 2], d, d / 2, 1, 2).await;
     assert_eq!(t.rows.len(), 6);
 }
