@@ -537,3 +537,67 @@ async fn schema_tenants_keep_a_prepared_statement_each() {
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert!(texts.iter().any(|t| t.contains("t_sa")) && texts.iter().any(|t| t.contains("t_sb")));
 }
+
+/// A runtime connection past its lifetime is closed and replaced when it is next taken from
+/// the pool (a backend keeps the catalog entries of every schema it touched for its whole
+/// life); before that it is reused.
+#[tokio::test]
+async fn runtime_connections_are_replaced_after_their_lifetime() {
+    let (cfg, name) = fresh_db().await;
+    let settings = PoolSettings {
+        runtime_max: 1,
+        connection_lifetime: std::time::Duration::from_millis(1000),
+        ..PoolSettings::default()
+    };
+    let db = connect(cfg.clone(), &name, &settings).await;
+    let ctx = ctx_in(&db, "la", tenantry::Isolation::Schema).await;
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c.batch_execute("INSERT INTO t_la.notes VALUES ('la', 1, 'la')")
+        .await
+        .unwrap();
+    let backend = || async {
+        let rt = db.runtime().get().await.unwrap();
+        let pid: i32 = rt
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        pid
+    };
+    let read = || async {
+        let rows = ctx
+            .db()
+            .run("SELECT body FROM notes WHERE tenant_id = $1", &[])
+            .await
+            .unwrap();
+        rows.iter().map(|r| r.get(0)).collect::<Vec<String>>()
+    };
+    // A fresh connection, reused while it is young.
+    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+    let first = backend().await;
+    assert_eq!(read().await, vec!["la"]);
+    assert_eq!(backend().await, first);
+    // Past its lifetime: the next use gets a new backend, and the old one has exited.
+    tokio::time::sleep(std::time::Duration::from_millis(1050)).await;
+    assert_eq!(read().await, vec!["la"]);
+    let second = backend().await;
+    assert_ne!(second, first);
+    let mut gone = false;
+    for _ in 0..50 {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&first],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(gone, "the replaced backend has exited");
+}
