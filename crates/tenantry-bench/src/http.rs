@@ -349,6 +349,7 @@ pub fn serve_args(db_url: &str, prefix: &str, admin: &str, order_cache: Option<&
         tenant_db_budget: None,
         tenant_db_per_tenant: None,
         worker_concurrency: Some(0),
+        runtime_lanes: None,
         order_cache: order_cache.map(str::to_owned),
         job_lease_ms: None,
         redis_url: None,
@@ -378,6 +379,11 @@ impl Server {
     /// `cached`: serve order reads through the tenant cache (the headline runs without it,
     /// so both sides do the same SELECT).
     pub async fn start(cached: bool) -> Self {
+        Self::start_with_lanes(cached, 1).await
+    }
+
+    /// [`start`](Self::start) with the runtime pool split into `lanes`.
+    pub async fn start_with_lanes(cached: bool, lanes: usize) -> Self {
         let name = format!("tb_{}", &Uuid::new_v4().simple().to_string()[..12]);
         let base = crate::base_url();
         let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
@@ -395,6 +401,7 @@ impl Server {
             Some(if cached { "on" } else { "off" }),
         );
         let mut settings = Settings::load(&args).expect("settings");
+        settings.runtime_lanes = lanes;
         // A plan whose limits never interfere with a throughput measurement.
         let mut bench = tenantry::Plan::per_hour(1_000_000_000);
         bench.max_concurrent = 1024;
@@ -477,8 +484,9 @@ pub async fn read_by_id(
     rounds: usize,
     clients: usize,
     placements: &[String],
+    lanes: usize,
 ) -> Table {
-    let server = Server::start(false).await;
+    let server = Server::start_with_lanes(false, lanes).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let mut t = Table::new(
         &format!("Read one order by id: full stack vs hand-written baseline ({tenants} tenants per placement, {clients} clients)"),

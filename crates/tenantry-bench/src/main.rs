@@ -81,6 +81,9 @@ enum Scenario {
         /// and print its rate and CPU per request: for `perf record`.
         #[arg(long)]
         profile: Option<String>,
+        /// Lanes of the server's runtime pool for the read-by-id table (`runtime_lanes`).
+        #[arg(long, default_value_t = 1)]
+        lanes: usize,
     },
     /// List 50, create and a read/write mix in every placement vs the baseline, and read
     /// latency at 10 / 1,000 / 10,000 shared, 10 / 1,000 schema and 10 / 200 database tenants.
@@ -106,6 +109,9 @@ enum Scenario {
         /// includes each connection's first uses of each tenant's tables.
         #[arg(long)]
         warmup: Option<u64>,
+        /// Lanes of the server's runtime pool for the tenant-count table (`runtime_lanes`).
+        #[arg(long, default_value_t = 1)]
+        lanes: usize,
     },
     /// Jobs per second with 1, 100 and 1,000 tenants active.
     Jobs {
@@ -162,6 +168,7 @@ async fn main() {
             operations_only,
             scale_only,
             warmup,
+            lanes,
         } => {
             let d = std::time::Duration::from_millis(if smoke { 200 } else { seconds * 1000 });
             let warmup = match warmup {
@@ -193,9 +200,14 @@ async fn main() {
                         }
                     }
                 }
+                let counts = tenantry_bench::workloads::TenantCounts {
+                    shared,
+                    schema,
+                    database,
+                };
                 tables.push(
                     tenantry_bench::workloads::tenant_scale(
-                        &shared, &schema, &database, d, warmup, rounds, clients,
+                        &counts, d, warmup, rounds, clients, lanes,
                     )
                     .await,
                 );
@@ -208,7 +220,7 @@ async fn main() {
             };
             report::publish(
                 name,
-                &format!("tenants={tenants} seconds={seconds} warmup={}s rounds={rounds} clients={clients} smoke={smoke}", warmup.as_secs_f64()),
+                &format!("tenants={tenants} seconds={seconds} warmup={}s lanes={lanes} rounds={rounds} clients={clients} smoke={smoke}", warmup.as_secs_f64()),
                 &tables,
             );
         }
@@ -240,6 +252,7 @@ async fn main() {
             placements,
             reads_only,
             profile,
+            lanes,
         } => {
             let d = std::time::Duration::from_millis(if smoke { 300 } else { seconds * 1000 });
             if let Some(side) = profile {
@@ -259,6 +272,7 @@ async fn main() {
                 rounds,
                 clients,
                 &placements,
+                lanes,
             )
             .await;
             if reads_only {

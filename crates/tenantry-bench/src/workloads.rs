@@ -243,19 +243,24 @@ pub async fn operations(
     t
 }
 
+/// The tenant counts per placement for [`tenant_scale`], each (small, large...).
+pub struct TenantCounts {
+    pub shared: Vec<usize>,
+    pub schema: Vec<usize>,
+    pub database: Vec<usize>,
+}
+
 /// Read-by-id latency as the number of tenants grows, each row against the small fleet of the
-/// same placement in the same rounds. `shared` and `schema` are (small, large...) tenant
-/// counts; database tenants run over a 40-connection budget.
+/// same placement in the same rounds; database tenants run over a 40-connection budget.
 pub async fn tenant_scale(
-    shared: &[usize],
-    schema: &[usize],
-    database: &[usize],
+    counts: &TenantCounts,
     duration: Duration,
     warmup: Duration,
     rounds: usize,
     clients: usize,
+    lanes: usize,
 ) -> Table {
-    let server = Server::start(false).await;
+    let server = Server::start_with_lanes(false, lanes).await;
     let mut t = Table::new(
         &format!("Read one order by id as the tenant count grows (requests spread evenly over the tenants, {clients} clients)"),
         &[
@@ -271,9 +276,9 @@ pub async fn tenant_scale(
         ],
     );
     for (placement, counts) in [
-        ("shared", shared),
-        ("schema", schema),
-        ("database", database),
+        ("shared", &counts.shared),
+        ("schema", &counts.schema),
+        ("database", &counts.database),
     ] {
         let Some(&most) = counts.iter().max() else {
             continue;

@@ -49,7 +49,7 @@ async fn job_and_cache_scenarios_run() {
 async fn http_scenarios_run() {
     let d = std::time::Duration::from_millis(200);
     let all = ["shared", "schema", "database"].map(String::from);
-    let t = tenantry_bench::http::read_by_id(1, d, 1, 2, &all).await;
+    let t = tenantry_bench::http::read_by_id(1, d, 1, 2, &all, 2).await;
     assert_eq!(t.rows.len(), 4);
     let t = tenantry_bench::http::rejected(d, 1, 2).await;
     assert_eq!(t.rows.len(), 3);
@@ -64,7 +64,18 @@ async fn workload_scenarios_run() {
     let t = tenantry_bench::workloads::operations(2, d, 1, 2).await;
     // list, create: baseline + 3 placements; mixed: baseline + shared.
     assert_eq!(t.rows.len(), 4 + 4 + 2);
-    let t =
-        tenantry_bench::workloads::tenant_scale(&[1, 3], &[1, 2], &[1, 2], d, d / 2, 1, 2).await;
+    let t = tenantry_bench::workloads::tenant_scale(
+        &tenantry_bench::workloads::TenantCounts {
+            shared: vec![1, 3],
+            schema: vec![1, 2],
+            database: vec![1, 2],
+        },
+        d,
+        d / 2,
+        1,
+        2,
+        2,
+    )
+    .await;
     assert_eq!(t.rows.len(), 6);
 }

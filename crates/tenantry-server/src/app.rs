@@ -65,6 +65,7 @@ pub async fn connect(
             per_tenant: settings.tenant_db_budget.1,
             ..BudgetSettings::default()
         },
+        runtime_lanes: settings.runtime_lanes,
         ..PoolSettings::default()
     };
     match Database::connect(control, runtime, &roles, TENANT_MIGRATIONS, &pool_settings).await {

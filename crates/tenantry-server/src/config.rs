@@ -73,6 +73,10 @@ pub struct ServeArgs {
     /// Jobs this process runs at once (0: serve HTTP only; run `tenantry worker` elsewhere).
     #[arg(long, env = "TENANTRY_WORKER_CONCURRENCY")]
     pub worker_concurrency: Option<usize>,
+    /// Lanes the runtime connection pool is split into (default 1). Each schema tenant is
+    /// served by one lane, so with many schema tenants each connection meets fewer schemas.
+    #[arg(long, env = "TENANTRY_RUNTIME_LANES")]
+    pub runtime_lanes: Option<usize>,
     /// Serve GET /v1/orders/{id} through the tenant cache (`on`, default, or `off`).
     #[arg(long, env = "TENANTRY_ORDER_CACHE")]
     pub order_cache: Option<String>,
@@ -110,6 +114,7 @@ struct FileConfig {
     redis_url: Option<String>,
     rate_limit_fail_mode: Option<String>,
     worker_concurrency: Option<usize>,
+    runtime_lanes: Option<usize>,
     #[serde(default)]
     jwt: FileJwt,
     /// Named admin tokens: `name = "token"`. Revoke one by removing it.
@@ -172,6 +177,8 @@ pub struct Settings {
     pub fail_mode: FailMode,
     /// Jobs run at once by this process (0: none).
     pub worker_concurrency: usize,
+    /// Lanes of the runtime connection pool (`tenantry::db::PoolSettings::runtime_lanes`).
+    pub runtime_lanes: usize,
     /// Whether GET /v1/orders/{id} is served through the tenant cache.
     pub order_cache: bool,
     /// How long a job claim lasts without a heartbeat.
@@ -200,6 +207,7 @@ impl std::fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field("plans", &self.plans)
             .field("tenant_db_budget", &self.tenant_db_budget)
+            .field("runtime_lanes", &self.runtime_lanes)
             .field("jwt_enabled", &self.jwt.enabled())
             .field(
                 "admin_tokens",
@@ -316,6 +324,7 @@ impl Settings {
                 .worker_concurrency
                 .or(file.worker_concurrency)
                 .unwrap_or(4),
+            runtime_lanes: args.runtime_lanes.or(file.runtime_lanes).unwrap_or(1),
             job_lease: Duration::from_millis(args.job_lease_ms.unwrap_or(30_000).max(100)),
             tenant_db_budget: (
                 args.tenant_db_budget
@@ -381,6 +390,11 @@ impl Settings {
                     "admin token {name:?} must be at least 16 characters"
                 )));
             }
+        }
+        if settings.runtime_lanes == 0 {
+            return Err(ConfigError::Invalid(
+                "runtime_lanes must be at least 1".into(),
+            ));
         }
         if total == 0 || per == 0 || per > total {
             return Err(ConfigError::Invalid(

@@ -601,3 +601,82 @@ async fn runtime_connections_are_replaced_after_their_lifetime() {
     }
     assert!(gone, "the replaced backend has exited");
 }
+
+/// With the runtime pool split into lanes, each schema is always served by the same lane, so a
+/// connection holds statements (and catalog entries) for its lane's schemas only; shared
+/// tenants use any lane; the lanes together never exceed the pool's size.
+#[tokio::test]
+async fn schema_tenants_stay_on_their_lane() {
+    let (cfg, name) = fresh_db().await;
+    let settings = PoolSettings {
+        runtime_max: 3,
+        runtime_lanes: 2,
+        ..PoolSettings::default()
+    };
+    let db = connect(cfg.clone(), &name, &settings).await;
+    let status = db.runtime_status();
+    assert_eq!((db.runtime_lanes().len(), status.max_size), (2, 3));
+    let slugs = ["la", "lb", "lc", "ld", "le", "lf"];
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut tenants = Vec::new();
+    for slug in slugs {
+        tenants.push(ctx_in(&db, slug, tenantry::Isolation::Schema).await);
+        c.batch_execute(&format!(
+            "INSERT INTO t_{slug}.notes VALUES ('{slug}', 1, '{slug}')"
+        ))
+        .await
+        .unwrap();
+    }
+    let shared = ctx_in(&db, "ls", tenantry::Isolation::Shared).await;
+    c.batch_execute("INSERT INTO shared.notes VALUES ('ls', 1, 'ls')")
+        .await
+        .unwrap();
+    let sql = "SELECT body FROM notes WHERE tenant_id = $1";
+    // Concurrent reads, so that lanes hold several connections at once.
+    for _ in 0..3 {
+        let reads = tenants.iter().chain([&shared]).map(|ctx| async move {
+            let rows = ctx.db().run(sql, &[]).await.unwrap();
+            let bodies: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            assert_eq!(bodies, vec![ctx.tenant_id().as_str().to_owned()]);
+        });
+        futures_util::future::join_all(reads).await;
+    }
+    // Which schemas each lane's connections prepared statements for.
+    let mut seen: Vec<std::collections::BTreeSet<String>> = Vec::new();
+    for lane in db.runtime_lanes() {
+        let mut schemas = std::collections::BTreeSet::new();
+        let mut held = Vec::new();
+        while let Ok(conn) = lane
+            .timeout_get(&deadpool_postgres::Timeouts {
+                wait: Some(std::time::Duration::ZERO),
+                ..Default::default()
+            })
+            .await
+        {
+            let rows = conn
+                .query(
+                    "SELECT statement FROM pg_prepared_statements WHERE statement LIKE 'SELECT body%'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            for r in rows {
+                let text: String = r.get(0);
+                if let Some(s) = text.split("schema \"").nth(1) {
+                    schemas.insert(s.split('"').next().unwrap().to_owned());
+                }
+            }
+            held.push(conn);
+        }
+        seen.push(schemas);
+    }
+    let all: std::collections::BTreeSet<String> = slugs.iter().map(|s| format!("t_{s}")).collect();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].is_disjoint(&seen[1]),
+        "a schema was served by two lanes: {seen:?}"
+    );
+    assert_eq!(&seen[0] | &seen[1], all, "{seen:?}");
+    assert!(!seen[0].is_empty() && !seen[1].is_empty(), "{seen:?}");
+}

@@ -45,8 +45,10 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
         labels,
         value,
     };
-    for (pool_name, pool) in [("runtime", db.runtime()), ("control", db.control())] {
-        let s = pool.status();
+    for (pool_name, s) in [
+        ("runtime", db.runtime_status()),
+        ("control", db.control().status()),
+    ] {
         extra.push(gauge(
             "tenantry_db_pool_connections",
             "Open connections per pool.",

@@ -55,6 +55,7 @@ pub fn settings(db_name: &str, db_url: &str) -> Settings {
         redis_url: None,
         fail_mode: Default::default(),
         worker_concurrency: 2,
+        runtime_lanes: 1,
         order_cache: true,
         job_lease: std::time::Duration::from_secs(2),
     }

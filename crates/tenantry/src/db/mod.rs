@@ -55,6 +55,14 @@ pub struct PoolSettings {
     /// backend has touched for the backend's whole life (about 120 MB for 10,000 tables), so
     /// with many schema tenants an unbounded lifetime means unbounded memory per connection.
     pub connection_lifetime: Duration,
+    /// Lanes the runtime pool is split into (its connections divided between them; 1: one
+    /// pool). A schema tenant is always served by the lane its schema hashes to, so each
+    /// connection meets only its lane's share of the schemas: fewer connection-schema pairs to
+    /// warm up (each costs parsing, planning and loading the schema's catalog entries on that
+    /// backend) and less memory per backend. Shared tenants take the lane with the most idle
+    /// connections. A schema tenant is limited to its lane's connections, so keep a lane at
+    /// least as large as the largest plan's connection share.
+    pub runtime_lanes: usize,
 }
 
 impl Default for PoolSettings {
@@ -66,6 +74,7 @@ impl Default for PoolSettings {
             statement_timeout: Duration::from_secs(30),
             tenant_databases: BudgetSettings::default(),
             connection_lifetime: Duration::from_secs(30 * 60),
+            runtime_lanes: 1,
         }
     }
 }
@@ -79,6 +88,10 @@ pub struct Database {
 }
 
 struct Shared {
+    /// The runtime pool's lanes (`runtime` is the first).
+    lanes: Vec<Pool>,
+    /// Where the search for a shared tenant's lane starts (rotates, to spread ties).
+    next_lane: std::sync::atomic::AtomicUsize,
     runtime_max: usize,
     wait_timeout: Duration,
     /// Each tenant's share of the runtime pool.
@@ -145,20 +158,29 @@ impl Database {
         );
         tenant_pools.set_server(placement::DEFAULT_SERVER, runtime_cfg.clone());
         let runtime_cfg = runtime_config(runtime_cfg, settings);
-        let runtime_pool = pool(
-            runtime_cfg,
-            settings.runtime_max,
-            settings.wait_timeout,
-            Some(settings.connection_lifetime),
-        )?;
+        let lanes = settings.runtime_lanes.clamp(1, settings.runtime_max.max(1));
+        let lanes = (0..lanes)
+            .map(|i| {
+                let size =
+                    settings.runtime_max / lanes + usize::from(i < settings.runtime_max % lanes);
+                pool(
+                    runtime_cfg.clone(),
+                    size.max(1),
+                    settings.wait_timeout,
+                    Some(settings.connection_lifetime),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         {
-            let client = runtime_pool.get().await?;
+            let client = lanes[0].get().await?;
             roles::check_runtime_role(&client, roles).await?;
         }
         let db = Self {
             control: control_pool,
-            runtime: runtime_pool,
+            runtime: lanes[0].clone(),
             inner: std::sync::Arc::new(Shared {
+                lanes,
+                next_lane: Default::default(),
                 runtime_max: settings.runtime_max,
                 wait_timeout: settings.wait_timeout,
                 connection_shares: Default::default(),
@@ -231,9 +253,62 @@ impl Database {
         &self.control
     }
 
-    /// The unprivileged pool that serves tenant traffic.
+    /// The unprivileged pool that serves tenant traffic (with lanes, the first lane: what is
+    /// not tenant traffic, such as catalog reads and audit records, runs there).
     pub fn runtime(&self) -> &Pool {
         &self.runtime
+    }
+
+    /// Every lane of the runtime pool ([`PoolSettings::runtime_lanes`]).
+    pub fn runtime_lanes(&self) -> &[Pool] {
+        &self.inner.lanes
+    }
+
+    /// The lane that serves a schema: always the same one, so a connection meets only its
+    /// lane's schemas.
+    pub(crate) fn lane_for_schema(&self, schema: &str) -> &Pool {
+        use std::hash::{Hash, Hasher};
+        let lanes = &self.inner.lanes;
+        if lanes.len() == 1 {
+            return &lanes[0];
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        schema.hash(&mut h);
+        &lanes[(h.finish() % lanes.len() as u64) as usize]
+    }
+
+    /// The lane for a shared tenant (whose statements are the same on every connection): the
+    /// one with the most idle connections, searching from a rotating start.
+    pub(crate) fn lane_for_shared(&self) -> &Pool {
+        let lanes = &self.inner.lanes;
+        if lanes.len() == 1 {
+            return &lanes[0];
+        }
+        let start = self
+            .inner
+            .next_lane
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (0..lanes.len())
+            .map(|k| &lanes[(start + k) % lanes.len()])
+            .max_by_key(|p| {
+                let s = p.status();
+                // Idle connections, or room to open one.
+                s.available + s.max_size.saturating_sub(s.size)
+            })
+            .unwrap_or(&lanes[0])
+    }
+
+    /// Open, idle and maximum connections over all lanes of the runtime pool.
+    pub fn runtime_status(&self) -> deadpool_postgres::Status {
+        let mut total = self.inner.lanes[0].status();
+        for lane in &self.inner.lanes[1..] {
+            let s = lane.status();
+            total.max_size += s.max_size;
+            total.size += s.size;
+            total.available += s.available;
+            total.waiting += s.waiting;
+        }
+        total
     }
 
     /// Whether the database answers (for `/readyz`).

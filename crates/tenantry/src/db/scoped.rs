@@ -240,15 +240,14 @@ impl<'a> TenantDb<'a> {
                             "the tenant holds its full share of database connections".into(),
                         )
                     })?;
-                let path = match &self.tenant.placement {
-                    Placement::Schema { schema } => Some(super::roles::quote_ident(schema)),
-                    _ => None,
+                let (lane, path) = match &self.tenant.placement {
+                    Placement::Schema { schema } => (
+                        self.db.lane_for_schema(schema),
+                        Some(super::roles::quote_ident(schema)),
+                    ),
+                    _ => (self.db.lane_for_shared(), None),
                 };
-                (
-                    Conn::Runtime(self.db.runtime().get().await?),
-                    path,
-                    Some(permit),
-                )
+                (Conn::Runtime(lane.get().await?), path, Some(permit))
             }
             Placement::Database { server, database } => (
                 Conn::TenantDatabase(self.db.tenant_pools().get(server, database).await?),
