@@ -24,7 +24,8 @@ fn config_check_accepts_a_good_file_and_rejects_a_bad_one_with_its_line() {
     std::fs::write(
         &good,
         "listen = \"127.0.0.1:9999\"\nadmin_token = \"file-admin-token-0123456789\"\n\
-         database_url = \"postgres://app:db-secret-pw@db/app\"\n\n[plans.gold]\nrequests = 42\n",
+         database_url = \"postgres://app:db-secret-pw@db/app\"\nruntime_lanes = 3\n\n\
+         [plans.gold]\nrequests = 42\n",
     )
     .unwrap();
     let out = tenantry(
@@ -37,6 +38,7 @@ fn config_check_accepts_a_good_file_and_rejects_a_bad_one_with_its_line() {
         text.contains("gold") && text.contains("42") && text.contains("9999"),
         "{text}"
     );
+    assert!(text.contains("runtime_lanes: 3"), "{text}");
     assert!(
         !text.contains("file-admin-token") && !text.contains("db-secret-pw"),
         "{text}"
@@ -68,6 +70,21 @@ fn config_check_accepts_a_good_file_and_rejects_a_bad_one_with_its_line() {
         err.contains("line 3") && err.contains("listen_adress"),
         "{err}"
     );
+    // Values are checked too: a pool cannot have no lanes.
+    let out = tenantry(
+        &[
+            "config",
+            "check",
+            "--config",
+            good.to_str().unwrap(),
+            "--runtime-lanes",
+            "0",
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("runtime_lanes"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
