@@ -31,6 +31,13 @@ async fn fresh_db() -> (tokio_postgres::Config, String) {
     (url.parse().unwrap(), name)
 }
 
+/// A superuser client on the test's database, for the test's own setup and checks.
+async fn superuser(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {
+    let (c, conn) = cfg.connect(NoTls).await.unwrap();
+    tokio::spawn(conn);
+    c
+}
+
 async fn connect(cfg: tokio_postgres::Config, prefix: &str, settings: &PoolSettings) -> Database {
     Database::connect(
         cfg,
@@ -56,8 +63,7 @@ fn t(s: &str) -> TenantId {
 /// Seeds rows for two tenants through the control connection (as the superuser, bypassing RLS
 /// on purpose: this is the test's setup, not the system under test).
 async fn seed(cfg: &tokio_postgres::Config) {
-    let (c, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = superuser(&cfg).await;
     c.batch_execute(
         "INSERT INTO shared.notes VALUES ('aa', 1, 'a1'), ('aa', 2, 'a2'), ('bb', 1, 'b1')",
     )
@@ -131,8 +137,7 @@ async fn scoped_transaction_sees_only_its_tenant() {
         .await;
     assert!(err.is_ok());
     tx.commit().await.unwrap();
-    let (c, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = superuser(&cfg).await;
     let rt = db.runtime().get().await.unwrap();
     let e = rt
         .batch_execute(
@@ -239,8 +244,7 @@ async fn single_statement_reads_keep_the_statement_timeout() {
     let took = started.elapsed();
     assert!(took < std::time::Duration::from_secs(3), "{took:?}");
     // The backend stopped sleeping: the cancel reached it.
-    let (c, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = superuser(&cfg).await;
     let mut sleeping = 1;
     for _ in 0..50 {
         sleeping = c
@@ -444,8 +448,7 @@ async fn two_schema_tenants(
     let db = connect(cfg.clone(), &name, &settings).await;
     let ca = ctx_in(&db, a, tenantry::Isolation::Schema).await;
     let cb = ctx_in(&db, b, tenantry::Isolation::Schema).await;
-    let (c, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = superuser(&cfg).await;
     c.batch_execute(&format!(
         "INSERT INTO t_{a}.notes VALUES ('{a}', 1, 'a'); INSERT INTO t_{b}.notes VALUES ('{b}', 1, 'b');"
     ))
@@ -485,8 +488,7 @@ async fn schema_tenants_never_fall_through_to_other_schemas() {
     let (cfg, name) = fresh_db().await;
     let db = connect(cfg.clone(), &name, &PoolSettings::default()).await;
     let a = ctx_in(&db, "aa", tenantry::Isolation::Schema).await;
-    let (c, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = superuser(&cfg).await;
     c.batch_execute("INSERT INTO shared.notes VALUES ('aa', 1, 'in shared')")
         .await
         .unwrap();
@@ -551,8 +553,7 @@ async fn runtime_connections_are_replaced_after_their_lifetime() {
     };
     let db = connect(cfg.clone(), &name, &settings).await;
     let ctx = ctx_in(&db, "la", tenantry::Isolation::Schema).await;
-    let (c, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = superuser(&cfg).await;
     c.batch_execute("INSERT INTO t_la.notes VALUES ('la', 1, 'la')")
         .await
         .unwrap();
@@ -617,8 +618,7 @@ async fn schema_tenants_stay_on_their_lane() {
     let status = db.runtime_status();
     assert_eq!((db.runtime_lanes().len(), status.max_size), (2, 3));
     let slugs = ["la", "lb", "lc", "ld", "le", "lf"];
-    let (c, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
+    let c = superuser(&cfg).await;
     let mut tenants = Vec::new();
     for slug in slugs {
         tenants.push(ctx_in(&db, slug, tenantry::Isolation::Schema).await);
