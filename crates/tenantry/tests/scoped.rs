@@ -63,7 +63,7 @@ fn t(s: &str) -> TenantId {
 /// Seeds rows for two tenants through the control connection (as the superuser, bypassing RLS
 /// on purpose: this is the test's setup, not the system under test).
 async fn seed(cfg: &tokio_postgres::Config) {
-    let c = superuser(&cfg).await;
+    let c = superuser(cfg).await;
     c.batch_execute(
         "INSERT INTO shared.notes VALUES ('aa', 1, 'a1'), ('aa', 2, 'a2'), ('bb', 1, 'b1')",
     )
