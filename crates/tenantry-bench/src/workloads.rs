@@ -205,6 +205,10 @@ pub async fn operations(
         &LOAD_COLUMNS,
     );
     for op in [Op::List, Op::Create, Op::Mixed] {
+        // The create runs add tens of thousands of rows: fresh statistics (which also make
+        // both sides re-plan their cached statements) keep a plan chosen for the small tables
+        // from deciding the next comparison.
+        server.settle().await;
         let base_targets = baseline_targets(&base, op, shared);
         let sides: Vec<(&str, Arc<Vec<Target>>)> = by_placement
             .iter()
