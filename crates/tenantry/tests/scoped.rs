@@ -38,6 +38,21 @@ async fn superuser(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {
     c
 }
 
+/// A runtime pool of `n` connections, everything else as by default.
+fn pool_of(n: usize) -> PoolSettings {
+    PoolSettings {
+        runtime_max: n,
+        ..PoolSettings::default()
+    }
+}
+
+/// A fresh database with the library bootstrapped on it.
+async fn fresh(settings: &PoolSettings) -> (tokio_postgres::Config, Database) {
+    let (cfg, name) = fresh_db().await;
+    let db = connect(cfg.clone(), &name, settings).await;
+    (cfg, db)
+}
+
 async fn connect(cfg: tokio_postgres::Config, prefix: &str, settings: &PoolSettings) -> Database {
     Database::connect(
         cfg,
@@ -73,8 +88,7 @@ async fn seed(cfg: &tokio_postgres::Config) {
 
 #[tokio::test]
 async fn runtime_role_without_context_sees_nothing_and_cannot_insert() {
-    let (cfg, name) = fresh_db().await;
-    let db = connect(cfg.clone(), &name, &PoolSettings::default()).await;
+    let (cfg, db) = fresh(&PoolSettings::default()).await;
     seed(&cfg).await;
     let client = db.runtime().get().await.unwrap();
     // Plain queries, no scoped transaction: no app.tenant_id at all.
@@ -111,8 +125,7 @@ async fn runtime_role_without_context_sees_nothing_and_cannot_insert() {
 
 #[tokio::test]
 async fn scoped_transaction_sees_only_its_tenant() {
-    let (cfg, name) = fresh_db().await;
-    let db = connect(cfg.clone(), &name, &PoolSettings::default()).await;
+    let (cfg, db) = fresh(&PoolSettings::default()).await;
     seed(&cfg).await;
     let a = ctx_for(&db, &t("aa")).await;
     let tdb = a.db();
@@ -160,8 +173,7 @@ async fn scoped_transaction_sees_only_its_tenant() {
 
 #[tokio::test]
 async fn statements_without_the_tenant_filter_are_refused() {
-    let (cfg, name) = fresh_db().await;
-    let db = connect(cfg, &name, &PoolSettings::default()).await;
+    let (_, db) = fresh(&PoolSettings::default()).await;
     let a = ctx_for(&db, &t("aa")).await;
     let e = a.db().run("SELECT id FROM notes", &[]).await.unwrap_err();
     assert!(matches!(e, DbError::Unscoped(_)));
@@ -169,12 +181,7 @@ async fn statements_without_the_tenant_filter_are_refused() {
 
 #[tokio::test]
 async fn pooled_connection_never_carries_a_tenant_even_after_cancellation() {
-    let (cfg, name) = fresh_db().await;
-    let settings = PoolSettings {
-        runtime_max: 1,
-        ..PoolSettings::default()
-    };
-    let db = connect(cfg.clone(), &name, &settings).await;
+    let (cfg, db) = fresh(&pool_of(1)).await;
     seed(&cfg).await;
     let a = ctx_for(&db, &t("aa")).await;
     // 1. An open transaction dropped without commit (an error path or a panic).
@@ -219,12 +226,7 @@ async fn pooled_connection_never_carries_a_tenant_even_after_cancellation() {
 /// read works on a fresh connection.
 #[tokio::test]
 async fn single_statement_reads_keep_the_statement_timeout() {
-    let (cfg, name) = fresh_db().await;
-    let settings = PoolSettings {
-        runtime_max: 1,
-        ..PoolSettings::default()
-    };
-    let db = connect(cfg.clone(), &name, &settings).await;
+    let (cfg, db) = fresh(&pool_of(1)).await;
     seed(&cfg).await;
     let mut config = TenancyConfig::default();
     for plan in config.plans.0.values_mut() {
@@ -351,11 +353,7 @@ async fn a_scoped_read_costs_one_round_trip() {
     let via_proxy: tokio_postgres::Config = format!("postgres://postgres@127.0.0.1:{port}/{name}")
         .parse()
         .unwrap();
-    let settings = PoolSettings {
-        runtime_max: 1,
-        ..PoolSettings::default()
-    };
-    let db = connect(via_proxy, &name, &settings).await;
+    let db = connect(via_proxy, &name, &pool_of(1)).await;
     let a = ctx_for(&db, &t("aa")).await;
     let sql = "SELECT body FROM notes WHERE tenant_id = $1 AND id = $2";
     // Warm the connection's statement cache.
@@ -440,12 +438,7 @@ async fn two_schema_tenants(
     TenantContext,
     tokio_postgres::Client,
 ) {
-    let (cfg, name) = fresh_db().await;
-    let settings = PoolSettings {
-        runtime_max: 1,
-        ..PoolSettings::default()
-    };
-    let db = connect(cfg.clone(), &name, &settings).await;
+    let (cfg, db) = fresh(&pool_of(1)).await;
     let ca = ctx_in(&db, a, tenantry::Isolation::Schema).await;
     let cb = ctx_in(&db, b, tenantry::Isolation::Schema).await;
     let c = superuser(&cfg).await;
@@ -485,8 +478,7 @@ async fn a_schema_changed_under_a_cached_statement_is_retried_with_fresh_stateme
 /// the shared tables (or `public`).
 #[tokio::test]
 async fn schema_tenants_never_fall_through_to_other_schemas() {
-    let (cfg, name) = fresh_db().await;
-    let db = connect(cfg.clone(), &name, &PoolSettings::default()).await;
+    let (cfg, db) = fresh(&PoolSettings::default()).await;
     let a = ctx_in(&db, "aa", tenantry::Isolation::Schema).await;
     let c = superuser(&cfg).await;
     c.batch_execute("INSERT INTO shared.notes VALUES ('aa', 1, 'in shared')")
@@ -545,13 +537,11 @@ async fn schema_tenants_keep_a_prepared_statement_each() {
 /// life); before that it is reused.
 #[tokio::test]
 async fn runtime_connections_are_replaced_after_their_lifetime() {
-    let (cfg, name) = fresh_db().await;
-    let settings = PoolSettings {
-        runtime_max: 1,
+    let (cfg, db) = fresh(&PoolSettings {
         connection_lifetime: std::time::Duration::from_millis(1000),
-        ..PoolSettings::default()
-    };
-    let db = connect(cfg.clone(), &name, &settings).await;
+        ..pool_of(1)
+    })
+    .await;
     let ctx = ctx_in(&db, "la", tenantry::Isolation::Schema).await;
     let c = superuser(&cfg).await;
     c.batch_execute("INSERT INTO t_la.notes VALUES ('la', 1, 'la')")
@@ -608,13 +598,11 @@ async fn runtime_connections_are_replaced_after_their_lifetime() {
 /// tenants use any lane; the lanes together never exceed the pool's size.
 #[tokio::test]
 async fn schema_tenants_stay_on_their_lane() {
-    let (cfg, name) = fresh_db().await;
-    let settings = PoolSettings {
-        runtime_max: 3,
+    let (cfg, db) = fresh(&PoolSettings {
         runtime_lanes: 2,
-        ..PoolSettings::default()
-    };
-    let db = connect(cfg.clone(), &name, &settings).await;
+        ..pool_of(3)
+    })
+    .await;
     let status = db.runtime_status();
     assert_eq!((db.runtime_lanes().len(), status.max_size), (2, 3));
     let slugs = ["la", "lb", "lc", "ld", "le", "lf"];
