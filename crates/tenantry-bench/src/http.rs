@@ -130,6 +130,28 @@ impl From<(String, Vec<(String, String)>)> for Target {
     }
 }
 
+/// How every comparison is measured: each side warmed for `warmup`, then `rounds` rounds in
+/// which the sides run one after another for `duration` each, so that the machine's noise
+/// hits them all alike. One merged run per side, in the order given.
+pub(crate) async fn alternate(
+    sides: &[Arc<Vec<Target>>],
+    clients: usize,
+    warmup: Duration,
+    duration: Duration,
+    rounds: usize,
+) -> Vec<Run> {
+    for side in sides {
+        load(side.clone(), clients, warmup).await;
+    }
+    let mut runs: Vec<Run> = sides.iter().map(|_| Run::default()).collect();
+    for _ in 0..rounds {
+        for (run, side) in runs.iter_mut().zip(sides) {
+            merge(run, load(side.clone(), clients, duration).await);
+        }
+    }
+    runs
+}
+
 /// Closed-loop load: `clients` connections, each firing the next target as soon as the last
 /// answered, for `duration`.
 pub async fn load(targets: Arc<Vec<Target>>, clients: usize, duration: Duration) -> Run {
@@ -199,23 +221,34 @@ async fn baseline(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
     let tenant = tenant_header(&headers)?;
-    let client = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
-             FROM shared.orders WHERE tenant_id = $1 AND id = $2",
-        )
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let (client, stmt) = prepared(
+        &pool,
+        "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+         FROM shared.orders WHERE tenant_id = $1 AND id = $2",
+    )
+    .await?;
     let row = client
         .query_opt(&stmt, &[&tenant, &id])
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
         .ok_or(StatusCode::NOT_FOUND)?;
     Ok(Json(order_json(&row)))
+}
+
+/// A pooled connection and a cached statement on it, as every baseline handler starts.
+async fn prepared(
+    pool: &Pool,
+    sql: &str,
+) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement), StatusCode> {
+    let client = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let stmt = client
+        .prepare_cached(sql)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok((client, stmt))
 }
 
 fn tenant_header(headers: &HeaderMap) -> Result<String, StatusCode> {
@@ -239,17 +272,12 @@ fn order_json(row: &tokio_postgres::Row) -> Value {
 /// The hand-written list: the tenant's first 50 orders by id.
 async fn baseline_list(pool: Pool, headers: HeaderMap) -> Result<Json<Value>, StatusCode> {
     let tenant = tenant_header(&headers)?;
-    let client = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let stmt = client
-        .prepare_cached(
-            "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
-             FROM shared.orders WHERE tenant_id = $1 ORDER BY id LIMIT 51",
-        )
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let (client, stmt) = prepared(
+        &pool,
+        "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+         FROM shared.orders WHERE tenant_id = $1 ORDER BY id LIMIT 51",
+    )
+    .await?;
     let rows = client
         .query(&stmt, &[&tenant])
         .await
@@ -276,18 +304,13 @@ async fn baseline_create(
     let currency = body["currency"]
         .as_str()
         .ok_or(StatusCode::UNPROCESSABLE_ENTITY)?;
-    let client = pool
-        .get()
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let stmt = client
-        .prepare_cached(
-            "INSERT INTO shared.orders (tenant_id, id, user_id, amount_cents, currency, status)
-             VALUES ($1, $2, $3, $4, $5, 'pending')
-             RETURNING id, user_id, amount_cents, currency, status, created_at, updated_at",
-        )
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let (client, stmt) = prepared(
+        &pool,
+        "INSERT INTO shared.orders (tenant_id, id, user_id, amount_cents, currency, status)
+         VALUES ($1, $2, $3, $4, $5, 'pending')
+         RETURNING id, user_id, amount_cents, currency, status, created_at, updated_at",
+    )
+    .await?;
     let row = client
         .query_one(
             &stmt,
@@ -504,23 +527,11 @@ pub async fn read_by_id(
         }
         by_placement.push((placement, reads(&server.addr, &seeded)));
     }
-    let baseline_targets = baseline_targets.unwrap_or_default();
-    // Warm both.
-    load(baseline_targets.clone(), clients, duration / 2).await;
-    for (_, targets) in &by_placement {
-        load(targets.clone(), clients, duration / 2).await;
-    }
-    let mut base_run = Run::default();
-    let mut runs: Vec<Run> = by_placement.iter().map(|_| Run::default()).collect();
-    for _ in 0..rounds {
-        merge(
-            &mut base_run,
-            load(baseline_targets.clone(), clients, duration).await,
-        );
-        for (k, (_, targets)) in by_placement.iter().enumerate() {
-            merge(&mut runs[k], load(targets.clone(), clients, duration).await);
-        }
-    }
+    let sides: Vec<Arc<Vec<Target>>> = std::iter::once(baseline_targets.unwrap_or_default())
+        .chain(by_placement.iter().map(|(_, targets)| targets.clone()))
+        .collect();
+    let mut runs = alternate(&sides, clients, duration / 2, duration, rounds).await;
+    let base_run = runs.remove(0);
     row(
         &mut t,
         "baseline (hand-written, no auth, no RLS)",
@@ -559,20 +570,19 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
         format!("{base}/orders/{}", ids[0]),
         vec![("x-tenant-id".to_owned(), slug.clone())],
     )]);
-    load(tenantry_targets.clone(), clients, duration / 2).await;
-    load(base_targets.clone(), clients, duration / 2).await;
     // The floor of this setup: an unauthenticated route that does nothing, same server, same
     // load generator (both share the machine's two cores).
     let floor_targets = gets(vec![(format!("{}/healthz", server.addr), Vec::new())]);
-    let (mut b, mut r, mut f) = (Run::default(), Run::default(), Run::default());
-    for _ in 0..rounds {
-        merge(&mut b, load(base_targets.clone(), clients, duration).await);
-        merge(
-            &mut r,
-            load(tenantry_targets.clone(), clients, duration).await,
-        );
-        merge(&mut f, load(floor_targets.clone(), clients, duration).await);
-    }
+    let [b, r, f]: [Run; 3] = alternate(
+        &[base_targets, tenantry_targets, floor_targets],
+        clients,
+        duration / 2,
+        duration,
+        rounds,
+    )
+    .await
+    .try_into()
+    .expect("three sides");
     let mut t = Table::new(
         "Rate-limited requests (429) vs baseline reads",
         &LOAD_COLUMNS,
@@ -592,7 +602,7 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
     t
 }
 
-pub(crate) fn merge(into: &mut Run, r: Run) {
+fn merge(into: &mut Run, r: Run) {
     into.cpu_bench += r.cpu_bench;
     into.cpu_pg += r.cpu_pg;
     into.requests += r.requests;
@@ -668,13 +678,16 @@ pub async fn read_by_id_cached(
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let seeded = seed(&server, "c", tenants, "shared", 2, 4).await;
     let (targets, base_targets) = (reads(&server.addr, &seeded), baseline_reads(&base, &seeded));
-    load(targets.clone(), clients, duration / 2).await;
-    load(base_targets.clone(), clients, duration / 2).await;
-    let (mut b, mut r) = (Run::default(), Run::default());
-    for _ in 0..rounds {
-        merge(&mut b, load(base_targets.clone(), clients, duration).await);
-        merge(&mut r, load(targets.clone(), clients, duration).await);
-    }
+    let [b, r]: [Run; 2] = alternate(
+        &[base_targets, targets],
+        clients,
+        duration / 2,
+        duration,
+        rounds,
+    )
+    .await
+    .try_into()
+    .expect("two sides");
     let mut t = Table::new(
         "Read one order by id with the tenant cache on (the server's default)",
         &LOAD_COLUMNS,

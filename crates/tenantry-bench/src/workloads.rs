@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::http::{
-    load, merge, row, start_baseline, Run, Server, Target, ADMIN, CPU_BENCH, CPU_PG, LOAD_COLUMNS,
+    alternate, row, start_baseline, Server, Target, ADMIN, CPU_BENCH, CPU_PG, LOAD_COLUMNS,
 };
 use crate::report::Table;
 
@@ -215,18 +215,11 @@ pub async fn operations(
             .filter(|(p, _)| op != Op::Mixed || *p == "shared")
             .map(|(p, s)| (*p, targets(&server.addr, op, s)))
             .collect();
-        load(base_targets.clone(), clients, duration / 3).await;
-        for (_, s) in &sides {
-            load(s.clone(), clients, duration / 3).await;
-        }
-        let mut b = Run::default();
-        let mut runs: Vec<Run> = sides.iter().map(|_| Run::default()).collect();
-        for _ in 0..rounds {
-            merge(&mut b, load(base_targets.clone(), clients, duration).await);
-            for (k, (_, s)) in sides.iter().enumerate() {
-                merge(&mut runs[k], load(s.clone(), clients, duration).await);
-            }
-        }
+        let all: Vec<Arc<Vec<Target>>> = std::iter::once(base_targets)
+            .chain(sides.iter().map(|(_, s)| s.clone()))
+            .collect();
+        let mut runs = alternate(&all, clients, duration / 3, duration, rounds).await;
+        let b = runs.remove(0);
         row(&mut t, &format!("{}: baseline", op.label()), &b, &b);
         for (k, (p, _)) in sides.iter().enumerate() {
             row(
@@ -305,15 +298,8 @@ pub async fn tenant_scale(
             .iter()
             .map(|&n| (n, targets(&server.addr, Op::Read, &seeded[..n])))
             .collect();
-        for (_, s) in &sets {
-            load(s.clone(), clients, warmup).await;
-        }
-        let mut runs: Vec<Run> = sets.iter().map(|_| Run::default()).collect();
-        for _ in 0..rounds {
-            for (k, (_, s)) in sets.iter().enumerate() {
-                merge(&mut runs[k], load(s.clone(), clients, duration).await);
-            }
-        }
+        let all: Vec<Arc<Vec<Target>>> = sets.iter().map(|(_, s)| s.clone()).collect();
+        let runs = alternate(&all, clients, warmup, duration, rounds).await;
         for (k, (n, _)) in sets.iter().enumerate() {
             row(&mut t, &format!("{placement}, {n}"), &runs[k], &runs[0]);
         }
