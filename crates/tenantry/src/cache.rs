@@ -103,6 +103,10 @@ impl TenantCache {
     /// The value for `name` in the context's tenant, loading it (once, however many ask at the
     /// same time) on a miss. `None` from the loader is cached too (a missing row stays missing
     /// until invalidated or expired).
+    ///
+    /// A hit takes the cache's small `get` future; the single-flight load holds the loader's
+    /// future and is several kilobytes, so it is boxed rather than carried in every caller's
+    /// future (which request layers copy into boxes of their own).
     pub async fn get_or_load<T, F, Fut, E>(
         &self,
         ctx: &TenantContext,
@@ -117,6 +121,32 @@ impl TenantCache {
         E: std::fmt::Display,
     {
         let key = Self::key(ctx.tenant_id(), name);
+        let entry = match self.local.get(&key).await {
+            Some(entry) => {
+                self.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                entry
+            }
+            None => Box::pin(self.load(key, ctx, name, ttl, load)).await?,
+        };
+        serde_json::from_slice::<Option<T>>(&entry.bytes).map_err(|e| LoadError(e.to_string()))
+    }
+
+    /// The miss path of [`get_or_load`](Self::get_or_load): Redis, then the loader, once per
+    /// key however many callers wait.
+    async fn load<T, F, Fut, E>(
+        &self,
+        key: Key,
+        ctx: &TenantContext,
+        name: &str,
+        ttl: Duration,
+        load: F,
+    ) -> Result<Entry, LoadError>
+    where
+        T: Serialize,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<T>, E>>,
+        E: std::fmt::Display,
+    {
         let loaded = std::sync::atomic::AtomicBool::new(false);
         let entry = self
             .local
@@ -163,7 +193,7 @@ impl TenantCache {
             &self.hits
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        serde_json::from_slice::<Option<T>>(&entry.bytes).map_err(|e| LoadError(e.to_string()))
+        Ok(entry)
     }
 
     /// Drops `name` in the context's tenant, here and on every node.

@@ -205,15 +205,11 @@ pub async fn get(
         Ok::<_, DbError>(row.as_ref().map(from_row))
     };
     let order = if state.order_cache {
-        // Boxed: the cache's future holds the load's, and unboxed it would double the size of
-        // this handler's future, which axum copies into a box on every request.
-        Box::pin(
-            state
-                .cache
-                .get_or_load(&ctx, &cache_key(&id), CACHE_TTL, load),
-        )
-        .await
-        .map_err(|e| Problem::unavailable(&e))?
+        state
+            .cache
+            .get_or_load(&ctx, &cache_key(&id), CACHE_TTL, load)
+            .await
+            .map_err(|e| Problem::unavailable(&e))?
     } else {
         load().await?
     };

@@ -169,26 +169,19 @@ async fn operators_manage_tenants_and_keys_from_the_shell() {
     assert_eq!(code, 2);
     assert!(err.contains("--yes"), "{err}");
     let sql = app.sql().await;
-    let schemas: i64 = sql
-        .query_one(
+    let acme_schemas = || async {
+        sql.query_one(
             "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '%acme%'",
             &[],
         )
         .await
         .unwrap()
-        .get(0);
-    assert_eq!(schemas, 1, "still there without --yes");
+        .get::<_, i64>(0)
+    };
+    assert_eq!(acme_schemas().await, 1, "still there without --yes");
     let (code, _, err) = tenantry(&app, &["tenants", "delete", "acme", "--yes"]).await;
     assert_eq!(code, 0, "{err}");
-    let schemas: i64 = sql
-        .query_one(
-            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE '%acme%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(schemas, 0);
+    assert_eq!(acme_schemas().await, 0);
     app.admin(Method::GET, "/admin/v1/tenants/acme", None)
         .await
         .problem(404, "tenant_not_found");
