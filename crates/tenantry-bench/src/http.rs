@@ -22,6 +22,7 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 use crate::report::Table;
+use crate::wire::{Conn, Wire};
 use crate::workloads::{seed, Op};
 
 /// Read-by-id targets over seeded tenants, through Tenantry and through the baseline.
@@ -155,40 +156,21 @@ pub(crate) async fn alternate(
 /// Closed-loop load: `clients` connections, each firing the next target as soon as the last
 /// answered, for `duration`.
 pub async fn load(targets: Arc<Vec<Target>>, clients: usize, duration: Duration) -> Run {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(clients)
-        .build()
-        .unwrap();
+    let wires: Arc<Vec<Wire>> = Arc::new(targets.iter().map(Wire::render).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let cpu0 = cpu_now();
     let start = Instant::now();
     let mut handles = Vec::new();
     for c in 0..clients {
-        let (http, targets, stop) = (http.clone(), targets.clone(), stop.clone());
+        let (wires, stop) = (wires.clone(), stop.clone());
         handles.push(tokio::spawn(async move {
             let mut run = Run::default();
+            let mut conn = Conn::default();
             let mut i = c * 7919;
             while !stop.load(Ordering::Relaxed) {
-                i = (i + 104_729) % targets.len();
-                let t = &targets[i];
-                let mut req = http.request(t.method.clone(), &t.url);
-                for (k, v) in &t.headers {
-                    req = req.header(k, v);
-                }
-                if let Some(b) = &t.body {
-                    req = req
-                        .header("content-type", "application/json")
-                        .body(b.clone());
-                }
+                i = (i + 104_729) % wires.len();
                 let t0 = Instant::now();
-                let status = match req.send().await {
-                    Ok(r) => {
-                        let s = r.status().as_u16();
-                        let _ = r.bytes().await;
-                        s
-                    }
-                    Err(_) => 0,
-                };
+                let status = conn.send(&wires[i]).await;
                 run.latencies.push(t0.elapsed());
                 *run.statuses.entry(status).or_default() += 1;
                 run.requests += 1;
@@ -214,19 +196,99 @@ pub async fn load(targets: Arc<Vec<Target>>, clients: usize, duration: Duration)
     all
 }
 
+/// The baseline's read.
+const READ_SQL: &str = "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+         FROM shared.orders WHERE tenant_id = $1 AND id = $2";
+
 /// The hand-written baseline: tenant from a header, one SELECT, same pool size.
 async fn baseline(
     pool: Pool,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
+    read_with(&pool, READ_SQL, headers, id).await
+}
+
+/// The baseline's handler with the database's safety net added and nothing else: its pool is on
+/// the runtime role (forced RLS applies) and it sends the statement the library sends for this
+/// read, which sets the tenant for the policy. What separates it from the baseline is the cost
+/// of invariant 2 in PostgreSQL, which any design that keeps RLS as a safety net pays; what
+/// separates tenantry from it is the library's own work (auth, hint check, limits, context).
+async fn rls_floor(
+    pool: Pool,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, StatusCode> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        tenantry::db::single_statement_form(READ_SQL).expect("a read has a single-statement form")
+    });
+    read_with(&pool, &SQL, headers, id).await
+}
+
+/// The floor of the `schema` placement, the same way: on the runtime role, the statements the
+/// library sends for a schema tenant's read, pipelined into one round trip as it does: `BEGIN`,
+/// the transaction-local settings (tenant, statement timeout, `search_path` to the tenant's
+/// schema alone), the read (its text per schema, so each connection keeps one plan per schema)
+/// and `COMMIT`. Four statements where the shared floor sends one: `search_path` must be set
+/// before the read is planned, so it cannot travel inside the read.
+async fn schema_floor(
+    pool: Pool,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, StatusCode> {
     let tenant = tenant_header(&headers)?;
-    let (client, stmt) = prepared(
-        &pool,
-        "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
-         FROM shared.orders WHERE tenant_id = $1 AND id = $2",
-    )
-    .await?;
+    let slug = tenantry::TenantId::parse(&tenant).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let path = tenantry::db::roles::quote_ident(&tenantry::db::placement::schema_name(&slug));
+    let client = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let read = format!("{SCHEMA_READ_SQL}\n/* schema {path} */");
+    let (set, read) = tokio::join!(
+        client.prepare_cached(
+            "SELECT set_config('app.tenant_id', $1, true), \
+             set_config('statement_timeout', $2, true), set_config('search_path', $3, true)"
+        ),
+        client.prepare_cached(&read)
+    );
+    let (set, read) = set
+        .and_then(|s| Ok((s, read?)))
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let timeout = "5000";
+    let settings: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&tenant, &timeout, &path];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenant, &id];
+    let (b, s, q, c) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        client.query(&set, &settings),
+        client.query_opt(&read, &params),
+        client.batch_execute("COMMIT")
+    );
+    match (b, s, q, c) {
+        (Ok(()), Ok(_), Ok(row), Ok(())) => {
+            Ok(Json(order_json(&row.ok_or(StatusCode::NOT_FOUND)?)))
+        }
+        _ => {
+            // A failed pipeline can leave the transaction open: never hand the connection on.
+            let _ = deadpool_postgres::Object::take(client);
+            Err(StatusCode::INTERNAL_SERVER_ERROR)
+        }
+    }
+}
+
+/// The read as a schema tenant's code writes it: unqualified, resolved through `search_path`.
+const SCHEMA_READ_SQL: &str =
+    "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
+         FROM orders WHERE tenant_id = $1 AND id = $2";
+
+/// One order by tenant (from the header) and id, through `sql`.
+async fn read_with(
+    pool: &Pool,
+    sql: &str,
+    headers: HeaderMap,
+    id: Uuid,
+) -> Result<Json<Value>, StatusCode> {
+    let tenant = tenant_header(&headers)?;
+    let (client, stmt) = prepared(pool, sql).await?;
     let row = client
         .query_opt(&stmt, &[&tenant, &id])
         .await
@@ -321,19 +383,24 @@ async fn baseline_create(
     Ok((StatusCode::CREATED, Json(order_json(&row))))
 }
 
-/// The baseline server; it stops (and drops its pool) when the returned guard is dropped.
-pub(crate) async fn start_baseline(
-    db_url: &str,
-    pool_size: usize,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// A pool of `size` connections for a hand-written handler.
+fn handler_pool(cfg: tokio_postgres::Config, size: usize) -> Pool {
     let mgr = Manager::from_config(
-        db_url.parse().unwrap(),
+        cfg,
         NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
     );
-    let pool = Pool::builder(mgr).max_size(pool_size).build().unwrap();
+    Pool::builder(mgr).max_size(size).build().unwrap()
+}
+
+/// The baseline server; it stops (and drops its pool) when the returned guard is dropped.
+pub(crate) async fn start_baseline(
+    db_url: &str,
+    pool_size: usize,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let pool = handler_pool(db_url.parse().unwrap(), pool_size);
     let app = Router::new()
         .route(
             "/orders/{id}",
@@ -346,6 +413,37 @@ pub(crate) async fn start_baseline(
             ),
         )
         .with_state(pool);
+    serve_router(app).await
+}
+
+/// The floors ([`rls_floor`] under `/orders`, [`schema_floor`] under `/schema/orders`): the
+/// baseline's read on the server's runtime role `runtime` (the connection logs in as the
+/// superuser of `db_url` and takes the role at start-up, so no password is needed), same pool
+/// size.
+pub(crate) async fn start_rls_floor(
+    db_url: &str,
+    runtime: &str,
+    pool_size: usize,
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let mut cfg: tokio_postgres::Config = db_url.parse().unwrap();
+    // As the runtime pool starts: the shared schema alone on the path.
+    cfg.options(format!("-c role={runtime} -c search_path=shared"));
+    let pool = handler_pool(cfg, pool_size);
+    let app = Router::new()
+        .route(
+            "/orders/{id}",
+            get(|State(p): State<Pool>, h: HeaderMap, id: Path<Uuid>| rls_floor(p, h, id)),
+        )
+        .route(
+            "/schema/orders/{id}",
+            get(|State(p): State<Pool>, h: HeaderMap, id: Path<Uuid>| schema_floor(p, h, id)),
+        )
+        .with_state(pool);
+    serve_router(app).await
+}
+
+/// Serves `app` on a free port until the returned sender is dropped.
+async fn serve_router(app: Router) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -444,6 +542,53 @@ impl Server {
         }
     }
 
+    /// Stops the server and drops what it created: its database, its tenants' databases and
+    /// its roles (all named after its database), so that benchmark runs do not pile them up.
+    pub async fn remove(self) {
+        let Self { db_url, _stop, .. } = self;
+        drop(_stop);
+        let (base, name) = db_url.rsplit_once('/').expect("a database URL");
+        let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let prefix = format!("{name}_");
+        let dbs = c
+            .query(
+                "SELECT datname FROM pg_database WHERE datname = $1 OR starts_with(datname, $2)",
+                &[&name, &prefix],
+            )
+            .await
+            .unwrap();
+        for db in dbs {
+            let db: String = db.get(0);
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                .await
+                .unwrap();
+        }
+        let roles = c
+            .query(
+                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)",
+                &[&prefix],
+            )
+            .await
+            .unwrap();
+        for role in roles {
+            let role: String = role.get(0);
+            c.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                .await
+                .unwrap();
+        }
+    }
+
+    /// The server's runtime role (its role prefix is its database's name).
+    pub fn runtime_role(&self) -> String {
+        let name = self.db_url.rsplit('/').next().unwrap_or_default();
+        tenantry::db::RoleNames::from_prefix(name)
+            .expect("a valid prefix")
+            .runtime
+    }
+
     /// Vacuums and analyses every table the seeding just filled (the server's database and
     /// each tenant database), so that autovacuum does not wake up in the middle of a
     /// measurement: after seeding 1,000 schema tenants it has thousands of fresh tables to
@@ -511,41 +656,72 @@ pub async fn read_by_id(
 ) -> Table {
     let server = Server::start_with_lanes(false, lanes).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
+    let (floor, _floor) = start_rls_floor(&server.db_url, &server.runtime_role(), 16).await;
     let mut t = Table::new(
         &format!("Read one order by id: full stack vs hand-written baseline ({tenants} tenants per placement, {clients} clients)"),
         &LOAD_COLUMNS,
     );
-    let mut baseline_targets = None;
-    let mut by_placement = Vec::new();
+    // The baseline and the shared floor read the shared tenants' rows (seeded even when the
+    // shared placement itself is not measured); the schema floor reads the schema tenants'.
+    let shared = seed(&server, "sh", tenants, "shared", 2, 4).await;
+    let mut sides = vec![
+        (
+            "baseline (hand-written, no auth, no RLS)".to_owned(),
+            baseline_reads(&base, &shared),
+            None,
+        ),
+        (
+            "floor: baseline + the database's safety net (runtime role, forced RLS, tenantry's statement)"
+                .to_owned(),
+            baseline_reads(&floor, &shared),
+            None,
+        ),
+    ];
     for placement in ["shared", "schema", "database"] {
         if !placements.iter().any(|p| p == placement) {
             continue;
         }
-        let seeded = seed(&server, &placement[..2], tenants, placement, 2, 4).await;
-        if placement == "shared" {
-            baseline_targets = Some(baseline_reads(&base, &seeded));
+        let seeded = if placement == "shared" {
+            shared.clone()
+        } else {
+            seed(&server, &placement[..2], tenants, placement, 2, 4).await
+        };
+        // Which floor this placement is compared with: the schema placement has its own.
+        let floor_side = if placement == "schema" {
+            sides.push((
+                "floor, schema: the same for a schema tenant (BEGIN, settings, read, COMMIT pipelined)"
+                    .to_owned(),
+                baseline_reads(&format!("{floor}/schema"), &seeded),
+                None,
+            ));
+            sides.len() - 1
+        } else {
+            1
+        };
+        sides.push((
+            format!("tenantry, {placement}"),
+            reads(&server.addr, &seeded),
+            Some(floor_side),
+        ));
+    }
+    let targets: Vec<Arc<Vec<Target>>> = sides.iter().map(|(_, t, _)| t.clone()).collect();
+    let runs = alternate(&targets, clients, duration / 2, duration, rounds).await;
+    for ((label, _, floor_side), run) in sides.iter().zip(&runs) {
+        row(&mut t, label, run, &runs[0]);
+        if run.statuses.keys().any(|s| *s != 200) {
+            t.notes
+                .push(format!("WARNING: {label} answered {:?}", run.statuses));
         }
-        by_placement.push((placement, reads(&server.addr, &seeded)));
+        if let Some(f) = floor_side {
+            let f = &runs[*f];
+            t.notes.push(format!(
+                "{label} vs its floor: {:.2}x req/s, {:.2}x p99",
+                run.rps() / f.rps().max(1e-9),
+                run.latencies.p99().as_secs_f64() / f.latencies.p99().as_secs_f64().max(1e-9)
+            ));
+        }
     }
-    let sides: Vec<Arc<Vec<Target>>> = std::iter::once(baseline_targets.unwrap_or_default())
-        .chain(by_placement.iter().map(|(_, targets)| targets.clone()))
-        .collect();
-    let mut runs = alternate(&sides, clients, duration / 2, duration, rounds).await;
-    let base_run = runs.remove(0);
-    row(
-        &mut t,
-        "baseline (hand-written, no auth, no RLS)",
-        &base_run,
-        &base_run,
-    );
-    for (k, (placement, _)) in by_placement.iter().enumerate() {
-        row(
-            &mut t,
-            &format!("tenantry, {placement}"),
-            &runs[k],
-            &base_run,
-        );
-    }
+    server.remove().await;
     t
 }
 
@@ -599,6 +775,7 @@ pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Tabl
         &b,
     );
     row(&mut t, "floor: GET /healthz (no auth, no work)", &f, &b);
+    server.remove().await;
     t
 }
 
@@ -694,21 +871,29 @@ pub async fn read_by_id_cached(
     );
     row(&mut t, "baseline (every read hits the database)", &b, &b);
     row(&mut t, "tenantry, shared, order cache on", &r, &b);
+    server.remove().await;
     t
 }
 
-/// Drives one side alone for `duration` (for `perf record`): `baseline` or a placement.
+/// Drives one side alone for `duration` (for `perf record`): `baseline`, `floor` (the RLS
+/// floor) or a placement.
 pub async fn profile(side: &str, tenants: usize, duration: Duration, clients: usize) -> Run {
     let server = Server::start(false).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
-    let isolation = if side == "baseline" { "shared" } else { side };
+    let (floor, _floor) = start_rls_floor(&server.db_url, &server.runtime_role(), 16).await;
+    let isolation = match side {
+        "baseline" | "floor" => "shared",
+        placement => placement,
+    };
     let seeded = seed(&server, "p", tenants, isolation, 2, 4).await;
-    let targets = if side == "baseline" {
-        baseline_reads(&base, &seeded)
-    } else {
-        reads(&server.addr, &seeded)
+    let targets = match side {
+        "baseline" => baseline_reads(&base, &seeded),
+        "floor" => baseline_reads(&floor, &seeded),
+        _ => reads(&server.addr, &seeded),
     };
     load(targets.clone(), clients, Duration::from_secs(1)).await;
     eprintln!("profiling {side} now");
-    load(targets, clients, duration).await
+    let run = load(targets, clients, duration).await;
+    server.remove().await;
+    run
 }

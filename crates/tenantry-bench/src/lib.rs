@@ -10,6 +10,7 @@ pub mod limits;
 pub mod placements;
 pub mod report;
 pub mod stats;
+pub mod wire;
 pub mod workloads;
 
 /// PostgreSQL to run against (a superuser; each scenario creates its own database).

@@ -8,6 +8,8 @@ pub struct Table {
     pub title: String,
     pub headers: Vec<String>,
     pub rows: Vec<Vec<String>>,
+    /// Lines printed under the table.
+    pub notes: Vec<String>,
 }
 
 impl Table {
@@ -16,6 +18,7 @@ impl Table {
             title: title.into(),
             headers: headers.iter().map(|h| h.to_string()).collect(),
             rows: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -31,6 +34,12 @@ impl Table {
         s.push('\n');
         for r in &self.rows {
             let _ = writeln!(s, "| {} |", r.join(" | "));
+        }
+        if !self.notes.is_empty() {
+            s.push('\n');
+            for n in &self.notes {
+                let _ = writeln!(s, "{n}");
+            }
         }
         s
     }

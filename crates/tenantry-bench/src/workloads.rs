@@ -237,6 +237,7 @@ pub async fn operations(
             assert_eq!(bad, 0, "{} {p}: {:?}", op.label(), runs[k].statuses);
         }
     }
+    server.remove().await;
     t
 }
 
@@ -304,5 +305,6 @@ pub async fn tenant_scale(
             row(&mut t, &format!("{placement}, {n}"), &runs[k], &runs[0]);
         }
     }
+    server.remove().await;
     t
 }

@@ -111,7 +111,11 @@ fn single_statement(sql: &'static str) -> Option<&'static str> {
     form
 }
 
-fn single_statement_form(sql: &str) -> Option<String> {
+/// The single-statement form [`TenantDb::run`] sends for a read (see `single_statement`), or
+/// `None` for a statement that keeps the pipelined transaction. Public so that a tool can send
+/// exactly the statement the library sends: the benchmark's floor (a hand-written handler with
+/// only the database's safety net) uses it, so the floor cannot drift from what it measures.
+pub fn single_statement_form(sql: &str) -> Option<String> {
     let head = sql.trim_start();
     if !head
         .get(..6)
