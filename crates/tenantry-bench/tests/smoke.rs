@@ -50,7 +50,16 @@ async fn http_scenarios_run() {
     let d = std::time::Duration::from_millis(200);
     let all = ["shared", "schema", "database"].map(String::from);
     let t = tenantry_bench::http::read_by_id(1, d, 1, 2, &all, 2).await;
-    assert_eq!(t.rows.len(), 4);
+    // baseline, shared floor, shared, schema floor, schema, database.
+    assert_eq!(t.rows.len(), 6);
+    // Every side answered 200 (a floor that fails fast would otherwise look fast), and each
+    // placement is compared with its floor.
+    assert!(
+        !t.notes.iter().any(|n| n.starts_with("WARNING")),
+        "{:?}",
+        t.notes
+    );
+    assert_eq!(t.notes.len(), 3, "{:?}", t.notes);
     let t = tenantry_bench::http::rejected(d, 1, 2).await;
     assert_eq!(t.rows.len(), 3);
     let t = tenantry_bench::http::read_by_id_cached(1, d, 1, 2).await;

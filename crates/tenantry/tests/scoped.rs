@@ -274,6 +274,89 @@ async fn single_statement_reads_keep_the_statement_timeout() {
 }
 
 /// The only runtime connection is idle, outside any transaction, with no tenant setting.
+/// A single-row insert runs as one statement that carries its own setting: the row lands in
+/// the tenant, the setting ends with the statement, a failing insert writes nothing, and an
+/// insert past the plan's statement timeout is cancelled and rolled back.
+#[tokio::test]
+async fn single_row_inserts_set_their_own_tenant() {
+    let (cfg, db) = fresh(&pool_of(1)).await;
+    seed(&cfg).await;
+    let c = superuser(&cfg).await;
+    let count = |tenant: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT count(*) FROM shared.notes WHERE tenant_id = $1",
+                &[&tenant],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    let mut config = TenancyConfig::default();
+    for plan in config.plans.0.values_mut() {
+        plan.statement_timeout = std::time::Duration::from_millis(300);
+    }
+    let a = ctx_with(&db, "aa", tenantry::Isolation::Shared, config).await;
+    let row = a
+        .db()
+        .run_opt(
+            "INSERT INTO notes (tenant_id, id, body) VALUES ($1, $2, $3) RETURNING tenant_id, id",
+            &[&10i32, &"ten"],
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "aa");
+    assert_eq!(row.get::<_, i32>(1), 10);
+    assert_eq!((count("aa").await, count("bb").await), (3, 1));
+    assert_clean(&db).await;
+    // A duplicate key fails as itself and writes nothing; the connection is clean after it.
+    let e = a
+        .db()
+        .run(
+            "INSERT INTO notes (tenant_id, id, body) VALUES ($1, $2, $3)",
+            &[&10i32, &"again"],
+        )
+        .await
+        .unwrap_err();
+    assert!(!matches!(e, DbError::Timeout), "{e:?}");
+    assert_eq!(count("aa").await, 3);
+    assert_clean(&db).await;
+    // Past the plan's statement timeout an insert is cancelled and rolled back.
+    c.batch_execute(
+        "CREATE FUNCTION shared.slow_note() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.body = 'slow' THEN PERFORM pg_sleep(5); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER slow_note BEFORE INSERT ON shared.notes
+             FOR EACH ROW EXECUTE FUNCTION shared.slow_note();",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let e = a
+        .db()
+        .run(
+            "INSERT INTO notes (tenant_id, id, body) VALUES ($1, $2, $3)",
+            &[&12i32, &"slow"],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, DbError::Timeout), "{e:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(count("aa").await, 3, "the timed-out insert was rolled back");
+    // The next insert works, on a fresh connection.
+    a.db()
+        .run(
+            "INSERT INTO notes (tenant_id, id, body) VALUES ($1, $2, $3)",
+            &[&13i32, &"fast"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(count("aa").await, 4);
+    assert_clean(&db).await;
+}
+
 async fn assert_clean(db: &Database) {
     let c = db.runtime().get().await.unwrap();
     // SAVEPOINT fails outside a transaction block: if it succeeds, the connection came back

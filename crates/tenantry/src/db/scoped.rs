@@ -12,13 +12,14 @@
 //! - a transaction that is dropped unfinished (an error, a panic, a client that hung up and so
 //!   cancelled the handler's future) is rolled back before the connection can serve anyone else.
 //!
-//! Cost: a read through [`TenantDb::run`] of a `shared` or `database` tenant is one statement
-//! that sets the tenant itself: `WITH _tenantry_scope AS MATERIALIZED (SELECT set_config(
-//! 'app.tenant_id', $1, true) …) SELECT … CROSS JOIN LATERAL (the read)`, one round trip and
-//! one statement for PostgreSQL (why that is safe is on `single_statement`). Otherwise `BEGIN`, the settings and the first statement are pipelined into one
-//! round trip, and [`TenantDb::run`] pipelines `COMMIT` too, so a single-statement write also
-//! costs one round trip. Multi-statement transactions pay one round trip per statement plus one
-//! for `COMMIT`.
+//! Cost: a read or a single-row insert through [`TenantDb::run`] of a `shared` or `database`
+//! tenant is one statement that sets the tenant itself: `WITH _tenantry_scope AS MATERIALIZED
+//! (SELECT set_config('app.tenant_id', $1, true) …) SELECT … CROSS JOIN LATERAL (the read)`, or
+//! `… INSERT … SELECT … FROM _tenantry_scope`: one round trip and one statement for PostgreSQL
+//! (why that is safe is on `single_statement`). Otherwise `BEGIN`, the settings and the first
+//! statement are pipelined into one round trip, and [`TenantDb::run`] pipelines `COMMIT` too,
+//! so any other single-statement write also costs one round trip. Multi-statement transactions
+//! pay one round trip per statement plus one for `COMMIT`.
 //!
 //! Prepared statements are cached per connection; schema tenants get one per schema (the text
 //! names the schema in a comment), because PostgreSQL re-analyses a cached statement whenever
@@ -46,6 +47,9 @@ const SCOPE_SQL: &str =
     "SELECT set_config('app.tenant_id', $1, true), set_config('statement_timeout', $2, true)";
 const SCOPE_SCHEMA_SQL: &str = "SELECT set_config('app.tenant_id', $1, true), \
      set_config('statement_timeout', $2, true), set_config('search_path', $3, true)";
+
+/// How long a timed-out single statement's outcome is awaited after its cancel request.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Prepared statements a connection keeps before schema tenants share one statement again.
 const PER_SCHEMA_STATEMENTS: usize = 512;
@@ -91,9 +95,12 @@ fn is_scoped(sql: &str) -> bool {
 /// - with one scope row, the nested loop returns the read's rows in the read's own order, so an
 ///   inner `ORDER BY … LIMIT` (pagination) keeps its meaning.
 ///
-/// Only plain reads qualify (a statement starting with `SELECT`); writes, CTEs and the
-/// `schema` placement (whose `search_path` must be set before the statement is planned) keep
-/// the pipelined `BEGIN … COMMIT`.
+/// Plain reads (a statement starting with `SELECT`) and single-row inserts qualify (the
+/// insert's own argument is on `insert_form`); updates, deletes, CTEs and the `schema`
+/// placement (whose `search_path` must be set before the statement is planned) keep the
+/// pipelined `BEGIN … COMMIT`. Updates and deletes stay there because their rows come from the
+/// table, not from the scope: nothing in the plan's shape would order the setting before the
+/// policy's filter.
 fn single_statement(sql: &'static str) -> Option<&'static str> {
     use std::collections::HashMap;
     use std::sync::{LazyLock, RwLock};
@@ -111,23 +118,113 @@ fn single_statement(sql: &'static str) -> Option<&'static str> {
     form
 }
 
-/// The single-statement form [`TenantDb::run`] sends for a read (see `single_statement`), or
-/// `None` for a statement that keeps the pipelined transaction. Public so that a tool can send
-/// exactly the statement the library sends: the benchmark's floor (a hand-written handler with
-/// only the database's safety net) uses it, so the floor cannot drift from what it measures.
+/// The single-statement form [`TenantDb::run`] sends for a read or a single-row insert (see
+/// `single_statement`), or `None` for a statement that keeps the pipelined transaction. Public
+/// so that a tool can send exactly the statement the library sends: the benchmark's floor (a
+/// hand-written handler with only the database's safety net) uses it, so the floor cannot
+/// drift from what it measures.
 pub fn single_statement_form(sql: &str) -> Option<String> {
     let head = sql.trim_start();
-    if !head
-        .get(..6)
-        .is_some_and(|h| h.eq_ignore_ascii_case("select"))
-    {
+    let starts = |word: &str| {
+        head.get(..word.len())
+            .is_some_and(|h| h.eq_ignore_ascii_case(word))
+    };
+    let code = code_mask(sql)?;
+    if starts("select") {
+        let (inner, replaced) = with_scope_param(sql, &code, 0..sql.len());
+        (replaced > 0).then(|| format!("{SCOPE_CTE} SELECT _tenantry_q.* FROM _tenantry_scope CROSS JOIN LATERAL ({inner}) _tenantry_q"))
+    } else if starts("insert") {
+        insert_form(sql, &code)
+    } else {
+        None
+    }
+}
+
+/// The scope every single-statement form starts with: the setting, made by the statement itself.
+const SCOPE_CTE: &str = "WITH _tenantry_scope AS MATERIALIZED \
+     (SELECT set_config('app.tenant_id', $1, true) AS tenant_id)";
+
+/// `INSERT INTO t (tenant_id, …) VALUES ($1, …) [ON CONFLICT …] [RETURNING …]` becomes
+/// `<scope> INSERT INTO t (tenant_id, …) SELECT <scope's tenant>, … FROM _tenantry_scope …`.
+/// The new row is computed from the scope's row, so `set_config` has run before the row
+/// exists and before the policy's `WITH CHECK` (and, with `RETURNING`, its `USING`) is
+/// evaluated on it; were it ever otherwise, the check would see no tenant and refuse the row.
+/// Only one row of plain values qualifies, with `$1` only inside it (the scope is not visible
+/// to `ON CONFLICT` or `RETURNING`) and no `DEFAULT` (which a select list cannot hold).
+fn insert_form(sql: &str, code: &[bool]) -> Option<String> {
+    let b = sql.as_bytes();
+    let word_at = |i: usize, w: &str| {
+        code[i]
+            && b.len() >= i + w.len()
+            && b[i..i + w.len()].eq_ignore_ascii_case(w.as_bytes())
+            && (i == 0 || !is_ident(b[i - 1]))
+            && b.get(i + w.len()).is_none_or(|c| !is_ident(*c))
+    };
+    // `VALUES` outside parentheses, then its parenthesised row.
+    let mut depth = 0usize;
+    let mut values = None;
+    for i in 0..b.len() {
+        if !code[i] {
+            continue;
+        }
+        match b[i] {
+            b'(' => depth += 1,
+            b')' => depth = depth.checked_sub(1)?,
+            _ if depth == 0 && word_at(i, "values") => {
+                values = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let values = values?;
+    let open = (values + 6..b.len()).find(|&i| !b[i].is_ascii_whitespace())?;
+    if b[open] != b'(' {
         return None;
     }
-    // Replace `$1` (not `$10`…) outside quotes and comments.
+    let mut depth = 0usize;
+    let close = (open..b.len()).find(|&i| {
+        if code[i] && b[i] == b'(' {
+            depth += 1;
+        } else if code[i] && b[i] == b')' {
+            depth -= 1;
+            return depth == 0;
+        }
+        false
+    })?;
+    let after = sql[close + 1..].trim_start();
+    if after.starts_with(',') || (open + 1..close).any(|i| word_at(i, "default")) {
+        return None;
+    }
+    let (row, in_row) = with_scope_param(sql, code, open + 1..close);
+    let (_, before) = with_scope_param(sql, code, 0..open);
+    let (_, later) = with_scope_param(sql, code, close + 1..sql.len());
+    if in_row == 0 || before + later > 0 {
+        return None;
+    }
+    Some(format!(
+        "{SCOPE_CTE} {} SELECT {row} FROM _tenantry_scope{}",
+        sql[..values].trim_end(),
+        &sql[close + 1..]
+    ))
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$'
+}
+
+/// Which bytes of `sql` are code (not inside quotes or comments); `None` for several statements.
+fn code_mask(sql: &str) -> Option<Vec<bool>> {
     let b = sql.as_bytes();
-    let mut inner = String::with_capacity(sql.len() + 64);
-    let (mut i, mut copied, mut replaced) = (0, 0, 0);
+    let mut code = vec![true; b.len()];
+    let mut i = 0;
+    let skip = |from: usize, to: usize, code: &mut Vec<bool>| {
+        for c in &mut code[from..to.min(b.len())] {
+            *c = false;
+        }
+    };
     while i < b.len() {
+        let start = i;
         match b[i] {
             q @ (b'\'' | b'"') => {
                 i += 1;
@@ -135,11 +232,13 @@ pub fn single_statement_form(sql: &str) -> Option<String> {
                     i += 1;
                 }
                 i += 1;
+                skip(start, i, &mut code);
             }
             b'-' if b.get(i + 1) == Some(&b'-') => {
                 while i < b.len() && b[i] != b'\n' {
                     i += 1;
                 }
+                skip(start, i, &mut code);
             }
             b'/' if b.get(i + 1) == Some(&b'*') => {
                 i += 2;
@@ -147,28 +246,36 @@ pub fn single_statement_form(sql: &str) -> Option<String> {
                     i += 1;
                 }
                 i += 2;
-            }
-            b'$' if b.get(i + 1) == Some(&b'1')
-                && !b.get(i + 2).is_some_and(u8::is_ascii_digit) =>
-            {
-                inner.push_str(&sql[copied..i]);
-                inner.push_str("_tenantry_scope.tenant_id");
-                i += 2;
-                copied = i;
-                replaced += 1;
+                skip(start, i, &mut code);
             }
             b';' => return None,
             _ => i += 1,
         }
     }
-    if replaced == 0 {
-        return None;
+    Some(code)
+}
+
+/// The part `range` of `sql` with every `$1` in code (not `$10`…) replaced by the scope's
+/// tenant, and how many were replaced.
+fn with_scope_param(sql: &str, code: &[bool], range: std::ops::Range<usize>) -> (String, usize) {
+    let b = sql.as_bytes();
+    let mut out = String::with_capacity(range.len() + 64);
+    let (mut copied, mut replaced) = (range.start, 0);
+    for i in range.clone() {
+        if code[i]
+            && b[i] == b'$'
+            && b.get(i + 1) == Some(&b'1')
+            && !b.get(i + 2).is_some_and(u8::is_ascii_digit)
+            && i + 1 < range.end
+        {
+            out.push_str(&sql[copied..i]);
+            out.push_str("_tenantry_scope.tenant_id");
+            copied = i + 2;
+            replaced += 1;
+        }
     }
-    inner.push_str(&sql[copied.min(sql.len())..]);
-    Some(format!(
-        "WITH _tenantry_scope AS MATERIALIZED (SELECT set_config('app.tenant_id', $1, true) AS tenant_id) \
-         SELECT _tenantry_q.* FROM _tenantry_scope CROSS JOIN LATERAL ({inner}) _tenantry_q"
-    ))
+    out.push_str(&sql[copied.min(range.end)..range.end]);
+    (out, replaced)
 }
 
 /// Parameters of a tenant statement, after the implicit `$1`.
@@ -199,20 +306,12 @@ impl Conn {
         }
     }
 
-    /// Sends a cancel request for the connection's running statement and closes the
-    /// connection instead of returning it to its pool.
-    async fn cancel_and_discard(&mut self) {
-        let token = match self.client() {
-            Ok(c) => c.cancel_token(),
-            Err(_) => return,
-        };
+    /// Closes the connection instead of returning it to its pool.
+    fn discard(&mut self) {
         match std::mem::replace(self, Conn::Discarded) {
             Conn::Runtime(o) => drop(Object::take(o)),
             Conn::TenantDatabase(o) => drop(deadpool::managed::Object::take(o)),
             Conn::Discarded => {}
-        }
-        if let Err(e) = token.cancel_query(tokio_postgres::NoTls).await {
-            tracing::warn!(error = %e, "could not cancel a timed-out statement; its connection is closed");
         }
     }
 }
@@ -272,9 +371,10 @@ impl<'a> TenantDb<'a> {
 
     /// Runs one statement in its own scoped transaction and commits it, in one round trip.
     ///
-    /// A read (`SELECT …`) of a `shared` or `database` tenant runs as a single statement that
-    /// sets the tenant itself (see the module docs): one statement for PostgreSQL instead
-    /// of four. Everything else pipelines `BEGIN`, the settings, the statement and `COMMIT`.
+    /// A read (`SELECT …`) or a single-row insert of a `shared` or `database` tenant runs as a
+    /// single statement that sets the tenant itself (see the module docs): one statement for
+    /// PostgreSQL instead of four. Everything else pipelines `BEGIN`, the settings, the
+    /// statement and `COMMIT`.
     pub async fn run(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
         if !matches!(self.tenant.placement, Placement::Schema { .. }) {
             if let Some(single) = single_statement(sql) {
@@ -378,11 +478,15 @@ impl ScopedTx {
         Ok(())
     }
 
-    /// Runs the single-statement form of a read: no transaction block, so the statement is its
-    /// own implicit transaction and the transaction-local tenant setting ends with it. The
-    /// plan's statement timeout cannot travel inside the statement (PostgreSQL arms the timer
-    /// before the statement runs), so it is enforced here: past it, the statement is cancelled
-    /// and its connection closed rather than reused.
+    /// Runs a single-statement form: no transaction block, so the statement is its own implicit
+    /// transaction and the transaction-local tenant setting ends with it. The plan's statement
+    /// timeout cannot travel inside the statement (PostgreSQL arms the timer before the
+    /// statement runs), so it is enforced here: past it, the statement is cancelled, and its
+    /// outcome is still awaited (for up to `CANCEL_GRACE`), because for an insert the outcome
+    /// is the answer: cancelled means rolled back (a timeout, nothing written), finished means
+    /// committed (reported as done, never as a failure that a client would retry into a
+    /// duplicate). Either way the connection is closed rather than reused: a cancel request
+    /// that arrived late would hit its next user's statement.
     async fn single(
         &mut self,
         single: &'static str,
@@ -394,26 +498,43 @@ impl ScopedTx {
         all.extend_from_slice(params);
         self.state = TxState::Done;
         let timeout = self.timeout;
-        let client = self.conn.client()?;
-        let attempt = async {
-            let stmt = client.prepare_cached(single).await?;
-            match client.query(&stmt, &all).await {
-                // A `database` tenant's tables can change shape under a cached statement while
-                // a fleet migration runs: prepare again and retry once.
-                Err(e) if is_stale_plan(&e) => {
-                    client.statement_cache.remove(single, &[]);
-                    let stmt = client.prepare_cached(single).await?;
-                    client.query(&stmt, &all).await
+        let outcome = {
+            let client = self.conn.client()?;
+            let attempt = async {
+                let stmt = client.prepare_cached(single).await?;
+                match client.query(&stmt, &all).await {
+                    // A `database` tenant's tables can change shape under a cached statement
+                    // while a fleet migration runs: prepare again and retry once.
+                    Err(e) if is_stale_plan(&e) => {
+                        client.statement_cache.remove(single, &[]);
+                        let stmt = client.prepare_cached(single).await?;
+                        client.query(&stmt, &all).await
+                    }
+                    other => other,
                 }
-                other => other,
+            };
+            tokio::pin!(attempt);
+            match tokio::time::timeout(timeout, &mut attempt).await {
+                Ok(rows) => return Ok(rows?),
+                Err(_) => {
+                    if let Err(e) = client
+                        .cancel_token()
+                        .cancel_query(tokio_postgres::NoTls)
+                        .await
+                    {
+                        tracing::warn!(error = %e, "could not cancel a timed-out statement");
+                    }
+                    tokio::time::timeout(CANCEL_GRACE, &mut attempt).await
+                }
             }
         };
-        match tokio::time::timeout(timeout, attempt).await {
-            Ok(rows) => Ok(rows?),
-            Err(_) => {
-                self.conn.cancel_and_discard().await;
-                Err(DbError::Timeout)
-            }
+        self.conn.discard();
+        match outcome {
+            Ok(Ok(rows)) => Ok(rows),
+            // Cancelled (maps to `Timeout`), or failed on its own.
+            Ok(Err(e)) => Err(e.into()),
+            // No answer even to the cancel: the server or the network is gone.
+            Err(_) => Err(DbError::Timeout),
         }
     }
 
@@ -623,8 +744,37 @@ mod tests {
         // Quotes and comments are left alone.
         let w = f("SELECT '$1', \"$1\" FROM t -- $1\n WHERE tenant_id = $1 /* $1 */").unwrap();
         assert!(w.contains("SELECT '$1', \"$1\" FROM t -- $1\n WHERE tenant_id = _tenantry_scope.tenant_id /* $1 */"), "{w}");
-        // Writes, CTEs, several statements and reads without the tenant keep the transaction.
+        // A single-row insert: its row comes from the scope.
+        let w =
+            f("INSERT INTO t (tenant_id, id, v) VALUES ($1, $2, lower($3)) RETURNING id").unwrap();
+        assert!(w.starts_with("WITH _tenantry_scope AS MATERIALIZED"), "{w}");
+        assert!(
+            w.ends_with(" INSERT INTO t (tenant_id, id, v) SELECT _tenantry_scope.tenant_id, $2, lower($3) FROM _tenantry_scope RETURNING id"),
+            "{w}"
+        );
+        let w = f("insert into t\n (tenant_id, id)\n values\n ($1, $2)\n on conflict do nothing")
+            .unwrap();
+        assert!(w.ends_with("SELECT _tenantry_scope.tenant_id, $2 FROM _tenantry_scope\n on conflict do nothing"), "{w}");
+        // `VALUES` in a quoted name, a string or a comment is not the row.
+        let w =
+            f("INSERT INTO t (tenant_id, \"values\") /* values (x) */ VALUES ($1, 'values (y)')")
+                .unwrap();
+        assert!(
+            w.ends_with("SELECT _tenantry_scope.tenant_id, 'values (y)' FROM _tenantry_scope"),
+            "{w}"
+        );
+        // Several rows, DEFAULT, `$1` outside the row, INSERT … SELECT: the transaction.
+        assert!(f("INSERT INTO t (tenant_id, id) VALUES ($1, 1), ($1, 2)").is_none());
+        assert!(f("INSERT INTO t (tenant_id, id, at) VALUES ($1, 1, DEFAULT)").is_none());
+        assert!(f("INSERT INTO t (tenant_id, id) VALUES ($1, 1) RETURNING $1").is_none());
+        assert!(f("INSERT INTO t (tenant_id, id) SELECT $1, id FROM u").is_none());
+        assert!(f("INSERT INTO t (tenant_id, id) VALUES ($1, 1); DELETE FROM t").is_none());
+        // `DEFAULT` as part of a longer word is a value.
+        assert!(f("INSERT INTO t (tenant_id, v) VALUES ($1, default_v($2))").is_some());
+        // Updates, deletes, CTEs, several statements and reads without the tenant keep the
+        // transaction.
         assert!(f("UPDATE t SET a = 1 WHERE tenant_id = $1").is_none());
+        assert!(f("DELETE FROM t WHERE tenant_id = $1").is_none());
         assert!(
             f("WITH x AS (DELETE FROM t WHERE tenant_id = $1 RETURNING *) SELECT * FROM x")
                 .is_none()
