@@ -228,11 +228,7 @@ async fn pooled_connection_never_carries_a_tenant_even_after_cancellation() {
 async fn single_statement_reads_keep_the_statement_timeout() {
     let (cfg, db) = fresh(&pool_of(1)).await;
     seed(&cfg).await;
-    let mut config = TenancyConfig::default();
-    for plan in config.plans.0.values_mut() {
-        plan.statement_timeout = std::time::Duration::from_millis(300);
-    }
-    let a = ctx_with(&db, "aa", tenantry::Isolation::Shared, config).await;
+    let a = ctx_with(&db, "aa", tenantry::Isolation::Shared, short_timeouts()).await;
     let started = std::time::Instant::now();
     let e = a
         .db()
@@ -294,11 +290,7 @@ async fn single_row_inserts_set_their_own_tenant() {
             .get::<_, i64>(0)
         }
     };
-    let mut config = TenancyConfig::default();
-    for plan in config.plans.0.values_mut() {
-        plan.statement_timeout = std::time::Duration::from_millis(300);
-    }
-    let a = ctx_with(&db, "aa", tenantry::Isolation::Shared, config).await;
+    let a = ctx_with(&db, "aa", tenantry::Isolation::Shared, short_timeouts()).await;
     let row = a
         .db()
         .run_opt(
@@ -355,6 +347,15 @@ async fn single_row_inserts_set_their_own_tenant() {
         .unwrap();
     assert_eq!(count("aa").await, 4);
     assert_clean(&db).await;
+}
+
+/// Every plan with a 300 ms statement timeout.
+fn short_timeouts() -> TenancyConfig {
+    let mut config = TenancyConfig::default();
+    for plan in config.plans.0.values_mut() {
+        plan.statement_timeout = std::time::Duration::from_millis(300);
+    }
+    config
 }
 
 async fn assert_clean(db: &Database) {
