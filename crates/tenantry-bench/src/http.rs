@@ -202,7 +202,7 @@ const READ_SQL: &str = "SELECT id, user_id, amount_cents, currency, status, crea
 
 /// The hand-written baseline: tenant from a header, one SELECT, same pool size.
 async fn baseline(
-    pool: Pool,
+    State(pool): State<Pool>,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
@@ -215,7 +215,7 @@ async fn baseline(
 /// of invariant 2 in PostgreSQL, which any design that keeps RLS as a safety net pays; what
 /// separates tenantry from it is the library's own work (auth, hint check, limits, context).
 async fn rls_floor(
-    pool: Pool,
+    State(pool): State<Pool>,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
@@ -232,7 +232,7 @@ async fn rls_floor(
 /// and `COMMIT`. Four statements where the shared floor sends one: `search_path` must be set
 /// before the read is planned, so it cannot travel inside the read.
 async fn schema_floor(
-    pool: Pool,
+    State(pool): State<Pool>,
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
@@ -244,16 +244,12 @@ async fn schema_floor(
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     let read = format!("{SCHEMA_READ_SQL}\n/* schema {path} */");
-    let (set, read) = tokio::join!(
-        client.prepare_cached(
-            "SELECT set_config('app.tenant_id', $1, true), \
-             set_config('statement_timeout', $2, true), set_config('search_path', $3, true)"
-        ),
+    let (Ok(set), Ok(read)) = tokio::join!(
+        client.prepare_cached(tenantry::db::SCOPE_SCHEMA_SQL),
         client.prepare_cached(&read)
-    );
-    let (set, read) = set
-        .and_then(|s| Ok((s, read?)))
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    ) else {
+        return Err(StatusCode::INTERNAL_SERVER_ERROR);
+    };
     let timeout = "5000";
     let settings: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&tenant, &timeout, &path];
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&tenant, &id];
@@ -332,7 +328,10 @@ fn order_json(row: &tokio_postgres::Row) -> Value {
 }
 
 /// The hand-written list: the tenant's first 50 orders by id.
-async fn baseline_list(pool: Pool, headers: HeaderMap) -> Result<Json<Value>, StatusCode> {
+async fn baseline_list(
+    State(pool): State<Pool>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, StatusCode> {
     let tenant = tenant_header(&headers)?;
     let (client, stmt) = prepared(
         &pool,
@@ -351,7 +350,7 @@ async fn baseline_list(pool: Pool, headers: HeaderMap) -> Result<Json<Value>, St
 
 /// The hand-written create: the same INSERT, the foreign key checks the user's tenant.
 async fn baseline_create(
-    pool: Pool,
+    State(pool): State<Pool>,
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Result<(StatusCode, Json<Value>), StatusCode> {
@@ -402,16 +401,8 @@ pub(crate) async fn start_baseline(
 ) -> (String, tokio::sync::oneshot::Sender<()>) {
     let pool = handler_pool(db_url.parse().unwrap(), pool_size);
     let app = Router::new()
-        .route(
-            "/orders/{id}",
-            get(|State(p): State<Pool>, h: HeaderMap, id: Path<Uuid>| baseline(p, h, id)),
-        )
-        .route(
-            "/orders",
-            get(|State(p): State<Pool>, h: HeaderMap| baseline_list(p, h)).post(
-                |State(p): State<Pool>, h: HeaderMap, b: Json<Value>| baseline_create(p, h, b),
-            ),
-        )
+        .route("/orders/{id}", get(baseline))
+        .route("/orders", get(baseline_list).post(baseline_create))
         .with_state(pool);
     serve_router(app).await
 }
@@ -430,14 +421,8 @@ pub(crate) async fn start_rls_floor(
     cfg.options(format!("-c role={runtime} -c search_path=shared"));
     let pool = handler_pool(cfg, pool_size);
     let app = Router::new()
-        .route(
-            "/orders/{id}",
-            get(|State(p): State<Pool>, h: HeaderMap, id: Path<Uuid>| rls_floor(p, h, id)),
-        )
-        .route(
-            "/schema/orders/{id}",
-            get(|State(p): State<Pool>, h: HeaderMap, id: Path<Uuid>| schema_floor(p, h, id)),
-        )
+        .route("/orders/{id}", get(rls_floor))
+        .route("/schema/orders/{id}", get(schema_floor))
         .with_state(pool);
     serve_router(app).await
 }

@@ -303,16 +303,20 @@ async fn single_row_inserts_set_their_own_tenant() {
     assert_eq!(row.get::<_, String>(0), "aa");
     assert_eq!(row.get::<_, i32>(1), 10);
     assert_eq!((count("aa").await, count("bb").await), (3, 1));
+    let insert = |id: i32, body: &'static str| {
+        let a = &a;
+        async move {
+            a.db()
+                .run(
+                    "INSERT INTO notes (tenant_id, id, body) VALUES ($1, $2, $3)",
+                    &[&id, &body],
+                )
+                .await
+        }
+    };
     assert_clean(&db).await;
     // A duplicate key fails as itself and writes nothing; the connection is clean after it.
-    let e = a
-        .db()
-        .run(
-            "INSERT INTO notes (tenant_id, id, body) VALUES ($1, $2, $3)",
-            &[&10i32, &"again"],
-        )
-        .await
-        .unwrap_err();
+    let e = insert(10, "again").await.unwrap_err();
     assert!(!matches!(e, DbError::Timeout), "{e:?}");
     assert_eq!(count("aa").await, 3);
     assert_clean(&db).await;
@@ -326,25 +330,12 @@ async fn single_row_inserts_set_their_own_tenant() {
     .await
     .unwrap();
     let started = std::time::Instant::now();
-    let e = a
-        .db()
-        .run(
-            "INSERT INTO notes (tenant_id, id, body) VALUES ($1, $2, $3)",
-            &[&12i32, &"slow"],
-        )
-        .await
-        .unwrap_err();
+    let e = insert(12, "slow").await.unwrap_err();
     assert!(matches!(e, DbError::Timeout), "{e:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
     assert_eq!(count("aa").await, 3, "the timed-out insert was rolled back");
     // The next insert works, on a fresh connection.
-    a.db()
-        .run(
-            "INSERT INTO notes (tenant_id, id, body) VALUES ($1, $2, $3)",
-            &[&13i32, &"fast"],
-        )
-        .await
-        .unwrap();
+    insert(13, "fast").await.unwrap();
     assert_eq!(count("aa").await, 4);
     assert_clean(&db).await;
 }

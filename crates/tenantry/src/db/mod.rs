@@ -29,7 +29,7 @@ pub use migrate::TenantMigration;
 pub use placement::Placement;
 pub use pools::{BudgetSettings, TenantPools};
 pub use roles::RoleNames;
-pub use scoped::{single_statement_form, Params, ScopedTx, TenantDb};
+pub use scoped::{single_statement_form, Params, ScopedTx, TenantDb, SCOPE_SCHEMA_SQL};
 
 /// Serialises start-up bootstrap across nodes.
 const BOOTSTRAP_LOCK: i64 = 727263000;

@@ -45,7 +45,9 @@ use crate::tenant::{Tenant, TenantId};
 /// The plan's statement timeout travels in the same statement, so it costs nothing extra.
 const SCOPE_SQL: &str =
     "SELECT set_config('app.tenant_id', $1, true), set_config('statement_timeout', $2, true)";
-const SCOPE_SCHEMA_SQL: &str = "SELECT set_config('app.tenant_id', $1, true), \
+/// The same for a schema tenant ($3: its quoted schema). Public for the same reason as
+/// [`single_statement_form`]: the benchmark's schema floor sends it.
+pub const SCOPE_SCHEMA_SQL: &str = "SELECT set_config('app.tenant_id', $1, true), \
      set_config('statement_timeout', $2, true), set_config('search_path', $3, true)";
 
 /// How long a timed-out single statement's outcome is awaited after its cancel request.
@@ -196,10 +198,11 @@ fn insert_form(sql: &str, code: &[bool]) -> Option<String> {
     if after.starts_with(',') || (open + 1..close).any(|i| word_at(i, "default")) {
         return None;
     }
+    let outside = scope_params(sql, code, 0..open)
+        .chain(scope_params(sql, code, close + 1..sql.len()))
+        .next();
     let (row, in_row) = with_scope_param(sql, code, open + 1..close);
-    let (_, before) = with_scope_param(sql, code, 0..open);
-    let (_, later) = with_scope_param(sql, code, close + 1..sql.len());
-    if in_row == 0 || before + later > 0 {
+    if in_row == 0 || outside.is_some() {
         return None;
     }
     Some(format!(
@@ -255,26 +258,34 @@ fn code_mask(sql: &str) -> Option<Vec<bool>> {
     Some(code)
 }
 
-/// The part `range` of `sql` with every `$1` in code (not `$10`…) replaced by the scope's
-/// tenant, and how many were replaced.
-fn with_scope_param(sql: &str, code: &[bool], range: std::ops::Range<usize>) -> (String, usize) {
+/// Where `$1` (not `$10`…) stands as code in the part `range` of `sql`.
+fn scope_params<'a>(
+    sql: &'a str,
+    code: &'a [bool],
+    range: std::ops::Range<usize>,
+) -> impl Iterator<Item = usize> + 'a {
     let b = sql.as_bytes();
+    let end = range.end;
+    range.filter(move |&i| {
+        code[i]
+            && b[i] == b'$'
+            && i + 1 < end
+            && b[i + 1] == b'1'
+            && !b.get(i + 2).is_some_and(u8::is_ascii_digit)
+    })
+}
+
+/// The part `range` of `sql` with every `$1` replaced by the scope's tenant, and how many were.
+fn with_scope_param(sql: &str, code: &[bool], range: std::ops::Range<usize>) -> (String, usize) {
     let mut out = String::with_capacity(range.len() + 64);
     let (mut copied, mut replaced) = (range.start, 0);
-    for i in range.clone() {
-        if code[i]
-            && b[i] == b'$'
-            && b.get(i + 1) == Some(&b'1')
-            && !b.get(i + 2).is_some_and(u8::is_ascii_digit)
-            && i + 1 < range.end
-        {
-            out.push_str(&sql[copied..i]);
-            out.push_str("_tenantry_scope.tenant_id");
-            copied = i + 2;
-            replaced += 1;
-        }
+    for i in scope_params(sql, code, range.clone()) {
+        out.push_str(&sql[copied..i]);
+        out.push_str("_tenantry_scope.tenant_id");
+        copied = i + 2;
+        replaced += 1;
     }
-    out.push_str(&sql[copied.min(range.end)..range.end]);
+    out.push_str(&sql[copied..range.end]);
     (out, replaced)
 }
 
