@@ -490,16 +490,8 @@ impl Server {
 
     /// [`start`](Self::start) with the runtime pool split into `lanes`.
     pub async fn start_with_lanes(cached: bool, lanes: usize) -> Self {
-        let name = format!("tb_{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let base = crate::base_url();
-        let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        c.batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
-        let db_url = format!("{base}/{name}");
+        let name = crate::create_database().await;
+        let db_url = format!("{}/{name}", crate::base_url());
         let args = serve_args(
             &db_url,
             &name,
@@ -532,38 +524,8 @@ impl Server {
     pub async fn remove(self) {
         let Self { db_url, _stop, .. } = self;
         drop(_stop);
-        let (base, name) = db_url.rsplit_once('/').expect("a database URL");
-        let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let prefix = format!("{name}_");
-        let dbs = c
-            .query(
-                "SELECT datname FROM pg_database WHERE datname = $1 OR starts_with(datname, $2)",
-                &[&name, &prefix],
-            )
-            .await
-            .unwrap();
-        for db in dbs {
-            let db: String = db.get(0);
-            c.batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                .await
-                .unwrap();
-        }
-        let roles = c
-            .query(
-                "SELECT rolname FROM pg_roles WHERE starts_with(rolname, $1)",
-                &[&prefix],
-            )
-            .await
-            .unwrap();
-        for role in roles {
-            let role: String = role.get(0);
-            c.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\""))
-                .await
-                .unwrap();
-        }
+        let name = db_url.rsplit('/').next().expect("a database URL");
+        crate::drop_database(name).await;
     }
 
     /// The server's runtime role (its role prefix is its database's name).

@@ -117,16 +117,8 @@ pub async fn limiter(local_n: usize, redis_n: usize, redis_url: &str) -> Table {
 /// Tenant B's GET-by-id latency at a steady modest rate, alone and while tenant A floods
 /// PATCHes that block on a locked row (slow queries) at 20x its rate limit.
 pub async fn noisy_neighbour(phase: Duration, b_rate: u32) -> Table {
-    let name = format!("tb_{}", &Uuid::new_v4().simple().to_string()[..12]);
-    let base = crate::base_url();
-    let (c, conn) = tokio_postgres::connect(&format!("{base}/postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    c.batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = format!("{base}/{name}");
+    let name = crate::create_database().await;
+    let url = format!("{}/{name}", crate::base_url());
     let admin = "bench-admin-token-0123456789";
     let a_limit_per_s: u32 = 10;
     let mut plans = Plans::default();
@@ -287,8 +279,6 @@ pub async fn noisy_neighbour(phase: Duration, b_rate: u32) -> Table {
             ),
         ]);
     }
-    let _ = c
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await;
+    crate::drop_database(&name).await;
     t
 }

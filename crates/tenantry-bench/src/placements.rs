@@ -34,14 +34,7 @@ fn actor() -> Actor {
 
 impl Fleet {
     pub async fn new(migrations: &'static [TenantMigration], budget: BudgetSettings) -> Self {
-        let name = format!("tb_{}", &Uuid::new_v4().simple().to_string()[..12]);
-        let (c, conn) = tokio_postgres::connect(&format!("{}/postgres", crate::base_url()), NoTls)
-            .await
-            .expect("PostgreSQL reachable (BENCH_DATABASE_URL)");
-        tokio::spawn(conn);
-        c.batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap();
+        let name = crate::create_database().await;
         let cfg: tokio_postgres::Config = format!("{}/{name}", crate::base_url()).parse().unwrap();
         Self::open(cfg, name, migrations, budget).await
     }
@@ -109,27 +102,11 @@ impl Fleet {
             .unwrap()
     }
 
-    /// Drops the scenario's databases (tenant databases first).
+    /// Drops the scenario's databases and roles.
     pub async fn cleanup(self) {
-        let (c, conn) = tokio_postgres::connect(&format!("{}/postgres", crate::base_url()), NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
         drop(self.tenancy);
         drop(self.db);
-        let rows = c
-            .query(
-                "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
-                &[&self.name],
-            )
-            .await
-            .unwrap();
-        for r in rows {
-            let d: String = r.get(0);
-            let _ = c
-                .batch_execute(&format!("DROP DATABASE IF EXISTS \"{d}\" WITH (FORCE)"))
-                .await;
-        }
+        crate::drop_database(&self.name).await;
     }
 }
 
