@@ -258,7 +258,8 @@ async fn main() {
             if let Some(side) = profile {
                 let r = tenantry_bench::http::profile(&side, scale(tenants, 2), d, clients).await;
                 println!(
-                    "{side}: {:.0} req/s, {:.1} µs CPU/req in this process, {:.1} µs in PostgreSQL",
+                    "{side}: {} requests, {:.0} req/s, {:.1} µs CPU/req in this process, {:.1} µs in PostgreSQL",
+                    r.requests,
                     r.rps(),
                     r.cpu_bench * 1e6 / r.requests.max(1) as f64,
                     r.cpu_pg * 1e6 / r.requests.max(1) as f64

@@ -3,7 +3,9 @@
 //! signal, then drains in-flight requests and stops the managed PostgreSQL if it started one.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
@@ -21,6 +23,7 @@ use tenantry::ratelimit::redis::RedisLimiter;
 use tenantry::resolve::ResolverConfig;
 use tenantry::{Catalog, RequestIdLayer, Tenancy, TenancyConfig, TenancyLayer};
 use tokio::net::TcpListener;
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
@@ -287,13 +290,13 @@ impl Application {
                 let _ = stopped.changed().await;
             }))
         });
-        let r = axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown)
-        .await;
+        let service =
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                std::net::SocketAddr,
+            >(serving(self.router));
+        let r = axum::serve(self.listener, service)
+            .with_graceful_shutdown(shutdown)
+            .await;
         // HTTP is drained; now the worker finishes or releases its running jobs.
         let _ = stop.send(true);
         if let Some(w) = worker {
@@ -318,9 +321,9 @@ impl Application {
 /// and what is documented come from one list.
 pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
     let mut tenant_plane = OpenApiRouter::default()
-        .nest("/v1", routes::tenant_plane_data())
-        .nest("/v1/tenants/{tenant}", routes::tenant_plane_data());
-    let mut admin_data = routes::tenant_data();
+        .merge(routes::tenant_plane_data("/v1"))
+        .merge(routes::tenant_plane_data("/v1/tenants/{tenant}"));
+    let mut admin_data = routes::tenant_data("/admin/v1/tenants/{tenant}");
     if let Some(state) = state {
         tenant_plane = tenant_plane.layer(TenancyLayer::new(state.tenancy.clone()));
         admin_data = admin_data.layer(middleware::from_fn_with_state(
@@ -343,7 +346,7 @@ pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(admin::usage))
         .routes(routes!(admin::start_migration))
         .routes(routes!(admin::get_operation))
-        .nest("/admin/v1/tenants/{tenant}", admin_data);
+        .merge(admin_data);
     if let Some(state) = state {
         admin_plane = admin_plane.layer(middleware::from_fn_with_state(
             state.clone(),
@@ -361,16 +364,33 @@ pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .merge(admin_plane)
 }
 
-/// The whole HTTP surface.
+/// The whole HTTP surface: every route, each behind the per-route [`Edge`] (it needs the route
+/// template, known only after routing). [`serving`] adds what runs before routing.
 pub fn router(state: AppState) -> Router {
     let (routes, _) = surface(Some(&state)).split_for_parts();
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state.clone())
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(middleware::from_fn_with_state(state.clone(), edge))
-        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(EdgeLayer(state))
+}
+
+/// The router with the layers every request passes once, before routing: request id, trace
+/// span, panic guard, body limit. Outside the router they are built once, not once per route,
+/// and a request does not clone and box them per route.
+pub fn serving(
+    router: Router,
+) -> impl Service<
+    axum::extract::Request,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future: Send,
+> + Clone
+       + Send
+       + 'static {
+    ServiceBuilder::new()
+        .map_response(|res: axum::http::Response<_>| res.map(axum::body::Body::new))
+        .layer(RequestIdLayer)
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &axum::http::Request<_>| {
@@ -388,59 +408,99 @@ pub fn router(state: AppState) -> Router {
                         principal = tracing::field::Empty,
                     )
                 })
-                .on_response(|res: &Response, latency: Duration, _span: &tracing::Span| {
-                    tracing::info!(
-                        status = res.status().as_u16(),
-                        latency_ms = latency.as_secs_f64() * 1e3,
-                        "response"
-                    );
-                }),
+                .on_response(
+                    |res: &axum::http::Response<_>, latency: Duration, _span: &tracing::Span| {
+                        tracing::info!(
+                            status = res.status().as_u16(),
+                            latency_ms = latency.as_secs_f64() * 1e3,
+                            "response"
+                        );
+                    },
+                ),
         )
-        .layer(RequestIdLayer)
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .service(router)
 }
 
 /// Requests whose headers total more than this are refused with 431 before any work.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// What every request passes once, in one middleware: the header-size limit (431), then the
-/// request metrics by route template, method and status, and by tenant where one was resolved
-/// (a 429 for its tenant too).
-async fn edge(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    req: axum::extract::Request,
-    next: middleware::Next,
-) -> Response {
-    let total: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
-    if total > MAX_HEADER_BYTES {
-        return Problem::new(
-            ErrorCode::HeadersTooLarge,
-            format!("request headers are limited to {MAX_HEADER_BYTES} bytes"),
-        )
-        .into_response();
+/// What every routed request passes once: the header-size limit (431), then the request
+/// metrics by route template, method and status, and by tenant where one was resolved (a 429
+/// for its tenant too). A hand-written service rather than `middleware::from_fn`, which boxes
+/// the inner route again on every request.
+#[derive(Clone)]
+struct EdgeLayer(AppState);
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = Edge<S>;
+    fn layer(&self, inner: S) -> Edge<S> {
+        Edge {
+            inner,
+            state: self.0.clone(),
+        }
     }
-    // Layers added to the router run per route, after routing: the template is known here.
-    let route = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .cloned();
-    let method = req.method().clone();
-    let start = std::time::Instant::now();
-    let res = next.run(req).await;
-    let tenant = tenantry::TenantContext::from_response(&res)
-        .map(|c| c.tenant_id().clone())
-        .or_else(|| res.extensions().get::<tenantry::TenantId>().cloned());
-    state.metrics.record(
-        route.as_ref().map_or("unmatched", |r| r.as_str()),
-        method.as_str(),
-        res.status().as_u16(),
-        start.elapsed(),
-        tenant.as_ref(),
-    );
-    res
+}
+
+#[derive(Clone)]
+struct Edge<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<axum::extract::Request> for Edge<S>
+where
+    S: Service<axum::extract::Request, Response = Response, Error = std::convert::Infallible>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: axum::extract::Request) -> Self::Future {
+        let total: usize = req
+            .headers()
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum();
+        if total > MAX_HEADER_BYTES {
+            let res = Problem::new(
+                ErrorCode::HeadersTooLarge,
+                format!("request headers are limited to {MAX_HEADER_BYTES} bytes"),
+            )
+            .into_response();
+            return Box::pin(std::future::ready(Ok(res)));
+        }
+        let route = req
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .cloned();
+        let method = req.method().clone();
+        let start = std::time::Instant::now();
+        let state = self.state.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            let tenant = tenantry::TenantContext::from_response(&res)
+                .map(|c| c.tenant_id())
+                .or_else(|| res.extensions().get::<tenantry::TenantId>());
+            state.metrics.record(
+                route.as_ref().map_or("unmatched", |r| r.as_str()),
+                method.as_str(),
+                res.status().as_u16(),
+                start.elapsed(),
+                tenant,
+            );
+            Ok(res)
+        })
+    }
 }
 
 async fn not_found() -> Problem {

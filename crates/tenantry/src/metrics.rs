@@ -96,10 +96,16 @@ impl Metrics {
         h.sum += secs;
         h.count += 1;
         if let Some(t) = tenant {
-            if !m.tenants.contains_key(t) && m.tenants.len() >= TRACKED {
-                fold_least_active(&mut m);
+            // A known tenant (nearly every request) costs no clone of its id.
+            if !m.tenants.contains_key(t) {
+                if m.tenants.len() >= TRACKED {
+                    fold_least_active(&mut m);
+                }
+                m.tenants.insert(t.clone(), Default::default());
             }
-            let e = m.tenants.entry(t.clone()).or_default();
+            let Some(e) = m.tenants.get_mut(t) else {
+                return;
+            };
             e.0 += 1;
             if status == 429 {
                 e.1 += 1;
