@@ -26,7 +26,9 @@ pub struct Order {
     pub amount_cents: i64,
     pub currency: String,
     pub status: String,
+    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -36,6 +36,7 @@ pub struct TenantView {
     #[schema(value_type = tenantry::Isolation)]
     pub isolation: &'static str,
     pub rate_limit: Option<RateLimitOverride>,
+    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
     pub limits: Limits,
     pub usage: Option<CurrentUsage>,

@@ -20,7 +20,9 @@ pub struct User {
     pub email: String,
     pub name: String,
     pub role: String,
+    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -51,7 +51,11 @@ impl NewKey {
         let prefix = Alphanumeric.sample_string(&mut rng, PREFIX_LEN);
         let secret = Alphanumeric.sample_string(&mut rng, SECRET_LEN);
         let body = format!("tk_{prefix}_{secret}");
-        let key = format!("{body}{}", checksum(&body));
+        let check = checksum(&body);
+        let key = format!(
+            "{body}{}",
+            std::str::from_utf8(&check).expect("base62 is ascii")
+        );
         NewKey {
             hash: hash_secret(&secret),
             key,
@@ -78,7 +82,7 @@ impl<'a> PresentedKey<'a> {
             return Err(KeyFormatError::Malformed);
         }
         let (body, check) = s.split_at(KEY_LEN - CHECK_LEN);
-        if checksum(body).as_bytes() != check.as_bytes() {
+        if checksum(body) != check.as_bytes() {
             return Err(KeyFormatError::Checksum);
         }
         Ok(Self {
@@ -103,14 +107,15 @@ fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-fn checksum(body: &str) -> String {
+/// The base62 check digits of `body` (on the stack: every request checks one).
+fn checksum(body: &str) -> [u8; CHECK_LEN] {
     let mut n = crc32fast::hash(body.as_bytes()) as u64;
     let mut out = [b'0'; CHECK_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8(out.to_vec()).expect("base62 is ascii")
+    out
 }
 
 #[cfg(test)]

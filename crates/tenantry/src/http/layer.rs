@@ -131,7 +131,8 @@ where
 }
 
 /// The IETF draft headers (`RateLimit-Policy`, `RateLimit`) and the older trio. On every
-/// tenant-plane response, so names are static and numbers are encoded without `format!`.
+/// tenant-plane response, so names are static and values are assembled from bytes and `itoa`
+/// rather than `format!` (two `format!`s were ~4,000 of a read's instructions).
 pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     use http::header::HeaderName;
     static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -139,13 +140,23 @@ pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
     static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
     static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
-    let window = d.window_secs;
-    if let Ok(v) = HeaderValue::try_from(format!("\"{policy}\";q={};w={window}", d.limit)) {
+    let mut n = itoa::Buffer::new();
+    // `"<policy>";q=<limit>;w=<window>` and `"<policy>";r=<remaining>;t=<reset>`.
+    let quoted = |a: &str, x: u64, b: &str, y: u64, n: &mut itoa::Buffer| {
+        let mut v = Vec::with_capacity(policy.len() + 2 + a.len() + b.len() + 40);
+        v.push(b'"');
+        v.extend_from_slice(policy.as_bytes());
+        v.push(b'"');
+        v.extend_from_slice(a.as_bytes());
+        v.extend_from_slice(n.format(x).as_bytes());
+        v.extend_from_slice(b.as_bytes());
+        v.extend_from_slice(n.format(y).as_bytes());
+        HeaderValue::try_from(v)
+    };
+    if let Ok(v) = quoted(";q=", d.limit.into(), ";w=", d.window_secs, &mut n) {
         h.insert(POLICY.clone(), v);
     }
-    if let Ok(v) =
-        HeaderValue::try_from(format!("\"{policy}\";r={};t={}", d.remaining, d.reset_secs))
-    {
+    if let Ok(v) = quoted(";r=", d.remaining.into(), ";t=", d.reset_secs, &mut n) {
         h.insert(STATE.clone(), v);
     }
     h.insert(LIMIT.clone(), HeaderValue::from(d.limit));

@@ -4,6 +4,7 @@ pub mod json;
 pub mod layer;
 pub mod problem;
 pub mod request_id;
+pub mod timestamp;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;

@@ -58,8 +58,13 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) if accept(v) => v.clone(),
-            _ => HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
-                .expect("a UUID is a valid header value"),
+            // Encoded into a stack buffer: `to_string` goes through `core::fmt`.
+            _ => HeaderValue::from_str(
+                uuid::Uuid::new_v4()
+                    .hyphenated()
+                    .encode_lower(&mut uuid::Uuid::encode_buffer()),
+            )
+            .expect("a UUID is a valid header value"),
         };
         req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
         req.extensions_mut().insert(RequestId(id.clone()));

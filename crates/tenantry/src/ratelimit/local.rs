@@ -50,8 +50,10 @@ impl RateLimiter {
 
     /// Decides one request for `tenant` under `quota`, counting it if allowed.
     pub fn check(&self, tenant: &TenantId, quota: &Quota) -> Decision {
-        let d = self.check_at(tenant, quota, self.now());
-        self.count(tenant, quota, d.allowed);
+        // One shard choice for both maps: hashing is most of a decision's cost.
+        let shard = self.shard_of(tenant);
+        let d = self.check_in(shard, tenant, quota, self.now());
+        self.count_in(shard, tenant, quota, d.allowed);
         d
     }
 
@@ -59,7 +61,12 @@ impl RateLimiter {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    #[cfg(test)]
     fn check_at(&self, tenant: &TenantId, quota: &Quota, now: u64) -> Decision {
+        self.check_in(self.shard_of(tenant), tenant, quota, now)
+    }
+
+    fn check_in(&self, shard: usize, tenant: &TenantId, quota: &Quota, now: u64) -> Decision {
         let limit = quota.requests.max(1);
         let interval = quota.interval_nanos();
         let tolerance = quota.tolerance_nanos();
@@ -71,9 +78,11 @@ impl RateLimiter {
             quota.window.as_nanos() as u64,
             quota.burst,
         );
-        let shard = &self.shards[self.shard_of(&key)];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
-        let tat = map.get(&key).copied().unwrap_or(now).max(now);
+        let mut map = self.shards[shard].lock().unwrap_or_else(|p| p.into_inner());
+        // A missing entry is a full bucket (arrival time `now`); such a request is never
+        // refused (one interval is within any tolerance), so inserting it first is exact.
+        let slot = map.entry(key).or_insert(now);
+        let tat = (*slot).max(now);
         let new_tat = tat + interval;
         if new_tat - now > tolerance {
             return Decision {
@@ -85,7 +94,7 @@ impl RateLimiter {
                 retry_after_secs: ceil_secs(new_tat - tolerance - now).max(1),
             };
         }
-        map.insert(key, new_tat);
+        *slot = new_tat;
         let used = new_tat - now;
         Decision {
             allowed: true,
@@ -97,11 +106,10 @@ impl RateLimiter {
         }
     }
 
-    fn count(&self, tenant: &TenantId, quota: &Quota, allowed: bool) {
+    fn count_in(&self, shard: usize, tenant: &TenantId, quota: &Quota, allowed: bool) {
         let window = quota.window.as_secs().max(1);
         let start = super::unix_now().0 / window * window;
-        let shard = &self.usage[self.shard_of(tenant)];
-        let mut map = shard.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.usage[shard].lock().unwrap_or_else(|p| p.into_inner());
         let e = map.entry(tenant.clone()).or_insert((start, 0, 0));
         if e.0 != start {
             *e = (start, 0, 0);
