@@ -592,6 +592,30 @@ impl Server {
     }
 }
 
+/// A tenant over its limit (one request a day) and reads of its order: every one is a 429.
+/// Returns its slug, the reads and its order ids.
+async fn over_limit(server: &Server) -> (String, Arc<Vec<Target>>, Vec<String>) {
+    let (slug, key, ids) = server.tenant("limited", "shared", 1).await;
+    server
+        .http
+        .patch(format!("{}/admin/v1/tenants/{slug}", server.addr))
+        .bearer_auth(ADMIN)
+        .json(&json!({"rate_limit": {"requests": 1, "per_seconds": 86400}}))
+        .send()
+        .await
+        .unwrap();
+    let reads = gets(vec![(
+        format!("{}/v1/orders/{}", server.addr, ids[0]),
+        vec![("authorization".to_owned(), format!("Bearer {key}"))],
+    )]);
+    (slug, reads, ids)
+}
+
+/// The floor of any route on this setup: unauthenticated, no work.
+fn healthz(server: &Server) -> Arc<Vec<Target>> {
+    gets(vec![(format!("{}/healthz", server.addr), Vec::new())])
+}
+
 /// Read-by-id through the full stack versus the baseline, per placement.
 pub async fn read_by_id(
     tenants: usize,
@@ -676,26 +700,14 @@ pub async fn read_by_id(
 pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Table {
     let server = Server::start(false).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
-    let (slug, key, ids) = server.tenant("limited", "shared", 1).await;
-    server
-        .http
-        .patch(format!("{}/admin/v1/tenants/{slug}", server.addr))
-        .bearer_auth(ADMIN)
-        .json(&json!({"rate_limit": {"requests": 1, "per_seconds": 86400}}))
-        .send()
-        .await
-        .unwrap();
-    let tenantry_targets = gets(vec![(
-        format!("{}/v1/orders/{}", server.addr, ids[0]),
-        vec![("authorization".to_owned(), format!("Bearer {key}"))],
-    )]);
+    let (slug, tenantry_targets, ids) = over_limit(&server).await;
     let base_targets = gets(vec![(
         format!("{base}/orders/{}", ids[0]),
         vec![("x-tenant-id".to_owned(), slug.clone())],
     )]);
     // The floor of this setup: an unauthenticated route that does nothing, same server, same
     // load generator (both share the machine's two cores).
-    let floor_targets = gets(vec![(format!("{}/healthz", server.addr), Vec::new())]);
+    let floor_targets = healthz(&server);
     let [b, r, f]: [Run; 3] = alternate(
         &[base_targets, tenantry_targets, floor_targets],
         clients,
@@ -823,19 +835,21 @@ pub async fn read_by_id_cached(
 }
 
 /// Drives one side alone for `duration` (for `perf record`): `baseline`, `floor` (the RLS
-/// floor) or a placement.
+/// floor), a placement, `limited` (429s) or `healthz`.
 pub async fn profile(side: &str, tenants: usize, duration: Duration, clients: usize) -> Run {
     let server = Server::start(false).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let (floor, _floor) = start_rls_floor(&server.db_url, &server.runtime_role(), 16).await;
     let isolation = match side {
-        "baseline" | "floor" => "shared",
+        "baseline" | "floor" | "limited" | "healthz" => "shared",
         placement => placement,
     };
     let seeded = seed(&server, "p", tenants, isolation, 2, 4).await;
     let targets = match side {
         "baseline" => baseline_reads(&base, &seeded),
         "floor" => baseline_reads(&floor, &seeded),
+        "limited" => over_limit(&server).await.1,
+        "healthz" => healthz(&server),
         _ => reads(&server.addr, &seeded),
     };
     load(targets.clone(), clients, Duration::from_secs(1)).await;

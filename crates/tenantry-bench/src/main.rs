@@ -77,8 +77,9 @@ enum Scenario {
         /// Only the read-by-id table (skip the 429 and cached-read tables).
         #[arg(long)]
         reads_only: bool,
-        /// Drive one side alone (`baseline`, `floor`, `shared`, `schema` or `database`) for
-        /// --seconds and print its rate and CPU per request: for `perf record`.
+        /// Drive one side alone (`baseline`, `floor`, `shared`, `schema`, `database`,
+        /// `limited` (429s) or `healthz`) for --seconds and print its rate and CPU per request:
+        /// for `perf record` or callgrind.
         #[arg(long)]
         profile: Option<String>,
         /// Lanes of the server's runtime pool for the read-by-id table (`runtime_lanes`).

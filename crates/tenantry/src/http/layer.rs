@@ -140,6 +140,8 @@ pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     static LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
     static REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
     static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+    // Room for all five at once instead of growing (and rehashing) the map twice.
+    h.reserve(5);
     let mut n = itoa::Buffer::new();
     // `"<policy>";q=<limit>;w=<window>` and `"<policy>";r=<remaining>;t=<reset>`.
     let quoted = |a: &str, x: u64, b: &str, y: u64, n: &mut itoa::Buffer| {

@@ -44,7 +44,7 @@ impl From<ResolveError> for Problem {
             ResolveError::Forbidden(_) => ErrorCode::Forbidden,
             ResolveError::BadHeader(_) => ErrorCode::InvalidHeader,
             ResolveError::RateLimited { decision, .. } => {
-                return Problem::new(ErrorCode::RateLimited, "over the tenant's rate limit")
+                return Problem::new(ErrorCode::RateLimited, problem::OVER_LIMIT)
                     .with_retry_after(decision.retry_after_secs);
             }
             ResolveError::TooManyInFlight { .. } => {

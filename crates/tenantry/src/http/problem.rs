@@ -137,6 +137,9 @@ pub struct Problem {
     pub retry_after: Option<u64>,
 }
 
+/// The `type` of every problem is this followed by its code.
+const PROBLEM_TYPE: &str = "urn:tenantry:problem:";
+
 #[derive(Serialize)]
 struct Body<'a> {
     #[serde(rename = "type")]
@@ -202,18 +205,44 @@ impl Problem {
     }
 }
 
+/// The detail of a tenant over its rate limit.
+pub(crate) const OVER_LIMIT: &str = "over the tenant's rate limit";
+
+impl Problem {
+    fn render(&self) -> Vec<u8> {
+        let code = self.code.as_str();
+        let mut kind = String::with_capacity(PROBLEM_TYPE.len() + code.len());
+        kind.push_str(PROBLEM_TYPE);
+        kind.push_str(code);
+        let body = Body {
+            kind,
+            title: self.code.title(),
+            status: self.code.status().as_u16(),
+            detail: &self.detail,
+            code,
+            errors: &self.errors,
+        };
+        let mut out = Vec::with_capacity(256);
+        // Serialising these plain structs into memory cannot fail.
+        let _ = serde_json::to_writer(&mut out, &body);
+        out
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.code.status();
-        let body = Body {
-            kind: format!("urn:tenantry:problem:{}", self.code.as_str()),
-            title: self.code.title(),
-            status: status.as_u16(),
-            detail: &self.detail,
-            code: self.code.as_str(),
-            errors: &self.errors,
+        // A flood of requests over a tenant's limit is the case that must be nearly free, and
+        // its body never changes: rendered once.
+        let bytes = if self.code == ErrorCode::RateLimited
+            && self.detail == OVER_LIMIT
+            && self.errors.is_empty()
+        {
+            static OVER_LIMIT_BODY: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+            OVER_LIMIT_BODY.get_or_init(|| self.render().into()).clone()
+        } else {
+            self.render().into()
         };
-        let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut res = (status, bytes).into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -240,5 +269,38 @@ impl From<crate::db::DbError> for Problem {
             }
             other => Problem::internal(&other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body(p: Problem) -> (StatusCode, Option<HeaderValue>, serde_json::Value) {
+        let res = p.into_response();
+        let status = res.status();
+        let retry = res.headers().get(header::RETRY_AFTER).cloned();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, retry, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_prerendered_429_is_the_rendered_one() {
+        let p = Problem::new(ErrorCode::RateLimited, OVER_LIMIT).with_retry_after(7);
+        let rendered: serde_json::Value = serde_json::from_slice(&p.render()).unwrap();
+        // Twice: the first renders and keeps the body, the second reuses it.
+        for _ in 0..2 {
+            let (status, retry, json) = body(p.clone()).await;
+            assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+            assert_eq!(retry.unwrap(), "7");
+            assert_eq!(json, rendered);
+            assert_eq!(json["type"], "urn:tenantry:problem:rate_limited");
+            assert_eq!(json["detail"], OVER_LIMIT);
+        }
+        // Another 429 detail is rendered as it is, not given the kept body.
+        let (_, _, other) = body(Problem::new(ErrorCode::RateLimited, "too many in flight")).await;
+        assert_eq!(other["detail"], "too many in flight");
     }
 }
