@@ -517,3 +517,57 @@ async fn method_not_allowed() -> Problem {
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     Problem::internal(&"handler panicked").into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// The layers `serving` puts around a router still see what happens inside it.
+    #[tokio::test]
+    async fn outer_layers_cover_what_the_router_does() {
+        let router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("a handler bug");
+                    }
+                }),
+            )
+            .route(
+                "/echo",
+                post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+            );
+        let service = serving(router);
+
+        // A panic deep in a handler: 500 problem+json, with the request id.
+        let req = axum::http::Request::get("/boom")
+            .header("x-request-id", "req-77")
+            .body(Body::empty())
+            .unwrap();
+        let res = service.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 500);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert_eq!(res.headers()["x-request-id"], "req-77");
+
+        // The body limit set outside the router reaches the extractor inside it.
+        let big = vec![b'x'; BODY_LIMIT + 1];
+        let req = axum::http::Request::post("/echo")
+            .body(Body::from(big))
+            .unwrap();
+        let res = service.clone().oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 413);
+        // A generated request id when the client sent none.
+        assert_eq!(res.headers()["x-request-id"].len(), 36);
+
+        let req = axum::http::Request::post("/echo")
+            .body(Body::from("abc"))
+            .unwrap();
+        let res = service.oneshot(req).await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+}

@@ -22,12 +22,10 @@ pub enum Credential<'a> {
 
 /// The request's credential, if any.
 pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ResolveError> {
-    let auth = single(
-        headers,
-        http::header::AUTHORIZATION.as_str(),
-        "Authorization",
-    )?;
-    let api_key = single(headers, "x-api-key", "X-Api-Key")?;
+    // Looked up by `HeaderName`: a `&str` name is parsed and lower-cased on every lookup.
+    static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+    let auth = single(headers, &http::header::AUTHORIZATION, "Authorization")?;
+    let api_key = single(headers, &X_API_KEY, "X-Api-Key")?;
     let bearer = match auth {
         None => None,
         Some(v) => {
@@ -64,7 +62,7 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credential<'_>>, Resol
 
 fn single<'a>(
     headers: &'a HeaderMap,
-    name: &str,
+    name: &http::HeaderName,
     display: &'static str,
 ) -> Result<Option<&'a str>, ResolveError> {
     let mut values = headers.get_all(name).iter();

@@ -12,7 +12,9 @@ pub fn hints(
     headers: &HeaderMap,
     out: &mut Vec<(HintSource, TenantId)>,
 ) -> Result<(), ResolveError> {
-    for v in headers.get_all(X_TENANT_ID) {
+    // By `HeaderName`: a `&str` name is parsed and lower-cased on every lookup.
+    static NAME: http::HeaderName = http::HeaderName::from_static(X_TENANT_ID);
+    for v in headers.get_all(&NAME) {
         let s = v
             .to_str()
             .map_err(|_| ResolveError::InvalidTenant("X-Tenant-Id header"))?;
