@@ -96,20 +96,17 @@ impl Metrics {
         h.sum += secs;
         h.count += 1;
         if let Some(t) = tenant {
-            // A known tenant (nearly every request) costs no clone of its id.
-            if !m.tenants.contains_key(t) {
-                if m.tenants.len() >= TRACKED {
-                    fold_least_active(&mut m);
-                }
-                m.tenants.insert(t.clone(), Default::default());
-            }
-            let Some(e) = m.tenants.get_mut(t) else {
+            let limited = u64::from(status == 429);
+            // A known tenant (nearly every request): one lookup, no clone of its id.
+            if let Some(e) = m.tenants.get_mut(t) {
+                e.0 += 1;
+                e.1 += limited;
                 return;
-            };
-            e.0 += 1;
-            if status == 429 {
-                e.1 += 1;
             }
+            if m.tenants.len() >= TRACKED {
+                fold_least_active(&mut m);
+            }
+            m.tenants.insert(t.clone(), (1, limited));
         }
     }
 
