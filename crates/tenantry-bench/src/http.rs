@@ -522,16 +522,20 @@ impl Server {
     /// Stops the server and drops what it created: its database, its tenants' databases and
     /// its roles (all named after its database), so that benchmark runs do not pile them up.
     pub async fn remove(self) {
-        let Self { db_url, _stop, .. } = self;
-        drop(_stop);
-        let name = db_url.rsplit('/').next().expect("a database URL");
-        crate::drop_database(name).await;
+        let name = self.db_name().to_owned();
+        drop(self);
+        crate::drop_database(&name).await;
+    }
+
+    /// The server's database: the last segment of its URL, and the prefix of everything the
+    /// server creates (tenant databases, roles).
+    fn db_name(&self) -> &str {
+        self.db_url.rsplit('/').next().unwrap_or_default()
     }
 
     /// The server's runtime role (its role prefix is its database's name).
     pub fn runtime_role(&self) -> String {
-        let name = self.db_url.rsplit('/').next().unwrap_or_default();
-        tenantry::db::RoleNames::from_prefix(name)
+        tenantry::db::RoleNames::from_prefix(self.db_name())
             .expect("a valid prefix")
             .runtime
     }
@@ -545,7 +549,7 @@ impl Server {
         let (c, conn) = tokio_postgres::connect(&self.db_url, NoTls).await.unwrap();
         tokio::spawn(conn);
         c.batch_execute("VACUUM (ANALYZE)").await.unwrap();
-        let name = self.db_url.rsplit('/').next().unwrap_or_default();
+        let name = self.db_name();
         let tenant_dbs: Vec<String> = c
             .query(
                 "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",

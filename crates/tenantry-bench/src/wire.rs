@@ -95,9 +95,7 @@ impl Conn {
         stream.write_all(&w.bytes).await?;
         self.buf.clear();
         let (status, head, body, close) = loop {
-            if stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
+            more(stream, &mut self.buf).await?;
             let mut headers = [httparse::EMPTY_HEADER; 32];
             let mut res = httparse::Response::new(&mut headers);
             if let httparse::Status::Complete(head) = res.parse(&self.buf).map_err(invalid)? {
@@ -123,9 +121,7 @@ impl Conn {
             Body::Empty => {}
             Body::Length(n) => {
                 while self.buf.len() < head + n {
-                    if stream.read_buf(&mut self.buf).await? == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
+                    more(stream, &mut self.buf).await?;
                 }
             }
             Body::Chunked => {
@@ -136,9 +132,7 @@ impl Conn {
                         if let Some(i) = find(&self.buf[at..], b"\r\n") {
                             break at + i;
                         }
-                        if stream.read_buf(&mut self.buf).await? == 0 {
-                            return Err(std::io::ErrorKind::UnexpectedEof.into());
-                        }
+                        more(stream, &mut self.buf).await?;
                     };
                     let size = std::str::from_utf8(&self.buf[at..line_end])
                         .ok()
@@ -146,9 +140,7 @@ impl Conn {
                         .ok_or_else(|| invalid("chunk size"))?;
                     let end = line_end + 2 + size + 2;
                     while self.buf.len() < end {
-                        if stream.read_buf(&mut self.buf).await? == 0 {
-                            return Err(std::io::ErrorKind::UnexpectedEof.into());
-                        }
+                        more(stream, &mut self.buf).await?;
                     }
                     at = end;
                     if size == 0 {
@@ -161,6 +153,14 @@ impl Conn {
             self.stream = None;
         }
         Ok(status)
+    }
+}
+
+/// Reads more of the response into `buf`; a connection closed mid-response is an error.
+async fn more(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    match stream.read_buf(buf).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        _ => Ok(()),
     }
 }
 

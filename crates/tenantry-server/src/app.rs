@@ -394,10 +394,11 @@ pub fn serving(
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &axum::http::Request<_>| {
+                    // Set by the request id layer just outside: no header lookup by name.
                     let rid = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
+                        .extensions()
+                        .get::<tenantry::http::RequestId>()
+                        .map(|r| r.as_str())
                         .unwrap_or_default();
                     tracing::info_span!(
                         "request",
