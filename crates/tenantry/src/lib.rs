@@ -82,6 +82,13 @@ pub mod resolve;
 pub mod tenancy;
 pub mod tenant;
 
+/// The hash map of the request path's internal tables (limiter, in-flight counts, metrics,
+/// statement forms). Their keys are tenants, route templates and static statements, and each
+/// table is bounded or keyed by what the operator created, so a randomly seeded foldhash stands
+/// in for std's SipHash (~2,000 of a read's instructions across these tables). Maps keyed by
+/// what a client presents before it is authenticated (the credential caches) keep SipHash.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use catalog::Catalog;
 pub use context::TenantContext;
 pub use http::{Json, Problem, Query, RequestIdLayer, TenancyLayer};

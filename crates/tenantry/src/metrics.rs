@@ -7,12 +7,12 @@
 //! dozen series. Written by hand: the exposition format is a few lines, and the registry needs
 //! the top-N folding no crate offers.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::tenant::TenantId;
+use crate::FastMap;
 
 /// Tenants exported under their own label.
 pub const TOP_TENANTS: usize = 20;
@@ -34,14 +34,14 @@ struct Histogram {
 /// allocates nothing once its route, method and status have been seen.
 #[derive(Default)]
 struct Route {
-    requests: HashMap<(&'static str, u16), u64>,
+    requests: FastMap<(&'static str, u16), u64>,
     latency: Histogram,
 }
 
 #[derive(Default)]
 struct Inner {
-    routes: HashMap<String, Route>,
-    tenants: HashMap<TenantId, (u64, u64)>,
+    routes: FastMap<String, Route>,
+    tenants: FastMap<TenantId, (u64, u64)>,
     /// Requests and rate-limited requests of tenants folded out of `tenants`.
     folded: (u64, u64),
 }

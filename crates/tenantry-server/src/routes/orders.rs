@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tenantry::db::DbError;
-use tenantry::http::{FieldError, Problem};
+use tenantry::http::written::Object;
+use tenantry::http::{FieldError, Problem, WriteJson, Written};
 use tenantry::{Json, Query, TenantContext};
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -30,6 +31,22 @@ pub struct Order {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
+}
+
+/// Responses write orders themselves ([`tenantry::http::written`]); the `Serialize` derive is
+/// the reference the tests hold this to, and what the order cache stores.
+impl WriteJson for Order {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Object::new(out)
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("amount_cents", &self.amount_cents)
+            .field("currency", &self.currency)
+            .field("status", &self.status)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .end()
+    }
 }
 
 fn from_row(r: &Row) -> Order {
@@ -108,7 +125,7 @@ fn user_ref(e: DbError) -> Problem {
 pub async fn list(
     ctx: TenantContext,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Page<Order>>, Problem> {
+) -> Result<Written<Page<Order>>, Problem> {
     let page = uuid_page(q.limit, q.cursor.as_deref())?;
     if let Some(s) = &q.status {
         let mut errors = Vec::new();
@@ -129,7 +146,7 @@ pub async fn list(
         )
         .await?;
     let items = rows.iter().map(from_row).collect();
-    Ok(Json(Page::from_rows(items, page.limit, |o: &Order| {
+    Ok(Written(Page::from_rows(items, page.limit, |o: &Order| {
         o.id.to_string()
     })))
 }
@@ -142,7 +159,7 @@ pub async fn list(
 pub async fn create(
     ctx: TenantContext,
     Json(body): Json<CreateOrder>,
-) -> Result<(StatusCode, Json<Order>), Problem> {
+) -> Result<(StatusCode, Written<Order>), Problem> {
     let mut errors = Vec::new();
     validate::amount(body.amount_cents, &mut errors);
     validate::currency(&body.currency, &mut errors);
@@ -172,7 +189,7 @@ pub async fn create(
         .await
         .map_err(user_ref)?
         .ok_or_else(|| Problem::internal(&"insert returned no row"))?;
-    Ok((StatusCode::CREATED, Json(from_row(&row))))
+    Ok((StatusCode::CREATED, Written(from_row(&row))))
 }
 
 /// How long a cached order may be served (bounds staleness after a read that raced a write;
@@ -194,7 +211,7 @@ pub async fn get(
     State(state): State<AppState>,
     ctx: TenantContext,
     ResourceId(id): ResourceId,
-) -> Result<Json<Order>, Problem> {
+) -> Result<Written<Order>, Problem> {
     let load = || async {
         let row = ctx
             .db()
@@ -215,7 +232,7 @@ pub async fn get(
     } else {
         load().await?
     };
-    Ok(Json(order.ok_or_else(Problem::not_found)?))
+    Ok(Written(order.ok_or_else(Problem::not_found)?))
 }
 
 #[utoipa::path(patch, path = "/orders/{id}", tag = "orders", operation_id = "update_order",
@@ -231,7 +248,7 @@ pub async fn update(
     ctx: TenantContext,
     ResourceId(id): ResourceId,
     Json(body): Json<UpdateOrder>,
-) -> Result<Json<Order>, Problem> {
+) -> Result<Written<Order>, Problem> {
     let mut errors = Vec::new();
     if let Some(a) = body.amount_cents {
         validate::amount(a, &mut errors);
@@ -266,7 +283,7 @@ pub async fn update(
         .map_err(user_ref)?
         .ok_or_else(Problem::not_found)?;
     state.cache.invalidate(&ctx, &cache_key(&id)).await;
-    Ok(Json(from_row(&row)))
+    Ok(Written(from_row(&row)))
 }
 
 #[utoipa::path(delete, path = "/orders/{id}", tag = "orders", operation_id = "delete_order",
@@ -290,4 +307,52 @@ pub async fn delete(
         .ok_or_else(Problem::not_found)?;
     state.cache.invalidate(&ctx, &cache_key(&id)).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn order() -> impl Strategy<Value = Order> {
+        (
+            any::<(u128, u128, i64)>(),
+            ".{0,4}",
+            "(?s).{0,12}",
+            (-63_000_000_000i64..260_000_000_000, 0..1_000_000_000u32),
+        )
+            .prop_map(|((id, user, amount), currency, status, (secs, nanos))| {
+                let at = Utc.timestamp_opt(secs, nanos).single().expect("in range");
+                Order {
+                    id: Uuid::from_u128(id),
+                    user_id: Uuid::from_u128(user),
+                    amount_cents: amount,
+                    currency,
+                    status,
+                    created_at: at,
+                    updated_at: at + chrono::Duration::milliseconds(secs % 5_000),
+                }
+            })
+    }
+
+    proptest! {
+        /// The body a client gets is what the `Serialize` derive would have written.
+        #[test]
+        fn written_orders_and_pages_match_serde(
+            items in proptest::collection::vec(order(), 0..4),
+            next in proptest::option::of(".{0,8}"),
+        ) {
+            for o in &items {
+                let mut one = Vec::new();
+                o.write_json(&mut one);
+                prop_assert_eq!(one, serde_json::to_vec(o).unwrap());
+            }
+            let page = Page { items, next_cursor: next };
+            let mut out = Vec::new();
+            page.write_json(&mut out);
+            prop_assert_eq!(out, serde_json::to_vec(&page).unwrap());
+        }
+    }
 }

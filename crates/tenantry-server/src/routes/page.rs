@@ -2,7 +2,8 @@
 //! `{"items": [...], "next_cursor": ... | null}`.
 
 use serde::{Deserialize, Serialize};
-use tenantry::http::{FieldError, Problem};
+use tenantry::http::written::Object;
+use tenantry::http::{FieldError, Problem, WriteJson};
 use uuid::Uuid;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -67,6 +68,19 @@ pub fn uuid_page(limit_q: Option<i64>, cursor: Option<&str>) -> Result<PageReq<U
 pub struct Page<T> {
     pub items: Vec<T>,
     pub next_cursor: Option<String>,
+}
+
+impl<T: WriteJson> WriteJson for Page<T> {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Object::new(out)
+            .field("items", &self.items)
+            .field("next_cursor", &self.next_cursor)
+            .end()
+    }
+
+    fn json_len_hint(&self) -> usize {
+        self.items.json_len_hint() + 64
+    }
 }
 
 impl<T> Page<T> {

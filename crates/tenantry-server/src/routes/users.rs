@@ -5,7 +5,8 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tenantry::db::DbError;
-use tenantry::http::{ErrorCode, FieldError, Problem};
+use tenantry::http::written::Object;
+use tenantry::http::{ErrorCode, FieldError, Problem, WriteJson, Written};
 use tenantry::{Json, Query, TenantContext};
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -24,6 +25,21 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
+}
+
+/// Responses write users themselves ([`tenantry::http::written`]); the `Serialize` derive is
+/// the reference the tests hold this to.
+impl WriteJson for User {
+    fn write_json(&self, out: &mut Vec<u8>) {
+        Object::new(out)
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .end()
+    }
 }
 
 fn from_row(r: &Row) -> User {
@@ -107,7 +123,7 @@ fn conflict_or(e: DbError) -> Problem {
 pub async fn list(
     ctx: TenantContext,
     Query(q): Query<PageQuery>,
-) -> Result<Json<Page<User>>, Problem> {
+) -> Result<Written<Page<User>>, Problem> {
     let page = uuid_page(q.limit, q.cursor.as_deref())?;
     let rows = ctx
         .db()
@@ -119,7 +135,7 @@ pub async fn list(
         )
         .await?;
     let items = rows.iter().map(from_row).collect();
-    Ok(Json(Page::from_rows(items, page.limit, |u: &User| {
+    Ok(Written(Page::from_rows(items, page.limit, |u: &User| {
         u.id.to_string()
     })))
 }
@@ -134,7 +150,7 @@ pub async fn list(
 pub async fn create(
     ctx: TenantContext,
     Json(body): Json<CreateUser>,
-) -> Result<(StatusCode, Json<User>), Problem> {
+) -> Result<(StatusCode, Written<User>), Problem> {
     let mut errors = Vec::new();
     let email = validate::email(&body.email, &mut errors);
     validate::name("name", &body.name, &mut errors);
@@ -152,7 +168,7 @@ pub async fn create(
         .await
         .map_err(conflict_or)?
         .ok_or_else(|| Problem::internal(&"insert returned no row"))?;
-    Ok((StatusCode::CREATED, Json(from_row(&row))))
+    Ok((StatusCode::CREATED, Written(from_row(&row))))
 }
 
 #[utoipa::path(get, path = "/users/{id}", tag = "users", operation_id = "get_user",
@@ -162,7 +178,7 @@ pub async fn create(
         (status = 200, description = "The user.", body = User),
         (status = 404, description = "`not_found`: no such user in this tenant."),
     ))]
-pub async fn get(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<User>, Problem> {
+pub async fn get(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Written<User>, Problem> {
     let row = ctx
         .db()
         .run_opt(
@@ -172,7 +188,7 @@ pub async fn get(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<Json<
         )
         .await?
         .ok_or_else(Problem::not_found)?;
-    Ok(Json(from_row(&row)))
+    Ok(Written(from_row(&row)))
 }
 
 #[utoipa::path(patch, path = "/users/{id}", tag = "users", operation_id = "update_user",
@@ -188,7 +204,7 @@ pub async fn update(
     ctx: TenantContext,
     ResourceId(id): ResourceId,
     Json(body): Json<UpdateUser>,
-) -> Result<Json<User>, Problem> {
+) -> Result<Written<User>, Problem> {
     let mut errors: Vec<FieldError> = Vec::new();
     let email = body
         .email
@@ -215,7 +231,7 @@ pub async fn update(
         .await
         .map_err(conflict_or)?
         .ok_or_else(Problem::not_found)?;
-    Ok(Json(from_row(&row)))
+    Ok(Written(from_row(&row)))
 }
 
 #[utoipa::path(delete, path = "/users/{id}", tag = "users", operation_id = "delete_user",
@@ -236,4 +252,28 @@ pub async fn delete(ctx: TenantContext, ResourceId(id): ResourceId) -> Result<St
         .map_err(conflict_or)?
         .ok_or_else(Problem::not_found)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// The body a client gets is what the `Serialize` derive would have written.
+        #[test]
+        fn written_users_match_serde(
+            id in any::<u128>(),
+            (email, name, role) in ("(?s).{0,16}", "(?s).{0,16}", ".{0,8}"),
+            (secs, nanos) in (-63_000_000_000i64..260_000_000_000, 0..1_000_000_000u32),
+        ) {
+            let at = Utc.timestamp_opt(secs, nanos).single().expect("in range");
+            let user = User { id: Uuid::from_u128(id), email, name, role, created_at: at, updated_at: at };
+            let mut out = Vec::new();
+            user.write_json(&mut out);
+            prop_assert_eq!(out, serde_json::to_vec(&user).unwrap());
+        }
+    }
 }

@@ -104,10 +104,9 @@ fn is_scoped(sql: &str) -> bool {
 /// table, not from the scope: nothing in the plan's shape would order the setting before the
 /// policy's filter.
 fn single_statement(sql: &'static str) -> Option<&'static str> {
-    use std::collections::HashMap;
     use std::sync::{LazyLock, RwLock};
     /// Keyed by the statement's address and length (statements are `&'static str`).
-    type Forms = HashMap<(usize, usize), Option<&'static str>>;
+    type Forms = crate::FastMap<(usize, usize), Option<&'static str>>;
     static FORMS: LazyLock<RwLock<Forms>> = LazyLock::new(Default::default);
     let key = (sql.as_ptr() as usize, sql.len());
     if let Some(form) = FORMS.read().ok().and_then(|m| m.get(&key).copied()) {

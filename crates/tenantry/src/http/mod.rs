@@ -5,6 +5,7 @@ pub mod layer;
 pub mod problem;
 pub mod request_id;
 pub mod timestamp;
+pub mod written;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
@@ -13,6 +14,7 @@ pub use json::{Json, Query, BODY_LIMIT};
 pub use layer::TenancyLayer;
 pub use problem::{ErrorCode, FieldError, Problem};
 pub use request_id::{RequestId, RequestIdLayer};
+pub use written::{WriteJson, Written};
 
 use crate::context::TenantContext;
 use crate::resolve::ResolveError;

@@ -243,11 +243,8 @@ impl IntoResponse for Problem {
         } else {
             self.render().into()
         };
-        let mut res = (status, bytes).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        let mut res = super::json::typed_body(bytes, "application/problem+json");
+        *res.status_mut() = status;
         if let Some(secs) = self.retry_after {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

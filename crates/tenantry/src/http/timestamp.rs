@@ -20,6 +20,24 @@ pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
+/// `t` as a JSON string, for [`super::written`].
+pub(crate) fn write_json(t: &DateTime<Utc>, out: &mut Vec<u8>) {
+    let mut buf = [0u8; MAX_LEN];
+    match write(t, &mut buf) {
+        Some(n) => {
+            out.push(b'"');
+            out.extend_from_slice(&buf[..n]);
+            out.push(b'"');
+        }
+        // chrono's own forms, through serde_json, which cannot fail for a timestamp into a
+        // Vec; `null` would only stand in for an impossible error rather than a broken body.
+        None => match serde_json::to_vec(t) {
+            Ok(json) => out.extend_from_slice(&json),
+            Err(_) => out.extend_from_slice(b"null"),
+        },
+    }
+}
+
 /// Writes `t` into `buf`; `None` for what only chrono's general formatter writes.
 fn write(t: &DateTime<Utc>, buf: &mut [u8; MAX_LEN]) -> Option<usize> {
     let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;

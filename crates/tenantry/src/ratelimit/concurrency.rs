@@ -2,18 +2,18 @@
 //! connections from the shared runtime pool. One semaphore per tenant, sized by its plan,
 //! created on demand and dropped when idle (so memory follows active tenants).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::tenant::TenantId;
+use crate::FastMap;
 
 /// Semaphores by tenant.
 #[derive(Default)]
 pub struct TenantSemaphores {
-    map: Mutex<HashMap<TenantId, (Arc<Semaphore>, usize)>>,
+    map: Mutex<FastMap<TenantId, (Arc<Semaphore>, usize)>>,
 }
 
 impl TenantSemaphores {

@@ -10,26 +10,26 @@
 //! as no entry, so [`RateLimiter::sweep`] drops those: memory stays bounded by the tenants
 //! active within one window, however many come and go.
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use super::{Decision, Quota, Usage};
 use crate::tenant::TenantId;
+use crate::FastMap;
 
 const SHARDS: usize = 32;
 
-type Shard = Mutex<HashMap<(TenantId, u32, u64, u32), u64>>;
+type Shard = Mutex<FastMap<(TenantId, u32, u64, u32), u64>>;
 /// Per tenant: (window start in unix seconds, allowed, limited).
-type UsageShard = Mutex<HashMap<TenantId, (u64, u64, u64)>>;
+type UsageShard = Mutex<FastMap<TenantId, (u64, u64, u64)>>;
 
 /// An in-process keyed GCRA limiter.
 pub struct RateLimiter {
     epoch: Instant,
     shards: Vec<Shard>,
     usage: Vec<UsageShard>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl Default for RateLimiter {
@@ -42,8 +42,12 @@ impl RateLimiter {
     pub fn new() -> Self {
         Self {
             epoch: Instant::now(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            usage: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
+            usage: (0..SHARDS)
+                .map(|_| Mutex::new(FastMap::default()))
+                .collect(),
             hasher: Default::default(),
         }
     }
