@@ -103,20 +103,35 @@ fn is_scoped(sql: &str) -> bool {
 /// pipelined `BEGIN … COMMIT`. Updates and deletes stay there because their rows come from the
 /// table, not from the scope: nothing in the plan's shape would order the setting before the
 /// policy's filter.
-fn single_statement(sql: &'static str) -> Option<&'static str> {
+///
+/// Worked out once per statement together with [`is_scoped`], whose answer cannot change
+/// either.
+fn single_statement(sql: &'static str) -> Form {
     use std::sync::{LazyLock, RwLock};
     /// Keyed by the statement's address and length (statements are `&'static str`).
-    type Forms = crate::FastMap<(usize, usize), Option<&'static str>>;
+    type Forms = crate::FastMap<(usize, usize), Form>;
     static FORMS: LazyLock<RwLock<Forms>> = LazyLock::new(Default::default);
     let key = (sql.as_ptr() as usize, sql.len());
     if let Some(form) = FORMS.read().ok().and_then(|m| m.get(&key).copied()) {
         return form;
     }
-    let form = single_statement_form(sql).map(|s| &*Box::leak(s.into_boxed_str()));
+    let form = Form {
+        scoped: is_scoped(sql),
+        single: single_statement_form(sql).map(|s| &*Box::leak(s.into_boxed_str())),
+    };
     if let Ok(mut m) = FORMS.write() {
         m.insert(key, form);
     }
     form
+}
+
+/// A statement as [`TenantDb::run`] sees it.
+#[derive(Debug, Clone, Copy)]
+struct Form {
+    /// [`is_scoped`].
+    scoped: bool,
+    /// Its single-statement form, if it has one.
+    single: Option<&'static str>,
 }
 
 /// The single-statement form [`TenantDb::run`] sends for a read or a single-row insert (see
@@ -387,8 +402,9 @@ impl<'a> TenantDb<'a> {
     /// statement and `COMMIT`.
     pub async fn run(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
         if !matches!(self.tenant.placement, Placement::Schema { .. }) {
-            if let Some(single) = single_statement(sql) {
-                if !is_scoped(sql) {
+            let form = single_statement(sql);
+            if let Some(single) = form.single {
+                if !form.scoped {
                     return Err(DbError::Unscoped(sql));
                 }
                 let mut tx = self.begin().await?;
