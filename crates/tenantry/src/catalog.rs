@@ -11,6 +11,8 @@
 //! Catalog writes run on the control pool and record their audit entry in the same transaction:
 //! an admin action and its audit record commit together or not at all.
 
+mod front;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ use crate::db::notify::Subscription;
 use crate::db::Placement;
 use crate::db::{Database, DbError};
 use crate::tenant::{Isolation, RateLimitOverride, StorageState, Tenant, TenantId, TenantStatus};
+use front::Front;
 
 /// How long the cache is trusted without a working LISTEN connection.
 pub const STALE_AFTER: Duration = Duration::from_secs(5);
@@ -103,6 +106,9 @@ pub struct Catalog {
     db: Database,
     tenants: Cache<TenantId, Option<Arc<Tenant>>>,
     keys: Cache<String, Option<Arc<KeyRecord>>>,
+    /// In front of `tenants` and `keys` for the request path's hits ([`front`]).
+    hot_tenants: Arc<Front<TenantId, Tenant>>,
+    hot_keys: Arc<Front<String, KeyRecord>>,
 }
 
 const TENANT_COLS: &str = "slug, name, plan, status, isolation, rate_limit, created_at, \
@@ -124,6 +130,8 @@ impl Catalog {
                 .max_capacity(200_000)
                 .time_to_live(ttl)
                 .build(),
+            hot_tenants: Arc::new(Front::new(ttl)),
+            hot_keys: Arc::new(Front::new(ttl)),
         }
     }
 
@@ -137,10 +145,18 @@ impl Catalog {
     /// future of several kilobytes, boxed so that it does not grow every request's future
     /// (each layer that boxes a request future copies all of it).
     pub async fn tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
-        if let Some(hit) = self.tenants.get(slug).await {
-            return Ok(hit);
+        if let Some(hot) = self.hot_tenants.get(slug) {
+            return Ok(Some(hot));
         }
-        Box::pin(self.load_tenant(slug)).await
+        let generation = self.hot_tenants.generation();
+        let found = match self.tenants.get(slug).await {
+            Some(hit) => hit,
+            None => Box::pin(self.load_tenant(slug)).await?,
+        };
+        if let Some(t) = &found {
+            self.hot_tenants.put(slug.clone(), t.clone(), generation);
+        }
+        Ok(found)
     }
 
     async fn load_tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
@@ -165,10 +181,18 @@ impl Catalog {
     /// cached too, so their repeated use costs nothing either. (A hit allocates nothing; the
     /// load is boxed, as for [`tenant`](Self::tenant).)
     pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
-        if let Some(hit) = self.keys.get(prefix).await {
-            return Ok(hit);
+        if let Some(hot) = self.hot_keys.get(prefix) {
+            return Ok(Some(hot));
         }
-        Box::pin(self.load_key(prefix)).await
+        let generation = self.hot_keys.generation();
+        let found = match self.keys.get(prefix).await {
+            Some(hit) => hit,
+            None => Box::pin(self.load_key(prefix)).await?,
+        };
+        if let Some(k) = &found {
+            self.hot_keys.put(prefix.to_owned(), k.clone(), generation);
+        }
+        Ok(found)
     }
 
     async fn load_key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
@@ -200,17 +224,24 @@ impl Catalog {
             .map_err(flatten)
     }
 
+    // Each invalidation evicts from the cache first and then stales its front, in that order
+    // (see [`front`]).
+
     pub async fn invalidate_tenant(&self, slug: &TenantId) {
         self.tenants.invalidate(slug).await;
+        self.hot_tenants.invalidate();
     }
 
     pub async fn invalidate_key(&self, prefix: &str) {
         self.keys.invalidate(prefix).await;
+        self.hot_keys.invalidate();
     }
 
     pub fn invalidate_all(&self) {
         self.tenants.invalidate_all();
         self.keys.invalidate_all();
+        self.hot_tenants.invalidate();
+        self.hot_keys.invalidate();
     }
 
     async fn apply_notification(&self, payload: &str) {

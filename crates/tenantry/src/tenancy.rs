@@ -1,7 +1,7 @@
 //! [`Tenancy`]: the library's entry point, tying the catalog, the resolution rules, the plans and
 //! the rate limiter together. One per process, cheap to clone.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -206,7 +206,7 @@ struct Inner {
     config: TenancyConfig,
     /// Keys used since the last flush, with when: `last_used_at` is written in batches, never
     /// once per request.
-    key_usage: Mutex<HashMap<Uuid, DateTime<Utc>>>,
+    key_usage: Mutex<crate::FastMap<Uuid, DateTime<Utc>>>,
 }
 
 impl Tenancy {
@@ -217,7 +217,7 @@ impl Tenancy {
                 limiter: Limiter::new(config.redis.clone(), config.fail_mode),
                 in_flight: TenantSemaphores::new(),
                 config,
-                key_usage: Mutex::new(HashMap::new()),
+                key_usage: Mutex::default(),
             }),
         }
     }
