@@ -459,7 +459,7 @@ where
 {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Self::Error>> + Send>>;
+    type Future = EdgeFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -477,30 +477,72 @@ where
                 format!("request headers are limited to {MAX_HEADER_BYTES} bytes"),
             )
             .into_response();
-            return Box::pin(std::future::ready(Ok(res)));
+            return EdgeFuture::Refused { res: Some(res) };
         }
         let route = req
             .extensions()
             .get::<axum::extract::MatchedPath>()
             .cloned();
-        let method = req.method().clone();
-        let start = std::time::Instant::now();
-        let state = self.state.clone();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await?;
-            let tenant = tenantry::TenantContext::from_response(&res)
-                .map(|c| c.tenant_id())
-                .or_else(|| res.extensions().get::<tenantry::TenantId>());
-            state.metrics.record(
-                route.as_ref().map_or("unmatched", |r| r.as_str()),
-                method.as_str(),
-                res.status().as_u16(),
-                start.elapsed(),
-                tenant,
-            );
-            Ok(res)
-        })
+        EdgeFuture::Measured {
+            method: req.method().clone(),
+            start: std::time::Instant::now(),
+            route,
+            state: self.state.clone(),
+            inner: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`Edge`]'s response future: named rather than a boxed `async` block, which would copy
+    /// the route's future to the heap once more on every request.
+    #[project = EdgeProj]
+    enum EdgeFuture<F> {
+        Refused { res: Option<Response> },
+        Measured {
+            #[pin]
+            inner: F,
+            route: Option<axum::extract::MatchedPath>,
+            method: axum::http::Method,
+            start: std::time::Instant,
+            state: AppState,
+        },
+    }
+}
+
+impl<F> Future for EdgeFuture<F>
+where
+    F: Future<Output = Result<Response, std::convert::Infallible>>,
+{
+    type Output = Result<Response, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            EdgeProj::Refused { res } => match res.take() {
+                Some(res) => Poll::Ready(Ok(res)),
+                None => Poll::Pending,
+            },
+            EdgeProj::Measured {
+                inner,
+                route,
+                method,
+                start,
+                state,
+            } => {
+                let res = std::task::ready!(inner.poll(cx))?;
+                let tenant = tenantry::TenantContext::from_response(&res)
+                    .map(|c| c.tenant_id())
+                    .or_else(|| res.extensions().get::<tenantry::TenantId>());
+                state.metrics.record(
+                    route.as_ref().map_or("unmatched", |r| r.as_str()),
+                    method.as_str(),
+                    res.status().as_u16(),
+                    start.elapsed(),
+                    tenant,
+                );
+                Poll::Ready(Ok(res))
+            }
+        }
     }
 }
 

@@ -1,9 +1,10 @@
 //! `X-Request-Id`: echoed when the client sent a sane one, generated otherwise, and put in the
-//! request extensions (for logs and audit entries) and on every response.
+//! request extensions (for logs and audit entries: read it there, as [`RequestId`], not from
+//! the request's headers) and on every response.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use tower::{Layer, Service};
@@ -45,11 +46,10 @@ pub struct RequestIdService<S> {
 impl<S, B, RB> Service<Request<B>> for RequestIdService<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = WithRequestId<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -66,13 +66,37 @@ where
             )
             .expect("a UUID is a valid header value"),
         };
-        req.headers_mut().insert(X_REQUEST_ID.clone(), id.clone());
         req.extensions_mut().insert(RequestId(id.clone()));
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut res = fut.await?;
+        WithRequestId {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The inner response future, with the id to put on its response. A named future rather
+    /// than a boxed `async` block: boxing would copy the whole inner request future to the
+    /// heap once more on every request.
+    pub struct WithRequestId<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, RB, E> Future for WithRequestId<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
             res.headers_mut().insert(X_REQUEST_ID.clone(), id);
-            Ok(res)
-        })
+        }
+        Poll::Ready(Ok(res))
     }
 }
