@@ -155,7 +155,9 @@ pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
         v.extend_from_slice(n.format(y).as_bytes());
         HeaderValue::try_from(v)
     };
-    if let Ok(v) = quoted(";q=", d.limit.into(), ";w=", d.window_secs, &mut n) {
+    if let Some(v) = policy_value(policy, d, || {
+        quoted(";q=", d.limit.into(), ";w=", d.window_secs, &mut n).ok()
+    }) {
         h.insert(POLICY.clone(), v);
     }
     if let Ok(v) = quoted(";r=", d.remaining.into(), ";t=", d.reset_secs, &mut n) {
@@ -166,9 +168,80 @@ pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     h.insert(RESET.clone(), HeaderValue::from(d.reset_secs));
 }
 
+/// The `RateLimit-Policy` value of `(policy, limit, window)`: the same on every response of a
+/// plan, so each thread keeps the last few it built instead of building one per response
+/// (allocation, digits and validation were ~550 instructions).
+fn policy_value(
+    policy: &str,
+    d: &Decision,
+    build: impl FnOnce() -> Option<HeaderValue>,
+) -> Option<HeaderValue> {
+    use std::cell::RefCell;
+    /// Plans in use on one thread at once, in the common case.
+    const KEPT: usize = 8;
+    type Kept = Vec<(Box<str>, u32, u64, HeaderValue)>;
+    thread_local! {
+        static KEPT_VALUES: RefCell<Kept> = const { RefCell::new(Vec::new()) };
+    }
+    KEPT_VALUES.with_borrow_mut(|kept| {
+        let hit = kept
+            .iter()
+            .find(|(p, l, w, _)| *l == d.limit && *w == d.window_secs && **p == *policy);
+        if let Some((.., v)) = hit {
+            return Some(v.clone());
+        }
+        let v = build()?;
+        if kept.len() == KEPT {
+            kept.remove(0);
+        }
+        kept.push((policy.into(), d.limit, d.window_secs, v.clone()));
+        Some(v)
+    })
+}
+
 impl TenantContext {
     /// The context a [`TenancyLayer`] attached to a response, for outer layers (logging).
     pub fn from_response(res: &Response) -> Option<&TenantContext> {
         res.extensions().get::<TenantContext>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decision(limit: u32, window_secs: u64) -> Decision {
+        Decision {
+            allowed: true,
+            limit,
+            window_secs,
+            remaining: limit - 1,
+            reset_secs: 7,
+            retry_after_secs: 0,
+        }
+    }
+
+    /// Kept policy values never answer for another plan, limit or window, also once more
+    /// plans than are kept have been seen.
+    #[test]
+    fn policy_values_are_kept_per_plan_limit_and_window() {
+        for round in 0..3 {
+            for i in 0..20u32 {
+                let (plan, limit, window) = (
+                    format!("plan{}", i % 12),
+                    100 + i % 3,
+                    60 + u64::from(i % 5),
+                );
+                let mut h = HeaderMap::new();
+                rate_headers(&mut h, &plan, &decision(limit, window));
+                assert_eq!(
+                    h["ratelimit-policy"],
+                    format!("\"{plan}\";q={limit};w={window}"),
+                    "round {round}, call {i}"
+                );
+                assert_eq!(h["ratelimit"], format!("\"{plan}\";r={};t=7", limit - 1));
+                assert_eq!(h["ratelimit-limit"], limit.to_string());
+            }
+        }
     }
 }
