@@ -387,7 +387,6 @@ impl<'a> TenantDb<'a> {
             conn,
             tenant: self.tenant.slug.clone(),
             search_path,
-            statement_timeout: self.limits.statement_timeout.as_millis().to_string(),
             timeout: self.limits.statement_timeout,
             state: TxState::Fresh,
             _share: permit,
@@ -441,9 +440,8 @@ pub struct ScopedTx {
     tenant: TenantId,
     /// The quoted schema for a `schema` tenant.
     search_path: Option<String>,
-    /// The plan's statement timeout, in milliseconds, as `set_config` wants it.
-    statement_timeout: String,
-    /// The same, for the single-statement form (which enforces it from the client side).
+    /// The plan's statement timeout: set in the transaction, or, for the single-statement
+    /// form, enforced from the client side.
     timeout: std::time::Duration,
     state: TxState,
     /// The tenant's share of the runtime pool (declared last: released after the connection
@@ -452,6 +450,12 @@ pub struct ScopedTx {
 }
 
 impl ScopedTx {
+    /// The statement timeout in milliseconds, as `set_config` wants it; formatted only by the
+    /// statements that set it (a single-statement read does not).
+    fn timeout_setting<'b>(&self, buf: &'b mut itoa::Buffer) -> &'b str {
+        buf.format(self.timeout.as_millis())
+    }
+
     /// The tenant this transaction is scoped to (bound as `$1` in every statement).
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
@@ -603,7 +607,8 @@ impl ScopedTx {
         let scope = client.prepare_cached(scope_sql).await?;
         let tenant: &str = self.tenant.as_str();
         let path: &str = self.search_path.as_deref().unwrap_or_default();
-        let timeout: &str = &self.statement_timeout;
+        let mut millis = itoa::Buffer::new();
+        let timeout: &str = self.timeout_setting(&mut millis);
         let scope_params: Vec<&(dyn ToSql + Sync)> = if self.search_path.is_some() {
             vec![&tenant, &timeout, &path]
         } else {
@@ -655,7 +660,8 @@ impl ScopedTx {
             self.state = TxState::Open;
             let client = self.conn.client()?;
             let path: &str = self.search_path.as_deref().unwrap_or_default();
-            let timeout: &str = &self.statement_timeout;
+            let mut millis = itoa::Buffer::new();
+            let timeout: &str = self.timeout_setting(&mut millis);
             let scope_params: Vec<&(dyn ToSql + Sync)> = if self.search_path.is_some() {
                 vec![&tenant, &timeout, &path]
             } else {
