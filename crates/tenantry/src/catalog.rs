@@ -145,18 +145,11 @@ impl Catalog {
     /// future of several kilobytes, boxed so that it does not grow every request's future
     /// (each layer that boxes a request future copies all of it).
     pub async fn tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
-        if let Some(hot) = self.hot_tenants.get(slug) {
-            return Ok(Some(hot));
-        }
-        let generation = self.hot_tenants.generation();
-        let found = match self.tenants.get(slug).await {
-            Some(hit) => hit,
-            None => Box::pin(self.load_tenant(slug)).await?,
-        };
-        if let Some(t) = &found {
-            self.hot_tenants.put(slug.clone(), t.clone(), generation);
-        }
-        Ok(found)
+        self.hot_tenants
+            .through(&self.tenants, slug, TenantId::clone, || {
+                Box::pin(self.load_tenant(slug))
+            })
+            .await
     }
 
     async fn load_tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
@@ -181,18 +174,11 @@ impl Catalog {
     /// cached too, so their repeated use costs nothing either. (A hit allocates nothing; the
     /// load is boxed, as for [`tenant`](Self::tenant).)
     pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
-        if let Some(hot) = self.hot_keys.get(prefix) {
-            return Ok(Some(hot));
-        }
-        let generation = self.hot_keys.generation();
-        let found = match self.keys.get(prefix).await {
-            Some(hit) => hit,
-            None => Box::pin(self.load_key(prefix)).await?,
-        };
-        if let Some(k) = &found {
-            self.hot_keys.put(prefix.to_owned(), k.clone(), generation);
-        }
-        Ok(found)
+        self.hot_keys
+            .through(&self.keys, prefix, str::to_owned, || {
+                Box::pin(self.load_key(prefix))
+            })
+            .await
     }
 
     async fn load_key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {

@@ -13,11 +13,15 @@
 //! - entries also expire after the cache's own time to live.
 
 use std::borrow::Borrow;
+use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use moka::future::Cache;
+
+use crate::db::DbError;
 use crate::FastMap;
 
 const SHARDS: usize = 16;
@@ -47,6 +51,35 @@ impl<K: Hash + Eq, V> Front<K, V> {
             hasher: Default::default(),
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         }
+    }
+
+    /// `key` from this front; else from `cache` (and kept here if found there); else `load`'s
+    /// answer (which `load` puts in `cache`).
+    pub(super) async fn through<Q, Fut>(
+        &self,
+        cache: &Cache<K, Option<Arc<V>>>,
+        key: &Q,
+        owned: impl FnOnce(&Q) -> K,
+        load: impl FnOnce() -> Fut,
+    ) -> Result<Option<Arc<V>>, DbError>
+    where
+        K: Borrow<Q> + Send + Sync + 'static,
+        V: Send + Sync + 'static,
+        Q: Hash + Eq + ?Sized,
+        Fut: Future<Output = Result<Option<Arc<V>>, DbError>>,
+    {
+        if let Some(hot) = self.get(key) {
+            return Ok(Some(hot));
+        }
+        let generation = self.generation();
+        let found = match cache.get(key).await {
+            Some(hit) => hit,
+            None => load().await?,
+        };
+        if let Some(v) = &found {
+            self.put(owned(key), v.clone(), generation);
+        }
+        Ok(found)
     }
 
     /// The generation to stamp on a value about to be read from the cache behind.
