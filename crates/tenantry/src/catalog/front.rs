@@ -10,7 +10,9 @@
 //!   at an older generation is not served. A reader takes the generation *before* reading
 //!   moka and an invalidation bumps it *after* evicting from moka, so a value read before an
 //!   eviction is always stamped with a generation the eviction made stale;
-//! - entries also expire after the cache's own time to live.
+//! - entries expire too. They are kept for a tenth of the cache's time to live (see
+//!   `Catalog::new`), so if a notification is ever lost, what the front adds to the cache's
+//!   staleness bound is that tenth, not a whole second TTL.
 
 use std::borrow::Borrow;
 use std::future::Future;
