@@ -129,7 +129,7 @@ impl From<Problem> for Failure {
             400 | 422 => exit::USAGE,
             _ => exit::FAILED,
         };
-        Failure(code, p.detail)
+        Failure(code, p.detail.into_owned())
     }
 }
 

@@ -2,12 +2,15 @@
 //!
 //! Every error any layer produces is mapped here, once. 5xx details are logged, never sent.
 
+use std::borrow::Cow;
+
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
 /// The stable error codes of the HTTP contract. Clients branch on these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
@@ -131,7 +134,9 @@ impl FieldError {
 #[derive(Debug, Clone)]
 pub struct Problem {
     pub code: ErrorCode,
-    pub detail: String,
+    /// Borrowed when it is a literal: the body of such a problem is rendered once per process
+    /// (see `into_response`).
+    pub detail: Cow<'static, str>,
     pub errors: Vec<FieldError>,
     /// Seconds, sent as `Retry-After` (429 and 503).
     pub retry_after: Option<u64>,
@@ -153,7 +158,7 @@ struct Body<'a> {
 }
 
 impl Problem {
-    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, detail: impl Into<Cow<'static, str>>) -> Self {
         Self {
             code,
             detail: detail.into(),
@@ -229,19 +234,36 @@ impl Problem {
     }
 }
 
+/// The body of a problem whose detail is a literal and which names no fields: it never
+/// changes, so it is rendered once and shared. That makes the responses that come in floods
+/// (a tenant over its limit, an unknown route, a bad key) cost no rendering. Keyed by the
+/// literal's address; at most `KEPT` bodies, so details leaked at run time cannot grow it.
+fn kept_body(code: ErrorCode, detail: &'static str, render: impl FnOnce() -> Vec<u8>) -> Bytes {
+    use std::sync::{LazyLock, RwLock};
+    const KEPT: usize = 256;
+    type Kept = crate::FastMap<(ErrorCode, usize, usize), Bytes>;
+    static BODIES: LazyLock<RwLock<Kept>> = LazyLock::new(Default::default);
+    let key = (code, detail.as_ptr() as usize, detail.len());
+    if let Some(b) = BODIES.read().ok().and_then(|m| m.get(&key).cloned()) {
+        return b;
+    }
+    let body = Bytes::from(render());
+    if let Ok(mut m) = BODIES.write() {
+        if m.len() < KEPT {
+            m.insert(key, body.clone());
+        }
+    }
+    body
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = self.code.status();
-        // A flood of requests over a tenant's limit is the case that must be nearly free, and
-        // its body never changes: rendered once.
-        let bytes = if self.code == ErrorCode::RateLimited
-            && self.detail == OVER_LIMIT
-            && self.errors.is_empty()
-        {
-            static OVER_LIMIT_BODY: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
-            OVER_LIMIT_BODY.get_or_init(|| self.render().into()).clone()
-        } else {
-            self.render().into()
+        let bytes = match &self.detail {
+            Cow::Borrowed(detail) if self.errors.is_empty() => {
+                kept_body(self.code, detail, || self.render())
+            }
+            _ => self.render().into(),
         };
         let mut res = super::json::typed_body(bytes, "application/problem+json");
         *res.status_mut() = status;
@@ -296,7 +318,7 @@ mod tests {
             assert_eq!(json["type"], "urn:tenantry:problem:rate_limited");
             assert_eq!(json["detail"], OVER_LIMIT);
         }
-        // Another 429 detail is rendered as it is, not given the kept body.
+        // Another 429 detail gets its own body, not the over-limit one.
         let (_, _, other) = body(Problem::new(ErrorCode::RateLimited, "too many in flight")).await;
         assert_eq!(other["detail"], "too many in flight");
     }
