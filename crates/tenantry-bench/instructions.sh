@@ -5,10 +5,10 @@
 # change of a few hundred instructions per request is visible.
 #
 # usage: crates/tenantry-bench/instructions.sh <side> [seconds]
-#   side: baseline | floor | shared | schema | database | limited | healthz
+#   side: baseline | floor | database-floor | shared | schema | database | limited | healthz
 # Counts the bench process: the servers and the load generator (not PostgreSQL, not the kernel).
 set -euo pipefail
-side=${1:?side: baseline, floor, shared, schema, database, limited or healthz}
+side=${1:?side: baseline, floor, database-floor, shared, schema, database, limited or healthz}
 secs=${2:-20}
 cd "$(dirname "$0")/../.."
 cargo build --release -q -p tenantry-bench

@@ -427,6 +427,66 @@ pub(crate) async fn start_rls_floor(
     serve_router(app).await
 }
 
+/// The floor of the `database` placement: [`rls_floor`]'s handler, but each tenant's read goes
+/// to that tenant's own database, through the server's own tenant-database pools (so the same
+/// connections, sized as the library sizes them: the budget shared between the open tenant
+/// databases, 2 each for 20 databases over 40; a second set of pools would also take more
+/// connections than PostgreSQL's default 100). What separates it from the shared floor is
+/// what placing each tenant in its own database costs any design: more backends than cores,
+/// each with its own catalog and plan caches, and requests queueing on their tenant's small
+/// share of the connections.
+pub(crate) async fn start_database_floor(
+    server: &Server,
+    slugs: &[String],
+) -> (String, tokio::sync::oneshot::Sender<()>) {
+    let databases: std::collections::HashMap<String, String> = slugs
+        .iter()
+        .map(|slug| {
+            let id = tenantry::TenantId::parse(slug).expect("a seeded slug");
+            let name = tenantry::db::placement::database_name(server.db_name(), &id);
+            (slug.clone(), name)
+        })
+        .collect();
+    let app = Router::new()
+        .route("/orders/{id}", get(database_floor))
+        .with_state(Arc::new((server.db.clone(), databases)));
+    serve_router(app).await
+}
+
+/// [`rls_floor`] on the tenant's own database.
+async fn database_floor(
+    State(state): State<
+        Arc<(
+            tenantry::db::Database,
+            std::collections::HashMap<String, String>,
+        )>,
+    >,
+    headers: HeaderMap,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Value>, StatusCode> {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        tenantry::db::single_statement_form(READ_SQL).expect("a read has a single-statement form")
+    });
+    let (db, databases) = &*state;
+    let tenant = tenant_header(&headers)?;
+    let database = databases.get(&tenant).ok_or(StatusCode::BAD_REQUEST)?;
+    let client = db
+        .tenant_pools()
+        .get(tenantry::db::placement::DEFAULT_SERVER, database)
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    let stmt = client
+        .prepare_cached(&SQL)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    let row = client
+        .query_opt(&stmt, &[&tenant, &id])
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .ok_or(StatusCode::NOT_FOUND)?;
+    Ok(Json(order_json(&row)))
+}
+
 /// Serves `app` on a free port until the returned sender is dropped.
 async fn serve_router(app: Router) -> (String, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -472,10 +532,31 @@ pub fn serve_args(db_url: &str, prefix: &str, admin: &str, order_cache: Option<&
     }
 }
 
+/// Pool settings of a benchmark server that a scenario may change.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Lanes of the runtime pool (`runtime_lanes`).
+    pub lanes: usize,
+    /// Connections to tenant databases in total (`tenant_db_budget`); the server's default
+    /// when `None`.
+    pub tenant_db_budget: Option<usize>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            lanes: 1,
+            tenant_db_budget: None,
+        }
+    }
+}
+
 /// A running tenantry server over a fresh database.
 pub struct Server {
     pub addr: String,
     pub db_url: String,
+    /// The server's database handle (catalog and pools), for the database floor.
+    db: tenantry::db::Database,
     http: reqwest::Client,
     /// Dropping the server shuts it down, so scenarios do not pile up connections.
     _stop: tokio::sync::oneshot::Sender<()>,
@@ -485,11 +566,11 @@ impl Server {
     /// `cached`: serve order reads through the tenant cache (the headline runs without it,
     /// so both sides do the same SELECT).
     pub async fn start(cached: bool) -> Self {
-        Self::start_with_lanes(cached, 1).await
+        Self::start_tuned(cached, &Tuning::default()).await
     }
 
-    /// [`start`](Self::start) with the runtime pool split into `lanes`.
-    pub async fn start_with_lanes(cached: bool, lanes: usize) -> Self {
+    /// [`start`](Self::start) with the server's pools tuned.
+    pub async fn start_tuned(cached: bool, tuning: &Tuning) -> Self {
         let name = crate::create_database().await;
         let db_url = format!("{}/{name}", crate::base_url());
         let args = serve_args(
@@ -499,7 +580,11 @@ impl Server {
             Some(if cached { "on" } else { "off" }),
         );
         let mut settings = Settings::load(&args).expect("settings");
-        settings.runtime_lanes = lanes;
+        settings.runtime_lanes = tuning.lanes;
+        if let Some(total) = tuning.tenant_db_budget {
+            settings.tenant_db_budget.0 = total;
+            settings.tenant_db_budget.1 = settings.tenant_db_budget.1.min(total);
+        }
         // A plan whose limits never interfere with a throughput measurement.
         let mut bench = tenantry::Plan::per_hour(1_000_000_000);
         bench.max_concurrent = 1024;
@@ -507,6 +592,7 @@ impl Server {
         settings.plans.0.insert("bench".into(), bench);
         let app = Application::build(settings).await.expect("server");
         let addr = format!("http://127.0.0.1:{}", app.port());
+        let db = app.tenancy().catalog().database().clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(app.run_until(async {
             let _ = stopped.await;
@@ -514,6 +600,7 @@ impl Server {
         Self {
             addr,
             db_url,
+            db,
             http: reqwest::Client::new(),
             _stop: stop,
         }
@@ -529,7 +616,7 @@ impl Server {
 
     /// The server's database: the last segment of its URL, and the prefix of everything the
     /// server creates (tenant databases, roles).
-    fn db_name(&self) -> &str {
+    pub(crate) fn db_name(&self) -> &str {
         self.db_url.rsplit('/').next().unwrap_or_default()
     }
 
@@ -627,9 +714,9 @@ pub async fn read_by_id(
     rounds: usize,
     clients: usize,
     placements: &[String],
-    lanes: usize,
+    tuning: &Tuning,
 ) -> Table {
-    let server = Server::start_with_lanes(false, lanes).await;
+    let server = Server::start_tuned(false, tuning).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let (floor, _floor) = start_rls_floor(&server.db_url, &server.runtime_role(), 16).await;
     let mut t = Table::new(
@@ -652,6 +739,7 @@ pub async fn read_by_id(
             None,
         ),
     ];
+    let mut database_floors = Vec::new();
     for placement in ["shared", "schema", "database"] {
         if !placements.iter().any(|p| p == placement) {
             continue;
@@ -661,17 +749,32 @@ pub async fn read_by_id(
         } else {
             seed(&server, &placement[..2], tenants, placement, 2, 4).await
         };
-        // Which floor this placement is compared with: the schema placement has its own.
-        let floor_side = if placement == "schema" {
-            sides.push((
-                "floor, schema: the same for a schema tenant (BEGIN, settings, read, COMMIT pipelined)"
-                    .to_owned(),
-                baseline_reads(&format!("{floor}/schema"), &seeded),
-                None,
-            ));
-            sides.len() - 1
-        } else {
-            1
+        // Which floor this placement is compared with: schema and database have their own.
+        let floor_side = match placement {
+            "schema" => {
+                sides.push((
+                    "floor, schema: the same for a schema tenant (BEGIN, settings, read, COMMIT pipelined)"
+                        .to_owned(),
+                    baseline_reads(&format!("{floor}/schema"), &seeded),
+                    None,
+                ));
+                sides.len() - 1
+            }
+            "database" => {
+                let slugs: Vec<String> = seeded.iter().map(|s| s.slug.clone()).collect();
+                let (addr, stop) = start_database_floor(&server, &slugs).await;
+                database_floors.push(stop);
+                sides.push((
+                    format!(
+                        "floor, database: the shared floor's read in each tenant's database, on pools sized as the library's ({} databases)",
+                        slugs.len()
+                    ),
+                    baseline_reads(&addr, &seeded),
+                    None,
+                ));
+                sides.len() - 1
+            }
+            _ => 1,
         };
         sides.push((
             format!("tenantry, {placement}"),
@@ -696,6 +799,7 @@ pub async fn read_by_id(
             ));
         }
     }
+    drop(database_floors);
     server.remove().await;
     t
 }
@@ -839,19 +943,27 @@ pub async fn read_by_id_cached(
 }
 
 /// Drives one side alone for `duration` (for `perf record`): `baseline`, `floor` (the RLS
-/// floor), a placement, `limited` (429s) or `healthz`.
+/// floor), `database-floor`, a placement, `limited` (429s) or `healthz`.
 pub async fn profile(side: &str, tenants: usize, duration: Duration, clients: usize) -> Run {
     let server = Server::start(false).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
     let (floor, _floor) = start_rls_floor(&server.db_url, &server.runtime_role(), 16).await;
     let isolation = match side {
         "baseline" | "floor" | "limited" | "healthz" => "shared",
+        "database-floor" => "database",
         placement => placement,
     };
     let seeded = seed(&server, "p", tenants, isolation, 2, 4).await;
+    let mut database_floor = None;
     let targets = match side {
         "baseline" => baseline_reads(&base, &seeded),
         "floor" => baseline_reads(&floor, &seeded),
+        "database-floor" => {
+            let slugs: Vec<String> = seeded.iter().map(|s| s.slug.clone()).collect();
+            let (addr, stop) = start_database_floor(&server, &slugs).await;
+            database_floor = Some(stop);
+            baseline_reads(&addr, &seeded)
+        }
         "limited" => over_limit(&server).await.1,
         "healthz" => healthz(&server),
         _ => reads(&server.addr, &seeded),
@@ -859,6 +971,7 @@ pub async fn profile(side: &str, tenants: usize, duration: Duration, clients: us
     load(targets.clone(), clients, Duration::from_secs(1)).await;
     eprintln!("profiling {side} now");
     let run = load(targets, clients, duration).await;
+    drop(database_floor);
     server.remove().await;
     run
 }

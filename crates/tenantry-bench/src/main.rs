@@ -77,14 +77,18 @@ enum Scenario {
         /// Only the read-by-id table (skip the 429 and cached-read tables).
         #[arg(long)]
         reads_only: bool,
-        /// Drive one side alone (`baseline`, `floor`, `shared`, `schema`, `database`,
-        /// `limited` (429s) or `healthz`) for --seconds and print its rate and CPU per request:
+        /// Drive one side alone (`baseline`, `floor`, `database-floor`, `shared`, `schema`,
+        /// `database`, `limited` (429s) or `healthz`) for --seconds and print its rate and CPU per request:
         /// for `perf record` or callgrind.
         #[arg(long)]
         profile: Option<String>,
         /// Lanes of the server's runtime pool for the read-by-id table (`runtime_lanes`).
         #[arg(long, default_value_t = 1)]
         lanes: usize,
+        /// Connections to tenant databases in total for the read-by-id table
+        /// (`tenant_db_budget`; the server's default, 40, when not given).
+        #[arg(long)]
+        tenant_db_budget: Option<usize>,
     },
     /// List 50, create and a read/write mix in every placement vs the baseline, and read
     /// latency at 10 / 1,000 / 10,000 shared, 10 / 1,000 schema and 10 / 200 database tenants.
@@ -254,6 +258,7 @@ async fn main() {
             reads_only,
             profile,
             lanes,
+            tenant_db_budget,
         } => {
             let d = std::time::Duration::from_millis(if smoke { 300 } else { seconds * 1000 });
             if let Some(side) = profile {
@@ -274,7 +279,10 @@ async fn main() {
                 rounds,
                 clients,
                 &placements,
-                lanes,
+                &tenantry_bench::http::Tuning {
+                    lanes,
+                    tenant_db_budget,
+                },
             )
             .await;
             if reads_only {
@@ -302,7 +310,10 @@ async fn main() {
             let _ = std::fs::write("bench-results/http.svg", svg);
             report::publish(
                 "http",
-                &format!("tenants={tenants} seconds={seconds} rounds={rounds} clients={clients} smoke={smoke}"),
+                &format!(
+                    "tenants={tenants} seconds={seconds} rounds={rounds} clients={clients} lanes={lanes} tenant_db_budget={} smoke={smoke}",
+                    tenant_db_budget.map_or("default (40)".to_owned(), |b| b.to_string())
+                ),
                 &[reads, rejected, cached],
             );
         }

@@ -258,7 +258,11 @@ pub async fn tenant_scale(
     clients: usize,
     lanes: usize,
 ) -> Table {
-    let server = Server::start_with_lanes(false, lanes).await;
+    let tuning = crate::http::Tuning {
+        lanes,
+        ..Default::default()
+    };
+    let server = Server::start_tuned(false, &tuning).await;
     let mut t = Table::new(
         &format!("Read one order by id as the tenant count grows (requests spread evenly over the tenants, {clients} clients)"),
         &[

@@ -273,6 +273,12 @@ impl Application {
         &self.router
     }
 
+    /// The tenancy this server resolves requests with: for code embedding the server that
+    /// needs the same catalog and pools (the benchmark's database floor reads through them).
+    pub fn tenancy(&self) -> &Tenancy {
+        &self.tenancy
+    }
+
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
