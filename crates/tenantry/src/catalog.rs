@@ -131,8 +131,14 @@ impl Catalog {
                 .time_to_live(ttl)
                 .build(),
             // A refill from moka every 30 s per hot entry costs nothing measurable.
-            hot_tenants: Arc::new(Front::new(ttl / 10)),
-            hot_keys: Arc::new(Front::new(ttl / 10)),
+            hot_tenants: Arc::new(Front::new(ttl / 10, |t| Tenant {
+                slug: t.slug.unshared(),
+                ..t.clone()
+            })),
+            hot_keys: Arc::new(Front::new(ttl / 10, |k| KeyRecord {
+                tenant: k.tenant.unshared(),
+                ..k.clone()
+            })),
         }
     }
 

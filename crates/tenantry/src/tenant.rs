@@ -38,6 +38,13 @@ impl utoipa::ToSchema for TenantId {}
 pub struct InvalidTenantId;
 
 impl TenantId {
+    /// The same slug in an allocation of its own. A per-thread copy holds one, so that
+    /// cloning and dropping it on the request path writes a reference count no other core
+    /// writes (see `catalog::front`).
+    pub(crate) fn unshared(&self) -> Self {
+        Self(Arc::from(&*self.0))
+    }
+
     /// Parses a slug; anything outside the grammar is rejected.
     pub fn parse(s: &str) -> Result<Self, InvalidTenantId> {
         if is_valid_slug(s) {
