@@ -200,6 +200,11 @@ pub async fn load(targets: Arc<Vec<Target>>, clients: usize, duration: Duration)
 const READ_SQL: &str = "SELECT id, user_id, amount_cents, currency, status, created_at, updated_at
          FROM shared.orders WHERE tenant_id = $1 AND id = $2";
 
+/// The floors' read: the baseline's, in the single-statement form the library sends.
+static FLOOR_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    tenantry::db::single_statement_form(READ_SQL).expect("a read has a single-statement form")
+});
+
 /// The hand-written baseline: tenant from a header, one SELECT, same pool size.
 async fn baseline(
     State(pool): State<Pool>,
@@ -219,10 +224,7 @@ async fn rls_floor(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        tenantry::db::single_statement_form(READ_SQL).expect("a read has a single-statement form")
-    });
-    read_with(&pool, &SQL, headers, id).await
+    read_with(&pool, &FLOOR_SQL, headers, id).await
 }
 
 /// The floor of the `schema` placement, the same way: on the runtime role, the statements the
@@ -284,7 +286,24 @@ async fn read_with(
     id: Uuid,
 ) -> Result<Json<Value>, StatusCode> {
     let tenant = tenant_header(&headers)?;
-    let (client, stmt) = prepared(pool, sql).await?;
+    let client = pool
+        .get()
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    read_on(&client, sql, &tenant, id).await
+}
+
+/// One order by tenant and id through `sql`, prepared (and kept) on `client`.
+async fn read_on(
+    client: &deadpool_postgres::ClientWrapper,
+    sql: &str,
+    tenant: &str,
+    id: Uuid,
+) -> Result<Json<Value>, StatusCode> {
+    let stmt = client
+        .prepare_cached(sql)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
     let row = client
         .query_opt(&stmt, &[&tenant, &id])
         .await
@@ -464,9 +483,6 @@ async fn database_floor(
     headers: HeaderMap,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        tenantry::db::single_statement_form(READ_SQL).expect("a read has a single-statement form")
-    });
     let (db, databases) = &*state;
     let tenant = tenant_header(&headers)?;
     let database = databases.get(&tenant).ok_or(StatusCode::BAD_REQUEST)?;
@@ -475,16 +491,7 @@ async fn database_floor(
         .get(tenantry::db::placement::DEFAULT_SERVER, database)
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
-    let stmt = client
-        .prepare_cached(&SQL)
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
-    let row = client
-        .query_opt(&stmt, &[&tenant, &id])
-        .await
-        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
-        .ok_or(StatusCode::NOT_FOUND)?;
-    Ok(Json(order_json(&row)))
+    read_on(&client, &FLOOR_SQL, &tenant, id).await
 }
 
 /// Serves `app` on a free port until the returned sender is dropped.
