@@ -78,8 +78,8 @@ enum Scenario {
         #[arg(long)]
         reads_only: bool,
         /// Drive one side alone (`baseline`, `floor`, `database-floor`, `shared`, `schema`,
-        /// `database`, `limited` (429s) or `healthz`) for --seconds and print its rate and CPU per request:
-        /// for `perf record` or callgrind.
+        /// `database`, `limited` (429s) or `healthz`) for --seconds and print its rate and CPU
+        /// per request: for `perf record` or callgrind.
         #[arg(long)]
         profile: Option<String>,
         /// Lanes of the server's runtime pool for the read-by-id table (`runtime_lanes`).

@@ -90,6 +90,38 @@ pub mod tenant;
 /// does not exist, keep SipHash.
 pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
+/// A process-wide table of values worked out once per key and never changed after (a
+/// statement's single-statement form, a problem's rendered body): a hit is a hash under a
+/// shared read lock. At most `cap` entries are kept; past that a value is worked out on each
+/// call, so keys made at run time cannot grow the table without bound.
+pub(crate) struct Kept<K, V> {
+    map: std::sync::RwLock<FastMap<K, V>>,
+    cap: usize,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Kept<K, V> {
+    pub(crate) fn new(cap: usize) -> Self {
+        Self {
+            map: Default::default(),
+            cap,
+        }
+    }
+
+    /// The value kept for `key`, or `make`'s (kept if there is room).
+    pub(crate) fn get_or_keep(&self, key: K, make: impl FnOnce() -> V) -> V {
+        if let Some(v) = self.map.read().ok().and_then(|m| m.get(&key).cloned()) {
+            return v;
+        }
+        let v = make();
+        if let Ok(mut m) = self.map.write() {
+            if m.len() < self.cap {
+                m.insert(key, v.clone());
+            }
+        }
+        v
+    }
+}
+
 pub use catalog::Catalog;
 pub use context::TenantContext;
 pub use http::{Json, Problem, Query, RequestIdLayer, TenancyLayer};

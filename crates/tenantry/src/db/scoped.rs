@@ -107,22 +107,14 @@ fn is_scoped(sql: &str) -> bool {
 /// Worked out once per statement together with [`is_scoped`], whose answer cannot change
 /// either.
 fn single_statement(sql: &'static str) -> Form {
-    use std::sync::{LazyLock, RwLock};
-    /// Keyed by the statement's address and length (statements are `&'static str`).
-    type Forms = crate::FastMap<(usize, usize), Form>;
-    static FORMS: LazyLock<RwLock<Forms>> = LazyLock::new(Default::default);
-    let key = (sql.as_ptr() as usize, sql.len());
-    if let Some(form) = FORMS.read().ok().and_then(|m| m.get(&key).copied()) {
-        return form;
-    }
-    let form = Form {
+    /// Keyed by the statement's address and length (statements are `&'static str`, so there
+    /// are as many as the program has).
+    static FORMS: std::sync::LazyLock<crate::Kept<(usize, usize), Form>> =
+        std::sync::LazyLock::new(|| crate::Kept::new(usize::MAX));
+    FORMS.get_or_keep((sql.as_ptr() as usize, sql.len()), || Form {
         scoped: is_scoped(sql),
         single: single_statement_form(sql).map(|s| &*Box::leak(s.into_boxed_str())),
-    };
-    if let Ok(mut m) = FORMS.write() {
-        m.insert(key, form);
-    }
-    form
+    })
 }
 
 /// A statement as [`TenantDb::run`] sees it.

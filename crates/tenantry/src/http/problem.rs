@@ -239,21 +239,12 @@ impl Problem {
 /// (a tenant over its limit, an unknown route, a bad key) cost no rendering. Keyed by the
 /// literal's address; at most `KEPT` bodies, so details leaked at run time cannot grow it.
 fn kept_body(code: ErrorCode, detail: &'static str, render: impl FnOnce() -> Vec<u8>) -> Bytes {
-    use std::sync::{LazyLock, RwLock};
+    static BODIES: std::sync::LazyLock<crate::Kept<(ErrorCode, usize, usize), Bytes>> =
+        std::sync::LazyLock::new(|| crate::Kept::new(KEPT));
     const KEPT: usize = 256;
-    type Kept = crate::FastMap<(ErrorCode, usize, usize), Bytes>;
-    static BODIES: LazyLock<RwLock<Kept>> = LazyLock::new(Default::default);
-    let key = (code, detail.as_ptr() as usize, detail.len());
-    if let Some(b) = BODIES.read().ok().and_then(|m| m.get(&key).cloned()) {
-        return b;
-    }
-    let body = Bytes::from(render());
-    if let Ok(mut m) = BODIES.write() {
-        if m.len() < KEPT {
-            m.insert(key, body.clone());
-        }
-    }
-    body
+    BODIES.get_or_keep((code, detail.as_ptr() as usize, detail.len()), || {
+        Bytes::from(render())
+    })
 }
 
 impl IntoResponse for Problem {

@@ -66,9 +66,7 @@ impl RateLimiter {
 
     /// Decides one request for `tenant` under `quota`, counting it in the tenant's usage.
     pub fn check(&self, tenant: &TenantId, quota: &Quota) -> Decision {
-        let window = quota.window.as_secs().max(1);
-        let start = super::unix_now().0 / window * window;
-        self.check_in(tenant, quota, self.now(), start)
+        self.check_in(tenant, quota, self.now(), usage_window(quota).1)
     }
 
     fn now(&self) -> u64 {
@@ -94,8 +92,7 @@ impl RateLimiter {
 
     /// This node's counts for the current window.
     pub fn usage(&self, tenant: &TenantId, quota: &Quota) -> Usage {
-        let window = quota.window.as_secs().max(1);
-        let start = super::unix_now().0 / window * window;
+        let (window, start) = usage_window(quota);
         let map = self.shards[self.shard_of(tenant)]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -202,6 +199,12 @@ impl TenantState {
             retry_after_secs: 0,
         }
     }
+}
+
+/// The usage window of `quota` now: its length and its start, in unix seconds.
+fn usage_window(quota: &Quota) -> (u64, u64) {
+    let window = quota.window.as_secs().max(1);
+    (window, super::unix_now().0 / window * window)
 }
 
 fn ceil_secs(nanos: u64) -> u64 {
