@@ -19,6 +19,7 @@ use crate::ratelimit::Decision;
 
 use crate::resolve::ResolveError;
 use crate::tenancy::Tenancy;
+use crate::tenant::TenantId;
 
 /// Adds tenant resolution in front of a service.
 #[derive(Clone)]
@@ -86,53 +87,95 @@ where
         let tenancy = self.tenancy.clone();
         let public = self.public;
         Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            let resolved = if public {
-                tenancy.resolve_public(&parts).await
-            } else {
-                tenancy.resolve(&parts).await
-            };
-            match resolved {
-                Ok(ctx) => {
-                    tracing::Span::current().record("tenant_id", ctx.tenant_id().as_str());
-                    parts.extensions.insert(ctx.clone());
-                    let mut res = inner.call(Request::from_parts(parts, body)).await?;
-                    if let Some((policy, d)) = ctx.rate_decision() {
-                        rate_headers(res.headers_mut(), policy, &d);
-                    }
+            let (mut res, outcome) = scope(&tenancy, public, req, |r| inner.call(r)).await?;
+            match outcome {
+                Scoped::Served(ctx) => {
                     res.extensions_mut().insert(ctx);
-                    Ok(res)
                 }
-                Err(e) => {
-                    let rate = match &e {
-                        ResolveError::RateLimited {
-                            decision,
-                            policy,
-                            tenant,
-                        }
-                        | ResolveError::TooManyInFlight {
-                            decision,
-                            policy,
-                            tenant,
-                        } => Some((policy.clone(), *decision, tenant.clone())),
-                        _ => None,
-                    };
-                    let mut res = Problem::from(e).into_response();
-                    if let Some((policy, d, tenant)) = rate {
-                        rate_headers(res.headers_mut(), &policy, &d);
-                        // Lets outer layers (metrics) count the rejection for its tenant.
-                        res.extensions_mut().insert(tenant);
-                    }
-                    Ok(res)
+                // Lets outer layers (metrics) count the rejection for its tenant.
+                Scoped::Refused(Some(tenant)) => {
+                    res.extensions_mut().insert(tenant);
                 }
+                Scoped::Refused(None) => {}
             }
+            Ok(res)
         })
     }
 }
 
+/// Whom [`scope`] served a request for, or refused it for.
+pub enum Scoped {
+    /// Resolution succeeded and the inner service answered in this context.
+    Served(TenantContext),
+    /// Resolution refused the request (problem+json); the tenant, where a limit refused it.
+    Refused(Option<TenantId>),
+}
+
+/// One request through tenant resolution, as [`TenancyService`] runs it: resolves the tenant,
+/// runs `inner` with the [`TenantContext`] in the request's extensions, and puts the tenant's
+/// rate-limit state on the response. A request that fails resolution is answered here with
+/// problem+json, and `inner` never runs.
+///
+/// Public for a service that decides per request whether a route is tenant-scoped from a route
+/// table of its own (the reference server's edge does, to spare every tenant route a layer of
+/// its own); everyone else mounts [`TenancyLayer`]. `public` is
+/// [`TenancyLayer::public_by_subdomain`]'s rule.
+pub async fn scope<F, Fut, E>(
+    tenancy: &Tenancy,
+    public: bool,
+    req: Request<Body>,
+    inner: F,
+) -> Result<(Response, Scoped), E>
+where
+    F: FnOnce(Request<Body>) -> Fut,
+    Fut: Future<Output = Result<Response, E>>,
+{
+    let (mut parts, body) = req.into_parts();
+    let resolved = if public {
+        tenancy.resolve_public(&parts).await
+    } else {
+        tenancy.resolve(&parts).await
+    };
+    match resolved {
+        Ok(ctx) => {
+            tracing::Span::current().record("tenant_id", ctx.tenant_id().as_str());
+            parts.extensions.insert(ctx.clone());
+            let mut res = inner(Request::from_parts(parts, body)).await?;
+            if let Some((policy, d)) = ctx.rate_decision() {
+                rate_headers(res.headers_mut(), policy, &d);
+            }
+            Ok((res, Scoped::Served(ctx)))
+        }
+        Err(mut e) => {
+            // Taken rather than cloned: the problem is built from the decision alone.
+            let rate = match &mut e {
+                ResolveError::RateLimited {
+                    decision,
+                    policy,
+                    tenant,
+                }
+                | ResolveError::TooManyInFlight {
+                    decision,
+                    policy,
+                    tenant,
+                } => Some((std::mem::take(policy), *decision, tenant.clone())),
+                _ => None,
+            };
+            let mut res = Problem::from(e).into_response();
+            let tenant = rate.map(|(policy, d, tenant)| {
+                rate_headers(res.headers_mut(), &policy, &d);
+                tenant
+            });
+            Ok((res, Scoped::Refused(tenant)))
+        }
+    }
+}
+
 /// The IETF draft headers (`RateLimit-Policy`, `RateLimit`) and the older trio. On every
-/// tenant-plane response, so names are static and values are assembled from bytes and `itoa`
-/// rather than `format!` (two `format!`s were ~4,000 of a read's instructions).
+/// tenant-plane response, so names are static, the policy's value is kept per thread, and the
+/// four values that change are written into one buffer with `itoa` and handed out as slices of
+/// it: two allocations (the buffer and its shared handle) where building each value on its own
+/// made five or more (two `format!`s were ~4,000 of a read's instructions).
 pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     use http::header::HeaderName;
     static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
@@ -143,29 +186,45 @@ pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     // Room for all five at once instead of growing (and rehashing) the map twice.
     h.reserve(5);
     let mut n = itoa::Buffer::new();
-    // `"<policy>";q=<limit>;w=<window>` and `"<policy>";r=<remaining>;t=<reset>`.
-    let quoted = |a: &str, x: u64, b: &str, y: u64, n: &mut itoa::Buffer| {
-        let mut v = Vec::with_capacity(policy.len() + 2 + a.len() + b.len() + 40);
+    if let Some(v) = policy_value(policy, d, || {
+        // `"<policy>";q=<limit>;w=<window>`
+        let mut v = Vec::with_capacity(policy.len() + 30);
         v.push(b'"');
         v.extend_from_slice(policy.as_bytes());
-        v.push(b'"');
-        v.extend_from_slice(a.as_bytes());
-        v.extend_from_slice(n.format(x).as_bytes());
-        v.extend_from_slice(b.as_bytes());
-        v.extend_from_slice(n.format(y).as_bytes());
-        HeaderValue::try_from(v)
-    };
-    if let Some(v) = policy_value(policy, d, || {
-        quoted(";q=", d.limit.into(), ";w=", d.window_secs, &mut n).ok()
+        v.extend_from_slice(b"\";q=");
+        v.extend_from_slice(n.format(d.limit).as_bytes());
+        v.extend_from_slice(b";w=");
+        v.extend_from_slice(n.format(d.window_secs).as_bytes());
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
     }) {
         h.insert(POLICY.clone(), v);
     }
-    if let Ok(v) = quoted(";r=", d.remaining.into(), ";t=", d.reset_secs, &mut n) {
-        h.insert(STATE.clone(), v);
+    // `"<policy>";r=<remaining>;t=<reset>`, then the trio's limit, remaining and reset.
+    let mut buf = Vec::with_capacity(policy.len() + 80);
+    let mut ends = [0usize; 4];
+    buf.push(b'"');
+    buf.extend_from_slice(policy.as_bytes());
+    buf.extend_from_slice(b"\";r=");
+    buf.extend_from_slice(n.format(d.remaining).as_bytes());
+    buf.extend_from_slice(b";t=");
+    buf.extend_from_slice(n.format(d.reset_secs).as_bytes());
+    ends[0] = buf.len();
+    buf.extend_from_slice(n.format(d.limit).as_bytes());
+    ends[1] = buf.len();
+    buf.extend_from_slice(n.format(d.remaining).as_bytes());
+    ends[2] = buf.len();
+    buf.extend_from_slice(n.format(d.reset_secs).as_bytes());
+    ends[3] = buf.len();
+    let buf = bytes::Bytes::from(buf);
+    let mut start = 0;
+    for (name, end) in [&STATE, &LIMIT, &REMAINING, &RESET].into_iter().zip(ends) {
+        // Digits and a plan name that is a valid header value already (the policy value
+        // above is built from the same name); checked all the same, never trusted.
+        if let Ok(v) = HeaderValue::from_maybe_shared(buf.slice(start..end)) {
+            h.insert(name.clone(), v);
+        }
+        start = end;
     }
-    h.insert(LIMIT.clone(), HeaderValue::from(d.limit));
-    h.insert(REMAINING.clone(), HeaderValue::from(d.remaining));
-    h.insert(RESET.clone(), HeaderValue::from(d.reset_secs));
 }
 
 /// The `RateLimit-Policy` value of `(policy, limit, window)`: the same on every response of a
@@ -241,6 +300,8 @@ mod tests {
                 );
                 assert_eq!(h["ratelimit"], format!("\"{plan}\";r={};t=7", limit - 1));
                 assert_eq!(h["ratelimit-limit"], limit.to_string());
+                assert_eq!(h["ratelimit-remaining"], (limit - 1).to_string());
+                assert_eq!(h["ratelimit-reset"], "7");
             }
         }
     }
