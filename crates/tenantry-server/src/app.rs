@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -16,14 +17,15 @@ use rand::distr::{Alphanumeric, SampleString};
 use tenantry::auth::jwt::JwtVerifier;
 use tenantry::cache::TenantCache;
 use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames};
+use tenantry::http::layer::{scope, Scoped};
 use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
 use tenantry::jobs::{Worker, WorkerConfig};
 use tenantry::metrics::Metrics;
 use tenantry::ratelimit::redis::RedisLimiter;
 use tenantry::resolve::ResolverConfig;
-use tenantry::{Catalog, RequestIdLayer, Tenancy, TenancyConfig, TenancyLayer};
+use tenantry::{Catalog, RequestIdLayer, Tenancy, TenancyConfig};
 use tokio::net::TcpListener;
-use tower::{Layer, Service, ServiceBuilder};
+use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
@@ -195,7 +197,7 @@ pub enum StartError {
 
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    edge: Edge,
     local_pg: Option<Arc<LocalPostgres>>,
     background: Vec<tokio::task::JoinHandle<()>>,
     tenancy: Tenancy,
@@ -260,7 +262,7 @@ impl Application {
                 })?;
         Ok(Self {
             listener,
-            router: router(state),
+            edge: router(state),
             local_pg,
             background,
             tenancy,
@@ -270,7 +272,7 @@ impl Application {
 
     /// The router this server serves (tests compare its routes with the OpenAPI document).
     pub fn router(&self) -> &Router {
-        &self.router
+        self.edge.router()
     }
 
     /// The tenancy this server resolves requests with: for code embedding the server that
@@ -299,7 +301,7 @@ impl Application {
         let service =
             axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
                 std::net::SocketAddr,
-            >(serving(self.router));
+            >(serving(self.edge));
         let r = axum::serve(self.listener, service)
             .with_graceful_shutdown(shutdown)
             .await;
@@ -323,15 +325,12 @@ impl Application {
 }
 
 /// Every route with its OpenAPI description, and, when `state` is given, the layers that
-/// guard each plane. The document is built from the same call (with `None`), so what is served
-/// and what is documented come from one list.
+/// guard the admin plane (the tenant plane is guarded by the [`Edge`], from
+/// [`tenant_plane`]). The document is built from the same call (with `None`), so what is
+/// served and what is documented come from one list.
 pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
-    let mut tenant_plane = OpenApiRouter::default()
-        .merge(routes::tenant_plane_data("/v1"))
-        .merge(routes::tenant_plane_data("/v1/tenants/{tenant}"));
     let mut admin_data = routes::tenant_data("/admin/v1/tenants/{tenant}");
     if let Some(state) = state {
-        tenant_plane = tenant_plane.layer(TenancyLayer::new(state.tenancy.clone()));
         admin_data = admin_data.layer(middleware::from_fn_with_state(
             state.clone(),
             admin::tenant_context,
@@ -366,26 +365,39 @@ pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(openapi::docs))
         .routes(routes!(openapi::redoc_js))
-        .merge(tenant_plane)
+        .merge(tenant_plane())
         .merge(admin_plane)
 }
 
-/// The whole HTTP surface: every route, each behind the per-route [`Edge`] (it needs the route
-/// template, known only after routing). [`serving`] adds what runs before routing.
-pub fn router(state: AppState) -> Router {
-    let (routes, _) = surface(Some(&state)).split_for_parts();
-    routes
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state.clone())
-        .layer(EdgeLayer(state))
+/// The tenant plane: every route here is served in the tenant context the [`Edge`] opens for
+/// it (the library's [`tenantry::http::layer::scope`], which [`tenantry::TenancyLayer`] runs
+/// per route), so this list is also what decides which requests need one.
+fn tenant_plane() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default()
+        .merge(routes::tenant_plane_data("/v1"))
+        .merge(routes::tenant_plane_data("/v1/tenants/{tenant}"))
 }
 
-/// The router with the layers every request passes once, before routing: request id, trace
-/// span, panic guard, body limit. Outside the router they are built once, not once per route,
-/// and a request does not clone and box them per route.
-pub fn serving(
-    router: Router,
+/// The whole HTTP surface: the router behind the [`Edge`]. [`serving`] adds what runs before
+/// the edge.
+pub fn router(state: AppState) -> Edge {
+    let (routes, _) = surface(Some(&state)).split_for_parts();
+    let router = routes
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state.clone());
+    Edge {
+        router,
+        routes: Arc::new(RouteTable::new()),
+        state,
+    }
+}
+
+/// The edge (or, in tests, any router) with the layers every request passes once, before
+/// routing: request id, trace span, panic guard, body limit. Outside the router they are built
+/// once, not once per route, and a request does not clone and box them per route.
+pub fn serving<S>(
+    inner: S,
 ) -> impl Service<
     axum::extract::Request,
     Response = Response,
@@ -393,7 +405,14 @@ pub fn serving(
     Future: Send,
 > + Clone
        + Send
-       + 'static {
+       + 'static
+where
+    S: Service<axum::extract::Request, Response = Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     ServiceBuilder::new()
         .map_response(|res: axum::http::Response<_>| res.map(axum::body::Body::new))
         .layer(RequestIdLayer)
@@ -427,48 +446,108 @@ pub fn serving(
         )
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .service(router)
+        .service(inner)
 }
 
 /// Requests whose headers total more than this are refused with 431 before any work.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
-/// What every routed request passes once: the header-size limit (431), then the request
-/// metrics by route template, method and status, and by tenant where one was resolved (a 429
-/// for its tenant too). A hand-written service rather than `middleware::from_fn`, which boxes
-/// the inner route again on every request.
+/// What every request passes once, just before routing:
+/// - the header-size limit (431);
+/// - on a tenant-plane route, the tenant context: resolution, limits and rate-limit headers,
+///   by the library's [`scope`] (what [`tenantry::TenancyLayer`] runs per route);
+/// - the request metrics by route template, method and status, and by tenant where one was
+///   resolved (a 429 for its tenant too).
+///
+/// It knows the route template before routing from its own [`RouteTable`], built from the same
+/// lists as the router. Per-route layers would each add a level that clones and boxes the route
+/// again on every request (three levels were ~12 of a read's ~65 allocations). A route the
+/// table did not know would only lose its metrics label, and, if it were a tenant route, fail
+/// closed: its handlers cannot run without a context.
 #[derive(Clone)]
-struct EdgeLayer(AppState);
-
-impl<S> Layer<S> for EdgeLayer {
-    type Service = Edge<S>;
-    fn layer(&self, inner: S) -> Edge<S> {
-        Edge {
-            inner,
-            state: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-struct Edge<S> {
-    inner: S,
+pub struct Edge {
+    router: Router,
+    routes: Arc<RouteTable>,
     state: AppState,
 }
 
-impl<S> Service<axum::extract::Request> for Edge<S>
-where
-    S: Service<axum::extract::Request, Response = Response, Error = std::convert::Infallible>
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+impl Edge {
+    /// The router behind the edge (tests compare its routes with the OpenAPI document).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+}
+
+/// The route templates the router serves, and for which methods each is a tenant-plane route.
+struct RouteTable {
+    matcher: matchit::Router<RouteEntry>,
+}
+
+#[derive(Clone, Copy)]
+struct RouteEntry {
+    template: &'static str,
+    /// [`method_bit`]s of the methods served in a tenant context.
+    tenant_methods: u8,
+}
+
+impl RouteTable {
+    fn new() -> Self {
+        let tenant = tenant_plane().split_for_parts().1.paths.paths;
+        let (_, all) = surface(None).split_for_parts();
+        let mut matcher = matchit::Router::new();
+        for path in all.paths.paths.into_keys() {
+            let tenant_methods = tenant.get(&path).map_or(0, |item| {
+                [
+                    (&item.get, Method::GET),
+                    (&item.post, Method::POST),
+                    (&item.put, Method::PUT),
+                    (&item.patch, Method::PATCH),
+                    (&item.delete, Method::DELETE),
+                ]
+                .into_iter()
+                .filter(|(op, _)| op.is_some())
+                .fold(0, |bits, (_, m)| bits | method_bit(&m))
+            });
+            // Templates live as long as the process (one table per server).
+            let template: &'static str = Box::leak(path.into_boxed_str());
+            matcher
+                .insert(
+                    template,
+                    RouteEntry {
+                        template,
+                        tenant_methods,
+                    },
+                )
+                .expect("the router accepted the same templates");
+        }
+        Self { matcher }
+    }
+
+    fn at(&self, path: &str) -> Option<RouteEntry> {
+        self.matcher.at(path).ok().map(|m| *m.value)
+    }
+}
+
+/// One bit per method a route can serve; `HEAD` is served by `GET` routes, as axum does.
+fn method_bit(m: &Method) -> u8 {
+    match *m {
+        Method::GET | Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 4,
+        Method::PATCH => 8,
+        Method::DELETE => 16,
+        _ => 0,
+    }
+}
+
+impl Service<axum::extract::Request> for Edge {
     type Response = Response;
     type Error = std::convert::Infallible;
-    type Future = EdgeFuture<S::Future>;
+    type Future = EdgeFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The router is always ready.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: axum::extract::Request) -> Self::Future {
@@ -485,41 +564,76 @@ where
             .into_response();
             return EdgeFuture::Refused { res: Some(res) };
         }
-        let route = req
-            .extensions()
-            .get::<axum::extract::MatchedPath>()
-            .cloned();
-        EdgeFuture::Measured {
+        let route = self.routes.at(req.uri().path());
+        let meter = Meter {
+            route: route.map_or("unmatched", |r| r.template),
             method: req.method().clone(),
             start: std::time::Instant::now(),
-            route,
             state: self.state.clone(),
-            inner: self.inner.call(req),
+        };
+        if route.is_some_and(|r| r.tenant_methods & method_bit(req.method()) != 0) {
+            let tenancy = self.state.tenancy.clone();
+            let mut router = self.router.clone();
+            let scoped = async move {
+                match scope(&tenancy, false, req, |r| router.call(r)).await {
+                    Ok(done) => done,
+                    Err(never) => match never {},
+                }
+            };
+            EdgeFuture::Scoped {
+                inner: Box::pin(scoped),
+                meter,
+            }
+        } else {
+            EdgeFuture::Routed {
+                inner: self.router.call(req),
+                meter,
+            }
         }
     }
 }
 
+/// What the edge records of a request when its response is ready.
+struct Meter {
+    route: &'static str,
+    method: Method,
+    start: std::time::Instant,
+    state: AppState,
+}
+
+impl Meter {
+    fn record(&self, res: &Response, tenant: Option<&tenantry::TenantId>) {
+        self.state.metrics.record(
+            self.route,
+            self.method.as_str(),
+            res.status().as_u16(),
+            self.start.elapsed(),
+            tenant,
+        );
+    }
+}
+
+type ScopedFuture = Pin<Box<dyn Future<Output = (Response, Scoped)> + Send>>;
+
 pin_project_lite::pin_project! {
-    /// [`Edge`]'s response future: named rather than a boxed `async` block, which would copy
-    /// the route's future to the heap once more on every request.
+    /// [`Edge`]'s response future: named rather than boxed for the routes that need no tenant
+    /// context; a tenant-plane request boxes the one future that resolves and then routes.
     #[project = EdgeProj]
-    enum EdgeFuture<F> {
+    pub enum EdgeFuture {
         Refused { res: Option<Response> },
-        Measured {
+        Routed {
             #[pin]
-            inner: F,
-            route: Option<axum::extract::MatchedPath>,
-            method: axum::http::Method,
-            start: std::time::Instant,
-            state: AppState,
+            inner: axum::routing::future::RouteFuture<std::convert::Infallible>,
+            meter: Meter,
+        },
+        Scoped {
+            inner: ScopedFuture,
+            meter: Meter,
         },
     }
 }
 
-impl<F> Future for EdgeFuture<F>
-where
-    F: Future<Output = Result<Response, std::convert::Infallible>>,
-{
+impl Future for EdgeFuture {
     type Output = Result<Response, std::convert::Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -528,24 +642,23 @@ where
                 Some(res) => Poll::Ready(Ok(res)),
                 None => Poll::Pending,
             },
-            EdgeProj::Measured {
-                inner,
-                route,
-                method,
-                start,
-                state,
-            } => {
+            EdgeProj::Routed { inner, meter } => {
                 let res = std::task::ready!(inner.poll(cx))?;
+                // A tenant context opened inside the router (the admin plane's) or a rejection
+                // counted for a tenant, if a layer there left one on the response.
                 let tenant = tenantry::TenantContext::from_response(&res)
                     .map(|c| c.tenant_id())
                     .or_else(|| res.extensions().get::<tenantry::TenantId>());
-                state.metrics.record(
-                    route.as_ref().map_or("unmatched", |r| r.as_str()),
-                    method.as_str(),
-                    res.status().as_u16(),
-                    start.elapsed(),
-                    tenant,
-                );
+                meter.record(&res, tenant);
+                Poll::Ready(Ok(res))
+            }
+            EdgeProj::Scoped { inner, meter } => {
+                let (res, scoped) = std::task::ready!(inner.as_mut().poll(cx));
+                let tenant = match &scoped {
+                    Scoped::Served(ctx) => Some(ctx.tenant_id()),
+                    Scoped::Refused(tenant) => tenant.as_ref(),
+                };
+                meter.record(&res, tenant);
                 Poll::Ready(Ok(res))
             }
         }
@@ -618,5 +731,45 @@ mod tests {
             .unwrap();
         let res = service.oneshot(req).await.unwrap();
         assert_eq!(res.status(), 200);
+    }
+
+    /// The edge's table opens a tenant context for exactly the tenant plane's routes and
+    /// methods, and labels every served route with its template.
+    #[test]
+    fn route_table_marks_the_tenant_plane() {
+        let table = RouteTable::new();
+        let tenant = |path: &str, m: Method| {
+            let r = table.at(path).expect("a served route");
+            r.tenant_methods & method_bit(&m) != 0
+        };
+        let id = "/v1/orders/0b7e4f0e-0000-4000-8000-000000000000";
+        assert_eq!(table.at(id).unwrap().template, "/v1/orders/{id}");
+        assert!(tenant(id, Method::GET));
+        assert!(tenant(id, Method::HEAD));
+        assert!(tenant(id, Method::PATCH));
+        assert!(tenant(id, Method::DELETE));
+        // Not served there: the router answers 405 without resolving anyone.
+        assert!(!tenant(id, Method::PUT));
+        assert!(!tenant(id, Method::POST));
+        assert!(tenant("/v1/tenants/acme/orders", Method::POST));
+        assert!(tenant("/v1/tenant", Method::GET));
+        // The admin plane opens its own (audited) context; operations need none.
+        assert!(!tenant("/admin/v1/tenants/acme/orders", Method::GET));
+        assert!(!tenant("/admin/v1/tenants", Method::GET));
+        assert!(!tenant("/healthz", Method::GET));
+        assert!(table.at("/v1/nothing").is_none());
+
+        // Every tenant-plane route and method is in the table, marked.
+        let plane = tenant_plane().split_for_parts().1.paths.paths;
+        assert!(plane.len() >= 10);
+        for (path, item) in plane {
+            let r = table.at(&path).expect("every tenant route is in the table");
+            assert_eq!(r.template, path);
+            let documented = [&item.get, &item.post, &item.put, &item.patch, &item.delete]
+                .iter()
+                .filter(|op| op.is_some())
+                .count();
+            assert_eq!(r.tenant_methods.count_ones() as usize, documented, "{path}");
+        }
     }
 }

@@ -177,6 +177,11 @@ async fn bad_queries_headers_and_routes_are_problems() {
     app.with_key(&a, Method::PUT, "/v1/orders", None)
         .await
         .problem(405, "method_not_allowed");
+    // A method the route does not serve is refused before any tenant is resolved (and
+    // counted against no one's limit), with or without a credential.
+    app.send(Method::PUT, "/v1/orders", &[], None)
+        .await
+        .problem(405, "method_not_allowed");
 }
 
 #[tokio::test]
