@@ -262,7 +262,7 @@ impl Application {
                 })?;
         Ok(Self {
             listener,
-            edge: router(state),
+            edge: edge(state),
             local_pg,
             background,
             tenancy,
@@ -380,7 +380,7 @@ fn tenant_plane() -> OpenApiRouter<AppState> {
 
 /// The whole HTTP surface: the router behind the [`Edge`]. [`serving`] adds what runs before
 /// the edge.
-pub fn router(state: AppState) -> Edge {
+pub fn edge(state: AppState) -> Edge {
     let (routes, _) = surface(Some(&state)).split_for_parts();
     let router = routes
         .fallback(not_found)
@@ -644,12 +644,9 @@ impl Future for EdgeFuture {
             },
             EdgeProj::Routed { inner, meter } => {
                 let res = std::task::ready!(inner.poll(cx))?;
-                // A tenant context opened inside the router (the admin plane's) or a rejection
-                // counted for a tenant, if a layer there left one on the response.
-                let tenant = tenantry::TenantContext::from_response(&res)
-                    .map(|c| c.tenant_id())
-                    .or_else(|| res.extensions().get::<tenantry::TenantId>());
-                meter.record(&res, tenant);
+                // Not a tenant-plane request: counted for no tenant (the admin plane's
+                // audited contexts are counted in the audit log, not in per-tenant traffic).
+                meter.record(&res, None);
                 Poll::Ready(Ok(res))
             }
             EdgeProj::Scoped { inner, meter } => {

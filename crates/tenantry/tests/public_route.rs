@@ -87,6 +87,30 @@ async fn public_routes_resolve_by_subdomain_read_only() {
         call("GET", "Bad_Slug.localhost").await.status(),
         StatusCode::BAD_REQUEST
     );
+
+    // What the layer leaves for outer layers (metrics, logs): the context on a served
+    // response, the tenant on a rate-limited one, and the tenant's rate-limit headers on both.
+    let r = call("GET", "acme.localhost").await;
+    assert_eq!(
+        TenantContext::from_response(&r).map(|c| c.tenant_id().clone()),
+        Some(slug.clone())
+    );
+    assert_eq!(r.headers()["ratelimit-policy"], "\"free\";q=100;w=3600");
+    let mut limited = None;
+    // The free plan allows a burst of 100.
+    for _ in 0..150 {
+        let r = call("GET", "acme.localhost").await;
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(r);
+            break;
+        }
+    }
+    let limited = limited.expect("the free plan's burst runs out");
+    assert!(TenantContext::from_response(&limited).is_none());
+    assert_eq!(limited.extensions().get::<TenantId>(), Some(&slug));
+    assert_eq!(limited.headers()["ratelimit-remaining"], "0");
+    assert_eq!(limited.headers()["ratelimit-limit"], "100");
+    assert!(limited.headers().contains_key("retry-after"));
     tenancy
         .catalog()
         .update_tenant(
