@@ -185,36 +185,33 @@ pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
     // Room for all five at once instead of growing (and rehashing) the map twice.
     h.reserve(5);
-    let mut n = itoa::Buffer::new();
     if let Some(v) = policy_value(policy, d, || {
-        // `"<policy>";q=<limit>;w=<window>`
         let mut v = Vec::with_capacity(policy.len() + 30);
-        v.push(b'"');
-        v.extend_from_slice(policy.as_bytes());
-        v.extend_from_slice(b"\";q=");
-        v.extend_from_slice(n.format(d.limit).as_bytes());
-        v.extend_from_slice(b";w=");
-        v.extend_from_slice(n.format(d.window_secs).as_bytes());
+        push_quoted(
+            &mut v,
+            policy,
+            (b";q=", d.limit.into()),
+            (b";w=", d.window_secs),
+        );
         HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
     }) {
         h.insert(POLICY.clone(), v);
     }
-    // `"<policy>";r=<remaining>;t=<reset>`, then the trio's limit, remaining and reset.
+    // `RateLimit`, then the trio's limit, remaining and reset.
     let mut buf = Vec::with_capacity(policy.len() + 80);
-    let mut ends = [0usize; 4];
-    buf.push(b'"');
-    buf.extend_from_slice(policy.as_bytes());
-    buf.extend_from_slice(b"\";r=");
-    buf.extend_from_slice(n.format(d.remaining).as_bytes());
-    buf.extend_from_slice(b";t=");
-    buf.extend_from_slice(n.format(d.reset_secs).as_bytes());
-    ends[0] = buf.len();
-    buf.extend_from_slice(n.format(d.limit).as_bytes());
-    ends[1] = buf.len();
-    buf.extend_from_slice(n.format(d.remaining).as_bytes());
-    ends[2] = buf.len();
-    buf.extend_from_slice(n.format(d.reset_secs).as_bytes());
-    ends[3] = buf.len();
+    push_quoted(
+        &mut buf,
+        policy,
+        (b";r=", d.remaining.into()),
+        (b";t=", d.reset_secs),
+    );
+    let mut ends = [buf.len(); 4];
+    let mut n = itoa::Buffer::new();
+    let trio = [u64::from(d.limit), d.remaining.into(), d.reset_secs];
+    for (end, x) in ends[1..].iter_mut().zip(trio) {
+        buf.extend_from_slice(n.format(x).as_bytes());
+        *end = buf.len();
+    }
     let buf = bytes::Bytes::from(buf);
     let mut start = 0;
     for (name, end) in [&STATE, &LIMIT, &REMAINING, &RESET].into_iter().zip(ends) {
@@ -225,6 +222,20 @@ pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
         }
         start = end;
     }
+}
+
+/// Appends `"<policy>"<a><x><b><y>`, the form of both draft headers:
+/// `"<policy>";q=<limit>;w=<window>` and `"<policy>";r=<remaining>;t=<reset>`.
+#[inline]
+fn push_quoted(buf: &mut Vec<u8>, policy: &str, (a, x): (&[u8], u64), (b, y): (&[u8], u64)) {
+    let mut n = itoa::Buffer::new();
+    buf.push(b'"');
+    buf.extend_from_slice(policy.as_bytes());
+    buf.push(b'"');
+    buf.extend_from_slice(a);
+    buf.extend_from_slice(n.format(x).as_bytes());
+    buf.extend_from_slice(b);
+    buf.extend_from_slice(n.format(y).as_bytes());
 }
 
 /// The `RateLimit-Policy` value of `(policy, limit, window)`: the same on every response of a
