@@ -454,22 +454,25 @@ pub(crate) async fn start_rls_floor(
 /// what placing each tenant in its own database costs any design: more backends than cores,
 /// each with its own catalog and plan caches, and requests queueing on their tenant's small
 /// share of the connections.
+///
+/// Returns its reads of the `seeded` tenants, with the guard that stops it when dropped.
 pub(crate) async fn start_database_floor(
     server: &Server,
-    slugs: &[String],
-) -> (String, tokio::sync::oneshot::Sender<()>) {
-    let databases: std::collections::HashMap<String, String> = slugs
+    seeded: &[crate::workloads::Seeded],
+) -> (Arc<Vec<Target>>, tokio::sync::oneshot::Sender<()>) {
+    let databases: std::collections::HashMap<String, String> = seeded
         .iter()
-        .map(|slug| {
-            let id = tenantry::TenantId::parse(slug).expect("a seeded slug");
+        .map(|t| {
+            let id = tenantry::TenantId::parse(&t.slug).expect("a seeded slug");
             let name = tenantry::db::placement::database_name(server.db_name(), &id);
-            (slug.clone(), name)
+            (t.slug.clone(), name)
         })
         .collect();
     let app = Router::new()
         .route("/orders/{id}", get(database_floor))
         .with_state(Arc::new((server.db.clone(), databases)));
-    serve_router(app).await
+    let (addr, stop) = serve_router(app).await;
+    (baseline_reads(&addr, seeded), stop)
 }
 
 /// [`rls_floor`] on the tenant's own database.
@@ -768,15 +771,14 @@ pub async fn read_by_id(
                 sides.len() - 1
             }
             "database" => {
-                let slugs: Vec<String> = seeded.iter().map(|s| s.slug.clone()).collect();
-                let (addr, stop) = start_database_floor(&server, &slugs).await;
+                let (reads, stop) = start_database_floor(&server, &seeded).await;
                 database_floors.push(stop);
                 sides.push((
                     format!(
                         "floor, database: the shared floor's read in each tenant's database, on pools sized as the library's ({} databases)",
-                        slugs.len()
+                        seeded.len()
                     ),
-                    baseline_reads(&addr, &seeded),
+                    reads,
                     None,
                 ));
                 sides.len() - 1
@@ -966,10 +968,9 @@ pub async fn profile(side: &str, tenants: usize, duration: Duration, clients: us
         "baseline" => baseline_reads(&base, &seeded),
         "floor" => baseline_reads(&floor, &seeded),
         "database-floor" => {
-            let slugs: Vec<String> = seeded.iter().map(|s| s.slug.clone()).collect();
-            let (addr, stop) = start_database_floor(&server, &slugs).await;
+            let (reads, stop) = start_database_floor(&server, &seeded).await;
             database_floor = Some(stop);
-            baseline_reads(&addr, &seeded)
+            reads
         }
         "limited" => over_limit(&server).await.1,
         "healthz" => healthz(&server),
