@@ -239,7 +239,11 @@ async fn schema_floor(
     Path(id): Path<Uuid>,
 ) -> Result<Json<Value>, StatusCode> {
     let tenant = tenant_header(&headers)?;
-    let slug = tenantry::TenantId::parse(&tenant).map_err(|_| StatusCode::BAD_REQUEST)?;
+    let slug = headers
+        .get("x-tenant-slug")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| tenantry::Slug::parse(s).ok())
+        .ok_or(StatusCode::BAD_REQUEST)?;
     let path = tenantry::db::roles::quote_ident(&tenantry::db::placement::schema_name(&slug));
     let client = pool
         .get()
@@ -463,9 +467,9 @@ pub(crate) async fn start_database_floor(
     let databases: std::collections::HashMap<String, String> = seeded
         .iter()
         .map(|t| {
-            let id = tenantry::TenantId::parse(&t.slug).expect("a seeded slug");
+            let id = tenantry::Slug::parse(&t.slug).expect("a seeded slug");
             let name = tenantry::db::placement::database_name(server.db_name(), &id);
-            (t.slug.clone(), name)
+            (t.id.clone(), name)
         })
         .collect();
     let app = Router::new()
@@ -519,6 +523,7 @@ pub fn serve_args(db_url: &str, prefix: &str, admin: &str, order_cache: Option<&
         database_url: Some(db_url.to_owned()),
         runtime_database_url: None,
         admin_token: Some(admin.into()),
+        metrics_token: None,
         base_domain: None,
         role_prefix: Some(prefix.to_owned()),
         data_dir: None,
@@ -687,16 +692,16 @@ impl Server {
         slug: &str,
         isolation: &str,
         orders: usize,
-    ) -> (String, String, Vec<String>) {
-        let t = crate::workloads::seed_one(self, slug.to_owned(), isolation, orders).await;
-        (t.slug, t.key, t.orders)
+    ) -> crate::workloads::Seeded {
+        crate::workloads::seed_one(self, slug.to_owned(), isolation, orders).await
     }
 }
 
 /// A tenant over its limit (one request a day) and reads of its order: every one is a 429.
-/// Returns its slug, the reads and its order ids.
+/// Returns its id (what the baseline keys its rows by), the reads and its order ids.
 async fn over_limit(server: &Server) -> (String, Arc<Vec<Target>>, Vec<String>) {
-    let (slug, key, ids) = server.tenant("limited", "shared", 1).await;
+    let t = server.tenant("limited", "shared", 1).await;
+    let (slug, key, ids) = (t.slug, t.key, t.orders);
     server
         .http
         .patch(format!("{}/admin/v1/tenants/{slug}", server.addr))
@@ -709,7 +714,7 @@ async fn over_limit(server: &Server) -> (String, Arc<Vec<Target>>, Vec<String>) 
         format!("{}/v1/orders/{}", server.addr, ids[0]),
         vec![("authorization".to_owned(), format!("Bearer {key}"))],
     )]);
-    (slug, reads, ids)
+    (t.id, reads, ids)
 }
 
 /// The floor of any route on this setup: unauthenticated, no work.
@@ -817,10 +822,10 @@ pub async fn read_by_id(
 pub async fn rejected(duration: Duration, rounds: usize, clients: usize) -> Table {
     let server = Server::start(false).await;
     let (base, _baseline) = start_baseline(&server.db_url, 16).await;
-    let (slug, tenantry_targets, ids) = over_limit(&server).await;
+    let (tenant_id, tenantry_targets, ids) = over_limit(&server).await;
     let base_targets = gets(vec![(
         format!("{base}/orders/{}", ids[0]),
-        vec![("x-tenant-id".to_owned(), slug.clone())],
+        vec![("x-tenant-id".to_owned(), tenant_id.clone())],
     )]);
     // The floor of this setup: an unauthenticated route that does nothing, same server, same
     // load generator (both share the machine's two cores).

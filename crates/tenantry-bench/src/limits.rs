@@ -220,7 +220,7 @@ pub async fn noisy_neighbour(phase: Duration, b_rate: u32) -> Table {
     tokio::spawn(conn);
     locker
         .batch_execute(&format!(
-            "BEGIN; SELECT 1 FROM shared.orders WHERE tenant_id = 'noisy' AND id = '{}' FOR UPDATE",
+            "BEGIN; SELECT 1 FROM shared.orders WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = 'noisy') AND id = '{}' FOR UPDATE",
             orders[0]
         ))
         .await

@@ -9,7 +9,7 @@ use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
 use tenantry::db::fleet::{self, MigrateOptions};
 use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames, TenantMigration};
-use tenantry::{Catalog, Isolation, Tenancy, TenancyConfig, TenantContext, TenantId};
+use tenantry::{Catalog, Isolation, Slug, Tenancy, TenancyConfig, TenantContext};
 use tenantry_server::migrations::TENANT_MIGRATIONS;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
@@ -71,7 +71,7 @@ impl Fleet {
 
     pub async fn create(&self, slug: &str, isolation: Isolation) -> Duration {
         let new = NewTenant {
-            slug: TenantId::parse(slug).unwrap(),
+            slug: Slug::parse(slug).unwrap(),
             name: slug.into(),
             plan: "pro".into(),
             isolation,
@@ -97,7 +97,7 @@ impl Fleet {
 
     pub async fn context(&self, slug: &str) -> TenantContext {
         self.tenancy
-            .admin_context(&TenantId::parse(slug).unwrap(), &actor(), "bench", "bench")
+            .admin_context(&Slug::parse(slug).unwrap(), &actor(), "bench", "bench")
             .await
             .unwrap()
     }

@@ -19,6 +19,8 @@ use crate::report::Table;
 #[derive(Debug, Clone)]
 pub struct Seeded {
     pub slug: String,
+    /// The tenant's immutable id: what its rows are keyed by.
+    pub id: String,
     pub key: String,
     pub user: String,
     pub orders: Vec<String>,
@@ -46,13 +48,16 @@ pub async fn seed(
 
 /// One tenant on the `bench` plan with a key, a user and `orders` orders.
 pub async fn seed_one(server: &Server, slug: String, isolation: &str, orders: usize) -> Seeded {
-    server
+    let id = server
         .post(
             "/admin/v1/tenants",
             ADMIN,
             json!({"slug": slug, "name": slug, "plan": "bench", "isolation": isolation}),
         )
-        .await;
+        .await["id"]
+        .as_str()
+        .expect("a tenant id")
+        .to_owned();
     let key = server
         .post(
             &format!("/admin/v1/tenants/{slug}/api-keys"),
@@ -82,6 +87,7 @@ pub async fn seed_one(server: &Server, slug: String, isolation: &str, orders: us
     }
     Seeded {
         slug,
+        id,
         key,
         user,
         orders: ids,
@@ -177,7 +183,12 @@ pub fn baseline_targets(base: &str, op: Op, tenants: &[Seeded]) -> Arc<Vec<Targe
             order: &order,
             list: format!("{base}/orders"),
             create: format!("{base}/orders"),
-            headers: vec![("x-tenant-id".to_owned(), t.slug.clone())],
+            // The baseline keys rows by what the header says: the tenant's id, as the library
+            // does (the schema floor also needs the slug, for the schema's name).
+            headers: vec![
+                ("x-tenant-id".to_owned(), t.id.clone()),
+                ("x-tenant-slug".to_owned(), t.slug.clone()),
+            ],
         };
         side_targets(op, t, side, &mut v);
     }

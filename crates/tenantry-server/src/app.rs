@@ -117,6 +117,7 @@ pub fn tenancy(
             redis,
             fail_mode: settings.fail_mode,
             concurrency_wait: Duration::from_millis(100),
+            auth_failures: Default::default(),
         },
     );
     Ok((tenancy, jwt))
@@ -175,6 +176,30 @@ pub struct AppStateInner {
     /// Whether order reads go through the cache.
     pub order_cache: bool,
     pub metrics: Metrics,
+    /// The bearer token for `GET /metrics` besides the admin tokens.
+    pub metrics_token: Option<String>,
+    /// Jobs queued and running, refreshed in the background so a scrape runs no query.
+    pub job_depth: JobDepth,
+}
+
+/// The job queue's depth as last read.
+#[derive(Default)]
+pub struct JobDepth {
+    queued: std::sync::atomic::AtomicI64,
+    running: std::sync::atomic::AtomicI64,
+}
+
+impl JobDepth {
+    pub fn get(&self) -> (i64, i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.queued.load(Relaxed), self.running.load(Relaxed))
+    }
+
+    fn set(&self, (queued, running): (i64, i64)) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.queued.store(queued, Relaxed);
+        self.running.store(running, Relaxed);
+    }
 }
 
 /// Why the server could not start.
@@ -234,6 +259,8 @@ impl Application {
             cache: cache.clone(),
             order_cache: settings.order_cache,
             metrics: Metrics::new(),
+            metrics_token: settings.metrics_token.clone(),
+            job_depth: JobDepth::default(),
         }));
         let mut background = vec![tokio::spawn(catalog.listen(control))];
         background.push(tokio::spawn(cache.listen()));
@@ -245,6 +272,17 @@ impl Application {
         if let Some(v) = jwt.filter(|v| v.config().jwks_file.is_some()) {
             background.push(tokio::spawn(v.watch_jwks(Duration::from_secs(1))));
         }
+        let depth_state = state.clone();
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                match tenantry::jobs::queue_depth(&depth_state.tenancy).await {
+                    Ok(depth) => depth_state.job_depth.set(depth),
+                    Err(e) => tracing::debug!(error = %e, "could not read the job queue's depth"),
+                }
+            }
+        }));
         let limiter_tenancy = tenancy.clone();
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -326,7 +364,7 @@ impl Application {
 
 /// Every route with its OpenAPI description, and, when `state` is given, the layers that
 /// guard the admin plane (the tenant plane is guarded by the [`Edge`], from
-/// [`tenant_plane`]). The document is built from the same call (with `None`), so what is
+/// `tenant_plane`). The document is built from the same call (with `None`), so what is
 /// served and what is documented come from one list.
 pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
     let mut admin_data = routes::tenant_data("/admin/v1/tenants/{tenant}");
@@ -459,7 +497,7 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// - the request metrics by route template, method and status, and by tenant where one was
 ///   resolved (a 429 for its tenant too).
 ///
-/// It knows the route template before routing from its own [`RouteTable`], built from the same
+/// It knows the route template before routing from its own `RouteTable`, built from the same
 /// lists as the router. Per-route layers would each add a level that clones and boxes the route
 /// again on every request (three levels were ~12 of a read's ~65 allocations). A route the
 /// table did not know would only lose its metrics label, and, if it were a tenant route, fail
@@ -602,7 +640,7 @@ struct Meter {
 }
 
 impl Meter {
-    fn record(&self, res: &Response, tenant: Option<&tenantry::TenantId>) {
+    fn record(&self, res: &Response, tenant: Option<&tenantry::Slug>) {
         self.state.metrics.record(
             self.route,
             self.method.as_str(),
@@ -652,7 +690,7 @@ impl Future for EdgeFuture {
             EdgeProj::Scoped { inner, meter } => {
                 let (res, scoped) = std::task::ready!(inner.as_mut().poll(cx));
                 let tenant = match &scoped {
-                    Scoped::Served(ctx) => Some(ctx.tenant_id()),
+                    Scoped::Served(ctx) => Some(ctx.slug()),
                     Scoped::Refused(tenant) => tenant.as_ref(),
                 };
                 meter.record(&res, tenant);

@@ -34,6 +34,9 @@ pub struct ServeArgs {
     /// Admin bearer token. Unset: a random one is generated and printed once.
     #[arg(long, env = "TENANTRY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Bearer token for `GET /metrics` (an admin token works too). Unset: admin tokens only.
+    #[arg(long, env = "TENANTRY_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Base domain for subdomain resolution (`acme.<base>` is tenant `acme`).
     #[arg(long, env = "TENANTRY_BASE_DOMAIN")]
     pub base_domain: Option<String>,
@@ -105,6 +108,7 @@ struct FileConfig {
     database_url: Option<String>,
     runtime_database_url: Option<String>,
     admin_token: Option<String>,
+    metrics_token: Option<String>,
     base_domain: Option<String>,
     role_prefix: Option<String>,
     data_dir: Option<PathBuf>,
@@ -160,6 +164,8 @@ pub struct Settings {
     pub database_url: Option<String>,
     pub runtime_database_url: Option<String>,
     pub admin_token: Option<String>,
+    /// Bearer token for `GET /metrics`, besides the admin tokens.
+    pub metrics_token: Option<String>,
     pub base_domain: String,
     pub role_prefix: String,
     pub data_dir: PathBuf,
@@ -201,6 +207,10 @@ impl std::fmt::Debug for Settings {
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "metrics_token",
+                &self.metrics_token.as_ref().map(|_| "<redacted>"),
             )
             .field("base_domain", &self.base_domain)
             .field("role_prefix", &self.role_prefix)
@@ -296,6 +306,7 @@ impl Settings {
                 .clone()
                 .or(file.runtime_database_url),
             admin_token: args.admin_token.clone().or(file.admin_token),
+            metrics_token: args.metrics_token.clone().or(file.metrics_token),
             base_domain: args
                 .base_domain
                 .clone()
@@ -408,6 +419,15 @@ impl Settings {
                     "the admin token must be at least 16 characters".into(),
                 ));
             }
+        }
+        if settings
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| t.len() < 16)
+        {
+            return Err(ConfigError::Invalid(
+                "the metrics token must be at least 16 characters".into(),
+            ));
         }
         Ok(settings)
     }

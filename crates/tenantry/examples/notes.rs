@@ -19,7 +19,7 @@ use tenantry::auth::Scope;
 use tenantry::catalog::NewTenant;
 use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
 use tenantry::http::{FieldError, Problem};
-use tenantry::TenantId;
+use tenantry::Slug;
 use tenantry::{Catalog, Isolation, Json, Tenancy, TenancyConfig, TenancyLayer, TenantContext};
 use uuid::Uuid;
 
@@ -121,7 +121,7 @@ pub async fn tenant_with_key(
         name: "notes-example".into(),
         request_id: String::new(),
     };
-    let slug = TenantId::parse(slug)?;
+    let slug = Slug::parse(slug)?;
     let new = NewTenant {
         slug: slug.clone(),
         name: slug.to_string(),

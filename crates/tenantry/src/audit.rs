@@ -1,14 +1,23 @@
 //! The audit log: who did what, to which tenant, when, under which request id.
 //!
-//! Append-only for the runtime role (it has SELECT and INSERT, nothing else). Catalog writes
-//! record their entry inside their own transaction; admin access to tenant data records its
-//! entry before the data is touched, and is refused if the entry cannot be written.
+//! What it promises:
+//! - every admin action is in it: catalog writes record their entry inside their own
+//!   transaction (the action and its entry commit together or not at all); reads of the
+//!   catalog and admin access to tenant data record theirs before anything is read, and are
+//!   refused if the entry cannot be written;
+//! - entries are written only through the control role. The runtime role, which serves tenant
+//!   traffic, has no right on the table at all, so a leaked runtime credential (or an injection
+//!   on the tenant plane) can neither write an entry under another actor's name nor read or
+//!   change the log;
+//! - an entry names its tenant by slug (what operators search by) and by id, so the history of
+//!   a deleted tenant stays apart from that of a later tenant with the same slug. Entries
+//!   outlive their tenant.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::db::DbError;
-use crate::tenant::TenantId;
+use crate::db::{Database, DbError};
+use crate::tenant::Slug;
 
 /// Who is acting, and the request that carries the action.
 #[derive(Debug, Clone)]
@@ -25,20 +34,24 @@ pub struct AuditEntry {
     pub id: String,
     pub at: DateTime<Utc>,
     pub actor: String,
+    /// The tenant's slug when the action was taken.
     pub tenant: Option<String>,
+    /// The tenant's immutable id (absent for actions on no tenant, or on a slug that named no
+    /// tenant).
+    pub tenant_id: Option<String>,
     pub action: String,
     pub target: String,
     pub request_id: String,
 }
 
-const INSERT: &str = "INSERT INTO tenantry.audit_log (actor, tenant_id, action, target, request_id)
-                      VALUES ($1, $2, $3, $4, $5)";
+const INSERT: &str = "INSERT INTO tenantry.audit_log (actor, tenant_slug, tenant_id, action, target, request_id)
+                      VALUES ($1, $2::text, (SELECT id FROM tenantry.tenants WHERE slug = $2::text), $3, $4, $5)";
 
 /// Records an entry inside an open transaction.
 pub async fn record_in(
     tx: &tokio_postgres::Transaction<'_>,
     actor: &Actor,
-    tenant: Option<&TenantId>,
+    tenant: Option<&Slug>,
     action: &str,
     target: &str,
 ) -> Result<(), DbError> {
@@ -46,7 +59,7 @@ pub async fn record_in(
         INSERT,
         &[
             &actor.name,
-            &tenant.map(TenantId::as_str),
+            &tenant.map(Slug::as_str),
             &action,
             &target,
             &actor.request_id,
@@ -56,22 +69,22 @@ pub async fn record_in(
     Ok(())
 }
 
-/// Records an entry on its own (runtime pool: the role can append, never rewrite).
+/// Records an entry on its own, through the control role.
 pub async fn record(
-    pool: &deadpool_postgres::Pool,
+    db: &Database,
     actor: &Actor,
-    tenant: Option<&TenantId>,
+    tenant: Option<&Slug>,
     action: &str,
     target: &str,
 ) -> Result<(), DbError> {
-    let client = pool.get().await?;
+    let client = db.control().get().await?;
     let stmt = client.prepare_cached(INSERT).await?;
     client
         .execute(
             &stmt,
             &[
                 &actor.name,
-                &tenant.map(TenantId::as_str),
+                &tenant.map(Slug::as_str),
                 &action,
                 &target,
                 &actor.request_id,
@@ -83,18 +96,19 @@ pub async fn record(
 
 /// Lists entries newest first, optionally for one tenant, before `cursor` (an entry id).
 pub async fn list(
-    pool: &deadpool_postgres::Pool,
-    tenant: Option<&TenantId>,
+    db: &Database,
+    tenant: Option<&Slug>,
     before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, DbError> {
-    let client = pool.get().await?;
+    let client = db.control().get().await?;
     let rows = client
         .query(
-            "SELECT id, at, actor, tenant_id, action, target, request_id FROM tenantry.audit_log
-             WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::bigint IS NULL OR id < $2)
+            "SELECT id, at, actor, tenant_slug, action, target, request_id, tenant_id
+             FROM tenantry.audit_log
+             WHERE ($1::text IS NULL OR tenant_slug = $1) AND ($2::bigint IS NULL OR id < $2)
              ORDER BY id DESC LIMIT $3",
-            &[&tenant.map(TenantId::as_str), &before, &limit],
+            &[&tenant.map(Slug::as_str), &before, &limit],
         )
         .await?;
     Ok(rows
@@ -107,6 +121,7 @@ pub async fn list(
             action: r.get(4),
             target: r.get(5),
             request_id: r.get(6),
+            tenant_id: r.get(7),
         })
         .collect())
 }

@@ -266,7 +266,9 @@ impl TenantCache {
 
     async fn broadcast(&self, payload: &str) {
         let r = async {
-            let c = self.db.control().get().await?;
+            // The runtime pool: invalidations are sent from tenant requests, which never run
+            // SQL on the control pool.
+            let c = self.db.runtime().get().await?;
             c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
                 .await?;
             Ok::<_, crate::db::DbError>(())

@@ -28,7 +28,9 @@ use crate::auth::Scope;
 use crate::db::notify::Subscription;
 use crate::db::Placement;
 use crate::db::{Database, DbError};
-use crate::tenant::{Isolation, RateLimitOverride, StorageState, Tenant, TenantId, TenantStatus};
+use crate::tenant::{
+    Isolation, RateLimitOverride, Slug, StorageState, Tenant, TenantId, TenantStatus,
+};
 use front::Front;
 
 /// How long the cache is trusted without a working LISTEN connection.
@@ -41,7 +43,11 @@ pub const CHANNEL: &str = "tenantry_catalog";
 #[derive(Debug, Clone)]
 pub struct KeyRecord {
     pub id: Uuid,
-    pub tenant: TenantId,
+    /// The slug of the key's tenant, to find the tenant by.
+    pub tenant: Slug,
+    /// The id of the key's tenant: the tenant found by slug must have it, or the key belongs
+    /// to a tenant that is gone (whose slug another tenant has since taken).
+    pub tenant_id: TenantId,
     pub hash: Vec<u8>,
     pub scopes: Vec<Scope>,
     pub expires_at: Option<DateTime<Utc>>,
@@ -72,7 +78,7 @@ pub struct ApiKeyInfo {
 /// A new tenant.
 #[derive(Debug, Clone)]
 pub struct NewTenant {
-    pub slug: TenantId,
+    pub slug: Slug,
     pub name: String,
     pub plan: String,
     pub isolation: Isolation,
@@ -93,9 +99,12 @@ pub struct TenantPatch {
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("tenant {0} already exists")]
-    TenantExists(TenantId),
+    TenantExists(Slug),
     #[error("no such tenant")]
     TenantNotFound,
+    /// The tenant was deleted while its storage was being created.
+    #[error("tenant {0} was deleted while it was being created")]
+    DeletedWhileProvisioning(Slug),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -104,15 +113,21 @@ pub enum CatalogError {
 #[derive(Clone)]
 pub struct Catalog {
     db: Database,
-    tenants: Cache<TenantId, Option<Arc<Tenant>>>,
+    tenants: Cache<Slug, Option<Arc<Tenant>>>,
     keys: Cache<String, Option<Arc<KeyRecord>>>,
     /// In front of `tenants` and `keys` for the request path's hits ([`front`]).
-    hot_tenants: Arc<Front<TenantId, Tenant>>,
+    hot_tenants: Arc<Front<Slug, Tenant>>,
     hot_keys: Arc<Front<String, KeyRecord>>,
+    /// A pause after each cache load has read the catalog and before it returns, for tests
+    /// that race an invalidation against a load in flight (milliseconds; 0 in production).
+    load_delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Keys looked up in the catalog (cache misses), for metrics: what unauthenticated
+    /// traffic can make the database do.
+    key_lookups: Arc<std::sync::atomic::AtomicU64>,
 }
 
 const TENANT_COLS: &str = "slug, name, plan, status, isolation, rate_limit, created_at, \
-                           state, server, storage, schema_version";
+                           state, server, storage, schema_version, id";
 const KEY_COLS: &str = "id, name, prefix, scopes, created_at, expires_at, last_used_at, revoked_at";
 
 impl Catalog {
@@ -132,13 +147,39 @@ impl Catalog {
                 .build(),
             // A refill from moka every 30 s per hot entry costs nothing measurable.
             hot_tenants: Arc::new(Front::new(ttl / 10, |t| Tenant {
+                id: t.id.unshared(),
                 slug: t.slug.unshared(),
                 ..t.clone()
             })),
             hot_keys: Arc::new(Front::new(ttl / 10, |k| KeyRecord {
                 tenant: k.tenant.unshared(),
+                tenant_id: k.tenant_id.unshared(),
                 ..k.clone()
             })),
+            load_delay_ms: Default::default(),
+            key_lookups: Default::default(),
+        }
+    }
+
+    /// API keys looked up in the catalog since start (cache misses).
+    pub fn key_lookups(&self) -> u64 {
+        self.key_lookups.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Test hook: every cache load pauses for `delay` after reading the catalog, so a test can
+    /// change the catalog while a load is in flight. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_load_delay(&self, delay: Duration) {
+        self.load_delay_ms.store(
+            delay.as_millis() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    async fn load_pause(delay: &std::sync::atomic::AtomicU64) {
+        let ms = delay.load(std::sync::atomic::Ordering::Relaxed);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
 
@@ -151,30 +192,61 @@ impl Catalog {
     /// A hit (nearly every request) takes the small `get` future; the single-flight load is a
     /// future of several kilobytes, boxed so that it does not grow every request's future
     /// (each layer that boxes a request future copies all of it).
-    pub async fn tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
+    pub async fn tenant(&self, slug: &Slug) -> Result<Option<Arc<Tenant>>, DbError> {
         self.hot_tenants
-            .through(&self.tenants, slug, TenantId::clone, || {
+            .through(&self.tenants, slug, Slug::clone, || {
                 Box::pin(self.load_tenant(slug))
             })
             .await
     }
 
-    async fn load_tenant(&self, slug: &TenantId) -> Result<Option<Arc<Tenant>>, DbError> {
-        let db = self.db.clone();
-        let s = slug.clone();
-        self.tenants
-            .try_get_with(slug.clone(), async move {
-                let client = db.runtime().get().await?;
-                let stmt = client
-                    .prepare_cached(&format!(
-                        "SELECT {TENANT_COLS} FROM tenantry.tenants WHERE slug = $1"
-                    ))
-                    .await?;
-                let row = client.query_opt(&stmt, &[&s.as_str()]).await?;
-                Ok::<_, DbError>(row.map(|r| Arc::new(tenant_from_row(&r))))
-            })
-            .await
-            .map_err(flatten)
+    /// The single-flight load behind [`tenant`](Self::tenant). moka keeps what a load returns
+    /// even when an invalidation arrived while the load was reading the catalog, so a load
+    /// that saw the front's generation move (every invalidation moves it) evicts what it put
+    /// and loads again; a value read before a change is never kept past it.
+    async fn load_tenant(&self, slug: &Slug) -> Result<Option<Arc<Tenant>>, DbError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let generation = self.hot_tenants.generation();
+            let db = self.db.clone();
+            let s = slug.clone();
+            let delay = self.load_delay_ms.clone();
+            let found = self
+                .tenants
+                .try_get_with(slug.clone(), async move {
+                    let client = db.runtime().get().await?;
+                    let stmt = client
+                        .prepare_cached(&format!(
+                            "SELECT {TENANT_COLS} FROM tenantry.tenants WHERE slug = $1"
+                        ))
+                        .await?;
+                    let row = client.query_opt(&stmt, &[&s.as_str()]).await?;
+                    Self::load_pause(&delay).await;
+                    Ok::<_, DbError>(row.map(|r| Arc::new(tenant_from_row(&r))))
+                })
+                .await
+                .map_err(flatten)?;
+            if self.hot_tenants.generation() == generation {
+                return Ok(found);
+            }
+            self.tenants.invalidate(slug).await;
+            if attempts == 3 {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// A tenant by its id, straight from the catalog (a job's tenant: jobs are keyed by id).
+    pub async fn tenant_by_id(&self, id: &TenantId) -> Result<Option<Tenant>, DbError> {
+        let client = self.db.runtime().get().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {TENANT_COLS} FROM tenantry.tenants WHERE id = $1"
+            ))
+            .await?;
+        let row = client.query_opt(&stmt, &[&id.as_str()]).await?;
+        Ok(row.as_ref().map(tenant_from_row))
     }
 
     /// A key by its lookup prefix, from the cache or the catalog. Revoked and expired keys are
@@ -188,39 +260,63 @@ impl Catalog {
             .await
     }
 
+    /// The single-flight load behind [`key`](Self::key), checked against invalidations that
+    /// arrive while it is in flight as in [`load_tenant`](Self::load_tenant): a key revoked
+    /// during its first lookup is never kept as live.
     async fn load_key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
-        let db = self.db.clone();
-        let p = prefix.to_owned();
-        self.keys
-            .try_get_with(prefix.to_owned(), async move {
-                let client = db.runtime().get().await?;
-                let stmt = client
-                    .prepare_cached(
-                        "SELECT id, tenant_id, secret_hash, scopes, expires_at, revoked_at IS NOT NULL
-                         FROM tenantry.api_keys WHERE prefix = $1",
-                    )
-                    .await?;
-                let row = client.query_opt(&stmt, &[&p]).await?;
-                Ok::<_, DbError>(row.map(|r| {
-                    let scopes: Vec<String> = r.get(3);
-                    Arc::new(KeyRecord {
-                        id: r.get(0),
-                        tenant: TenantId::parse(r.get(1)).expect("catalog CHECK keeps slugs valid"),
-                        hash: r.get(2),
-                        scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-                        expires_at: r.get(4),
-                        revoked: r.get(5),
-                    })
-                }))
-            })
-            .await
-            .map_err(flatten)
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let generation = self.hot_keys.generation();
+            let db = self.db.clone();
+            let p = prefix.to_owned();
+            let delay = self.load_delay_ms.clone();
+            let lookups = self.key_lookups.clone();
+            let found = self
+                .keys
+                .try_get_with(prefix.to_owned(), async move {
+                    lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let client = db.runtime().get().await?;
+                    let stmt = client
+                        .prepare_cached(
+                            "SELECT k.id, t.slug, k.secret_hash, k.scopes, k.expires_at,
+                                    k.revoked_at IS NOT NULL, k.tenant_id
+                             FROM tenantry.api_keys k JOIN tenantry.tenants t ON t.id = k.tenant_id
+                             WHERE k.prefix = $1",
+                        )
+                        .await?;
+                    let row = client.query_opt(&stmt, &[&p]).await?;
+                    Self::load_pause(&delay).await;
+                    Ok::<_, DbError>(row.map(|r| {
+                        let scopes: Vec<String> = r.get(3);
+                        Arc::new(KeyRecord {
+                            id: r.get(0),
+                            tenant: Slug::parse(r.get(1)).expect("catalog CHECK keeps slugs valid"),
+                            tenant_id: TenantId::parse(r.get(6))
+                                .expect("catalog CHECK keeps ids valid"),
+                            hash: r.get(2),
+                            scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                            expires_at: r.get(4),
+                            revoked: r.get(5),
+                        })
+                    }))
+                })
+                .await
+                .map_err(flatten)?;
+            if self.hot_keys.generation() == generation {
+                return Ok(found);
+            }
+            self.keys.invalidate(prefix).await;
+            if attempts == 3 {
+                return Ok(found);
+            }
+        }
     }
 
     // Each invalidation evicts from the cache first and then stales its front, in that order
     // (see [`front`]).
 
-    pub async fn invalidate_tenant(&self, slug: &TenantId) {
+    pub async fn invalidate_tenant(&self, slug: &Slug) {
         self.tenants.invalidate(slug).await;
         self.hot_tenants.invalidate();
     }
@@ -240,7 +336,7 @@ impl Catalog {
     async fn apply_notification(&self, payload: &str) {
         match payload.split_once(':') {
             Some(("tenant", slug)) => {
-                if let Ok(t) = TenantId::parse(slug) {
+                if let Ok(t) = Slug::parse(slug) {
                     self.invalidate_tenant(&t).await;
                 }
             }
@@ -285,8 +381,13 @@ impl Catalog {
     // ----- writes (control pool, audited in the same transaction) -----
 
     /// Records a new tenant in state `provisioning` (never served until
-    /// [`mark_ready`](Self::mark_ready)). Re-creating a tenant whose provisioning did not finish,
-    /// with the same placement, resumes it instead of failing.
+    /// [`mark_ready`](Self::mark_ready)) with a fresh id, entered in the registry of ids so it
+    /// is never assigned again. Re-creating a tenant whose provisioning did not finish, with
+    /// the same placement, resumes it (same id) instead of failing.
+    ///
+    /// A slug freed by a deleted tenant may be taken again; the new tenant's `created_at` is
+    /// then at least a whole second after the old one's deletion, so a token issued (`iat`,
+    /// whole seconds) while the old tenant existed is always older than the new tenant.
     pub async fn create_tenant(
         &self,
         t: &NewTenant,
@@ -296,30 +397,75 @@ impl Catalog {
         let mut client = self.db.control().get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         let (server, storage) = placement.columns();
-        let row = tx
+        let existing = tx
             .query_opt(
-                &format!(
-                    "INSERT INTO tenantry.tenants (slug, name, plan, isolation, state, server, storage)
-                     VALUES ($1, $2, $3, $4, 'provisioning', $5, $6)
-                     ON CONFLICT (slug) DO UPDATE SET name = EXCLUDED.name, plan = EXCLUDED.plan
-                       WHERE tenants.state = 'provisioning'
-                         AND tenants.isolation = EXCLUDED.isolation
-                         AND tenants.server IS NOT DISTINCT FROM EXCLUDED.server
-                     RETURNING {TENANT_COLS}"
-                ),
-                &[
-                    &t.slug.as_str(),
-                    &t.name,
-                    &t.plan,
-                    &t.isolation.as_str(),
-                    &server,
-                    &storage,
-                ],
+                &format!("SELECT {TENANT_COLS} FROM tenantry.tenants WHERE slug = $1 FOR UPDATE"),
+                &[&t.slug.as_str()],
             )
             .await
             .map_err(DbError::from)?;
-        let Some(row) = row else {
-            return Err(CatalogError::TenantExists(t.slug.clone()));
+        let row = match existing {
+            Some(old) => {
+                let old = tenant_from_row(&old);
+                let resumable = old.storage_state == StorageState::Provisioning
+                    && old.isolation == t.isolation
+                    && old.placement.columns().0 == server;
+                if !resumable {
+                    return Err(CatalogError::TenantExists(t.slug.clone()));
+                }
+                tx.query_one(
+                    &format!(
+                        "UPDATE tenantry.tenants SET name = $2, plan = $3, updated_at = now()
+                         WHERE id = $1 RETURNING {TENANT_COLS}"
+                    ),
+                    &[&old.id.as_str(), &t.name, &t.plan],
+                )
+                .await
+                .map_err(DbError::from)?
+            }
+            None => {
+                let id = TenantId::generate();
+                let inserted = async {
+                    tx.execute(
+                        "INSERT INTO tenantry.tenant_ids (id, slug, created_at)
+                         SELECT $1, $2, greatest(now(), coalesce(
+                             (SELECT date_trunc('second', max(deleted_at)) + interval '1 second'
+                              FROM tenantry.tenant_ids WHERE slug = $2), now()))",
+                        &[&id.as_str(), &t.slug.as_str()],
+                    )
+                    .await?;
+                    tx.query_one(
+                        &format!(
+                            "INSERT INTO tenantry.tenants
+                                 (id, slug, name, plan, isolation, state, server, storage, created_at)
+                             SELECT $1, $2, $3, $4, $5, 'provisioning', $6, $7, created_at
+                             FROM tenantry.tenant_ids WHERE id = $1
+                             RETURNING {TENANT_COLS}"
+                        ),
+                        &[
+                            &id.as_str(),
+                            &t.slug.as_str(),
+                            &t.name,
+                            &t.plan,
+                            &t.isolation.as_str(),
+                            &server,
+                            &storage,
+                        ],
+                    )
+                    .await
+                }
+                .await;
+                match inserted {
+                    Ok(row) => row,
+                    // Another node created the same slug first.
+                    Err(e)
+                        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
+                    {
+                        return Err(CatalogError::TenantExists(t.slug.clone()))
+                    }
+                    Err(e) => return Err(DbError::from(e).into()),
+                }
+            }
         };
         audit::record_in(&tx, actor, Some(&t.slug), "tenant.create", t.slug.as_str()).await?;
         notify(&tx, &format!("tenant:{}", t.slug)).await?;
@@ -328,31 +474,53 @@ impl Catalog {
         Ok(tenant_from_row(&row))
     }
 
-    /// Marks a tenant's storage complete: from now on it is served.
-    pub async fn mark_ready(&self, slug: &TenantId, version: i32) -> Result<Tenant, DbError> {
+    /// Marks a tenant's storage complete: from now on it is served. Only from `provisioning`
+    /// and only for the tenant with this id: a tenant deleted while its storage was being made
+    /// (or deleted and re-created under its slug) is never marked ready. `None` then.
+    pub async fn mark_ready(&self, id: &TenantId, version: i32) -> Result<Option<Tenant>, DbError> {
         let mut client = self.db.control().get().await?;
         let tx = client.transaction().await?;
         let row = tx
-            .query_one(
+            .query_opt(
                 &format!(
                     "UPDATE tenantry.tenants SET state = 'ready', schema_version = $2, updated_at = now()
-                     WHERE slug = $1 RETURNING {TENANT_COLS}"
+                     WHERE id = $1 AND state = 'provisioning' RETURNING {TENANT_COLS}"
                 ),
-                &[&slug.as_str(), &version],
+                &[&id.as_str(), &version],
             )
             .await?;
-        notify(&tx, &format!("tenant:{slug}")).await?;
+        let Some(row) = row else { return Ok(None) };
+        let tenant = tenant_from_row(&row);
+        notify(&tx, &format!("tenant:{}", tenant.slug)).await?;
         tx.commit().await?;
-        self.invalidate_tenant(slug).await;
-        Ok(tenant_from_row(&row))
+        self.invalidate_tenant(&tenant.slug).await;
+        Ok(Some(tenant))
     }
 
-    /// First step of deprovisioning: the tenant stops being served on every node and its keys
-    /// are deleted, in one transaction. Returns the tenant (as it now is), or `None` if there
-    /// is no such tenant.
+    /// Whether a tenant that is not being deleted names this storage (a schema or a database).
+    pub async fn storage_in_use(&self, placement: &Placement) -> Result<bool, DbError> {
+        let (server, storage) = placement.columns();
+        let Some(storage) = storage else {
+            return Ok(false);
+        };
+        let client = self.db.control().get().await?;
+        Ok(client
+            .query_opt(
+                "SELECT 1 FROM tenantry.tenants
+                 WHERE coalesce(server, '') = coalesce($1, '') AND storage = $2
+                   AND state <> 'deleting'",
+                &[&server, &storage],
+            )
+            .await?
+            .is_some())
+    }
+
+    /// First step of deprovisioning: the tenant stops being served on every node, and its
+    /// keys, jobs and queue go, in one transaction. Returns the tenant (as it now is), or
+    /// `None` if there is no such tenant.
     pub async fn begin_delete(
         &self,
-        slug: &TenantId,
+        slug: &Slug,
         actor: &Actor,
     ) -> Result<Option<Tenant>, DbError> {
         let mut client = self.db.control().get().await?;
@@ -367,15 +535,17 @@ impl Catalog {
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
+        let tenant = tenant_from_row(&row);
         let prefixes: Vec<String> = tx
             .query(
                 "DELETE FROM tenantry.api_keys WHERE tenant_id = $1 RETURNING prefix",
-                &[&slug.as_str()],
+                &[&tenant.id.as_str()],
             )
             .await?
             .iter()
             .map(|r| r.get(0))
             .collect();
+        remove_jobs(&tx, &tenant.id).await?;
         audit::record_in(&tx, actor, Some(slug), "tenant.delete", slug.as_str()).await?;
         notify(&tx, &format!("tenant:{slug}")).await?;
         for p in &prefixes {
@@ -386,21 +556,29 @@ impl Catalog {
         for p in &prefixes {
             self.invalidate_key(p).await;
         }
-        Ok(Some(tenant_from_row(&row)))
+        Ok(Some(tenant))
     }
 
-    /// Last step of deprovisioning, once the storage is gone.
-    pub async fn finish_delete(&self, slug: &TenantId) -> Result<(), DbError> {
+    /// Last step of deprovisioning, once the storage is gone: the catalog row goes, the
+    /// registry records the deletion (the id stays there, never to be assigned again), and
+    /// any job enqueued by a request that raced the first step goes too.
+    pub async fn finish_delete(&self, tenant: &Tenant) -> Result<(), DbError> {
         let mut client = self.db.control().get().await?;
         let tx = client.transaction().await?;
         tx.execute(
-            "DELETE FROM tenantry.tenants WHERE slug = $1 AND state = 'deleting'",
-            &[&slug.as_str()],
+            "DELETE FROM tenantry.tenants WHERE id = $1 AND state = 'deleting'",
+            &[&tenant.id.as_str()],
         )
         .await?;
-        notify(&tx, &format!("tenant:{slug}")).await?;
+        tx.execute(
+            "UPDATE tenantry.tenant_ids SET deleted_at = coalesce(deleted_at, now()) WHERE id = $1",
+            &[&tenant.id.as_str()],
+        )
+        .await?;
+        remove_jobs(&tx, &tenant.id).await?;
+        notify(&tx, &format!("tenant:{}", tenant.slug)).await?;
         tx.commit().await?;
-        self.invalidate_tenant(slug).await;
+        self.invalidate_tenant(&tenant.slug).await;
         Ok(())
     }
 
@@ -424,7 +602,7 @@ impl Catalog {
     }
 
     /// Reads a tenant straight from the catalog (the admin plane never trusts the cache).
-    pub async fn get_tenant(&self, slug: &TenantId) -> Result<Option<Tenant>, DbError> {
+    pub async fn get_tenant(&self, slug: &Slug) -> Result<Option<Tenant>, DbError> {
         let client = self.db.control().get().await?;
         let row = client
             .query_opt(
@@ -438,7 +616,7 @@ impl Catalog {
     /// Applies a patch, invalidating every node's cached copy in the same commit.
     pub async fn update_tenant(
         &self,
-        slug: &TenantId,
+        slug: &Slug,
         patch: &TenantPatch,
         actor: &Actor,
     ) -> Result<Tenant, CatalogError> {
@@ -499,25 +677,25 @@ impl Catalog {
     /// Creates a key and returns it with the only copy of its secret.
     pub async fn create_key(
         &self,
-        tenant: &TenantId,
+        tenant: &Slug,
         name: &str,
         scopes: &[Scope],
         expires_at: Option<DateTime<Utc>>,
         actor: &Actor,
     ) -> Result<(ApiKeyInfo, String), CatalogError> {
-        let new = NewKey::generate();
+        let new = NewKey::generate(self.db.key_check());
         let mut client = self.db.control().get().await.map_err(DbError::from)?;
         let tx = client.transaction().await.map_err(DbError::from)?;
         let exists = tx
             .query_opt(
-                "SELECT 1 FROM tenantry.tenants WHERE slug = $1 AND state <> 'deleting' FOR SHARE",
+                "SELECT id FROM tenantry.tenants WHERE slug = $1 AND state <> 'deleting' FOR SHARE",
                 &[&tenant.as_str()],
             )
             .await
             .map_err(DbError::from)?;
-        if exists.is_none() {
+        let Some(tenant_id) = exists.map(|r| r.get::<_, String>(0)) else {
             return Err(CatalogError::TenantNotFound);
-        }
+        };
         let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
         let row = tx
             .query_one(
@@ -527,7 +705,7 @@ impl Catalog {
                 ),
                 &[
                     &Uuid::now_v7(),
-                    &tenant.as_str(),
+                    &tenant_id,
                     &name,
                     &new.prefix,
                     &new.hash.as_slice(),
@@ -555,28 +733,30 @@ impl Catalog {
     /// `None` when the tenant has no such live key.
     pub async fn rotate_key(
         &self,
-        tenant: &TenantId,
+        tenant: &Slug,
         id: Uuid,
         actor: &Actor,
     ) -> Result<Option<(ApiKeyInfo, String)>, DbError> {
-        let new = NewKey::generate();
+        let new = NewKey::generate(self.db.key_check());
         let mut client = self.db.control().get().await?;
         let tx = client.transaction().await?;
         let old = tx
             .query_opt(
                 "UPDATE tenantry.api_keys SET revoked_at = now()
-                 WHERE tenant_id = $1 AND id = $2 AND revoked_at IS NULL
-                 RETURNING name, scopes, expires_at, prefix",
+                 WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = $1)
+                   AND id = $2 AND revoked_at IS NULL
+                 RETURNING name, scopes, expires_at, prefix, tenant_id",
                 &[&tenant.as_str(), &id],
             )
             .await?;
         let Some(old) = old else { return Ok(None) };
-        let (name, scopes, expires_at, old_prefix): (
+        let (name, scopes, expires_at, old_prefix, tenant_id): (
             String,
             Vec<String>,
             Option<DateTime<Utc>>,
             String,
-        ) = (old.get(0), old.get(1), old.get(2), old.get(3));
+            String,
+        ) = (old.get(0), old.get(1), old.get(2), old.get(3), old.get(4));
         let row = tx
             .query_one(
                 &format!(
@@ -585,7 +765,7 @@ impl Catalog {
                 ),
                 &[
                     &Uuid::now_v7(),
-                    &tenant.as_str(),
+                    &tenant_id,
                     &name,
                     &new.prefix,
                     &new.hash.as_slice(),
@@ -612,7 +792,7 @@ impl Catalog {
     /// Lists a tenant's keys, oldest first, after `cursor` (a key id).
     pub async fn list_keys(
         &self,
-        tenant: &TenantId,
+        tenant: &Slug,
         limit: i64,
         after: Option<Uuid>,
     ) -> Result<Vec<ApiKeyInfo>, DbError> {
@@ -621,7 +801,8 @@ impl Catalog {
             .query(
                 &format!(
                     "SELECT {KEY_COLS} FROM tenantry.api_keys
-                     WHERE tenant_id = $1 AND ($2::uuid IS NULL OR id > $2)
+                     WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = $1)
+                       AND ($2::uuid IS NULL OR id > $2)
                      ORDER BY id LIMIT $3"
                 ),
                 &[&tenant.as_str(), &after, &limit],
@@ -634,7 +815,7 @@ impl Catalog {
     /// the tenant has no such key.
     pub async fn revoke_key(
         &self,
-        tenant: &TenantId,
+        tenant: &Slug,
         id: Uuid,
         actor: &Actor,
     ) -> Result<Option<ApiKeyInfo>, DbError> {
@@ -644,7 +825,8 @@ impl Catalog {
             .query_opt(
                 &format!(
                     "UPDATE tenantry.api_keys SET revoked_at = COALESCE(revoked_at, now())
-                     WHERE tenant_id = $1 AND id = $2 RETURNING {KEY_COLS}"
+                     WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = $1)
+                       AND id = $2 RETURNING {KEY_COLS}"
                 ),
                 &[&tenant.as_str(), &id],
             )
@@ -658,6 +840,22 @@ impl Catalog {
         self.invalidate_key(&bare).await;
         Ok(Some(info))
     }
+}
+
+/// Removes a tenant's jobs and its queue row. A job that is running finds its row gone when it
+/// records its outcome, which is then discarded (completion is fenced by the row).
+async fn remove_jobs(tx: &tokio_postgres::Transaction<'_>, id: &TenantId) -> Result<(), DbError> {
+    tx.execute(
+        "DELETE FROM tenantry.jobs WHERE tenant_id = $1",
+        &[&id.as_str()],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM tenantry.job_queues WHERE tenant_id = $1",
+        &[&id.as_str()],
+    )
+    .await?;
+    Ok(())
 }
 
 async fn notify(tx: &tokio_postgres::Transaction<'_>, payload: &str) -> Result<(), DbError> {
@@ -685,7 +883,8 @@ fn tenant_from_row(r: &Row) -> Tenant {
         None => StorageState::Provisioning,
     };
     Tenant {
-        slug: TenantId::parse(r.get(0)).expect("catalog CHECK keeps slugs valid"),
+        id: TenantId::parse(r.get(11)).expect("catalog CHECK keeps ids valid"),
+        slug: Slug::parse(r.get(0)).expect("catalog CHECK keeps slugs valid"),
         name: r.get(1),
         plan: r.get(2),
         status: TenantStatus::parse(r.get(3)).unwrap_or(TenantStatus::Suspended),

@@ -14,7 +14,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::ratelimit::Decision;
 use crate::tenancy::TenantLimits;
-use crate::tenant::{Tenant, TenantId};
+use crate::tenant::{Slug, Tenant, TenantId};
 
 /// A resolved tenant, the principal acting in it, and the door to its storage.
 #[derive(Clone)]
@@ -54,10 +54,11 @@ impl TenantContext {
         }
     }
 
-    /// The database handle (for crate modules that keep tenant-keyed rows in the control
-    /// plane, like the job queue; never for tenant tables, which go through [`Self::db`]).
-    pub(crate) fn database(&self) -> &Database {
-        &self.inner.db
+    /// The tenant's rows in the control plane's own tables (its jobs), on the runtime role
+    /// under forced RLS keyed by the tenant, with the tenant's share of connections: the same
+    /// guarantees as [`Self::db`], in the control database whatever the tenant's placement.
+    pub(crate) fn control_rows(&self) -> TenantDb<'_> {
+        TenantDb::control_rows(&self.inner.db, &self.inner.tenant, &self.inner.limits)
     }
 
     /// The limits in force for this tenant (plan and override).
@@ -65,7 +66,13 @@ impl TenantContext {
         &self.inner.limits
     }
 
+    /// The tenant's immutable id: what its rows, jobs, cache entries and limits are keyed by.
     pub fn tenant_id(&self) -> &TenantId {
+        &self.inner.tenant.id
+    }
+
+    /// The tenant's slug (its name in URLs, hints and tokens).
+    pub fn slug(&self) -> &Slug {
         &self.inner.tenant.slug
     }
 

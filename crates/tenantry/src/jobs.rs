@@ -43,6 +43,7 @@ pub const CHANNEL: &str = "tenantry_jobs";
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Job {
     pub id: Uuid,
+    /// The tenant's id.
     #[serde(skip)]
     pub tenant: String,
     pub kind: String,
@@ -97,71 +98,58 @@ impl NewJob {
 }
 
 /// Enqueues a job for the context's tenant (or returns the job an idempotency key names).
+///
+/// Runs on the runtime role under forced RLS keyed by the tenant, like any tenant write: a
+/// tenant request never reaches the queue through the control role. The job enters its
+/// tenant's queue row through the table's trigger (see the catalog migration), which places
+/// it fairly among the other tenants' without letting the runtime role touch their rows.
 pub async fn enqueue(ctx: &TenantContext, job: &NewJob) -> Result<Job, DbError> {
-    let db = ctx.database();
-    let tenant = ctx.tenant_id().as_str();
-    let limits = ctx.limits();
-    let mut client = db.control().get().await?;
-    let tx = client.transaction().await?;
-    let row = tx
-        .query_opt(
-            &format!(
-                "INSERT INTO tenantry.jobs (id, tenant_id, kind, payload, state, max_attempts, idempotency_key)
-                 VALUES ($1, $2, $3, $4, 'queued', $5, $6)
-                 ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-                 RETURNING {COLS}"
-            ),
+    let rows = ctx.control_rows();
+    let concurrency = ctx.limits().job_concurrency.max(1) as i32;
+    let inserted = rows
+        .run_opt(
+            "INSERT INTO tenantry.jobs (tenant_id, id, kind, payload, state, max_attempts, idempotency_key, concurrency)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7)
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+             RETURNING id, tenant_id, kind, state, attempts, max_attempts, last_error, payload,
+                       result, created_at, finished_at",
             &[
                 &Uuid::now_v7(),
-                &tenant,
                 &job.kind,
                 &job.payload,
                 &job.max_attempts.max(1),
                 &job.idempotency_key,
+                &concurrency,
             ],
         )
         .await?;
-    let Some(row) = row else {
-        // The key was used before: that job is the answer.
-        let existing = tx
-            .query_one(
-                &format!(
-                    "SELECT {COLS} FROM tenantry.jobs WHERE tenant_id = $1 AND idempotency_key = $2"
-                ),
-                &[&tenant, &job.idempotency_key],
-            )
-            .await?;
-        tx.commit().await?;
-        return Ok(from_row(&existing));
-    };
-    tx.execute(
-        "INSERT INTO tenantry.job_queues AS q (tenant_id, queued, cap, weight, vtime)
-         VALUES ($1, 1, $2, $3,
-                 coalesce((SELECT min(vtime) FROM tenantry.job_queues WHERE queued > 0), 0))
-         ON CONFLICT (tenant_id) DO UPDATE SET queued = q.queued + 1, cap = $2, weight = $3,
-             vtime = CASE WHEN q.queued = 0 AND q.running = 0
-                          THEN greatest(q.vtime, coalesce((SELECT min(vtime) FROM tenantry.job_queues
-                                                           WHERE queued > 0), 0))
-                          ELSE q.vtime END",
-        &[
-            &tenant,
-            &(limits.job_concurrency.max(1) as i32),
-            &(limits.job_concurrency.max(1) as f64),
-        ],
-    )
-    .await?;
-    tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await?;
-    tx.commit().await?;
-    Ok(from_row(&row))
+    if let Some(row) = inserted {
+        return Ok(from_row(&row));
+    }
+    // The key was used before: that job is the answer.
+    let existing = rows
+        .run_opt(
+            "SELECT id, tenant_id, kind, state, attempts, max_attempts, last_error, payload,
+                    result, created_at, finished_at
+             FROM tenantry.jobs WHERE tenant_id = $1 AND idempotency_key = $2",
+            &[&job.idempotency_key],
+        )
+        .await?;
+    existing
+        .map(|r| from_row(&r))
+        .ok_or_else(|| DbError::Unavailable("an idempotent job vanished while it was read".into()))
 }
 
-/// A job of the context's tenant (`None` for another tenant's id: it looks missing).
+/// A job of the context's tenant (`None` for another tenant's id: it looks missing). On the
+/// runtime role under forced RLS, like [`enqueue`].
 pub async fn get(ctx: &TenantContext, id: Uuid) -> Result<Option<Job>, DbError> {
-    let client = ctx.database().control().get().await?;
-    let row = client
-        .query_opt(
-            &format!("SELECT {COLS} FROM tenantry.jobs WHERE tenant_id = $1 AND id = $2"),
-            &[&ctx.tenant_id().as_str(), &id],
+    let row = ctx
+        .control_rows()
+        .run_opt(
+            "SELECT id, tenant_id, kind, state, attempts, max_attempts, last_error, payload,
+                    result, created_at, finished_at
+             FROM tenantry.jobs WHERE tenant_id = $1 AND id = $2",
+            &[&id],
         )
         .await?;
     Ok(row.as_ref().map(from_row))
@@ -384,7 +372,7 @@ impl Worker {
             self.handlers.get(&job.kind).cloned(),
             TenantId::parse(&job.tenant),
         ) {
-            (Some(handler), Ok(slug)) => match self.tenancy.job_context(&slug).await {
+            (Some(handler), Ok(tenant)) => match self.tenancy.job_context(&tenant).await {
                 Ok(Some(ctx)) => {
                     let heartbeat = tokio::spawn(heartbeat(
                         self.tenancy.clone(),
@@ -569,7 +557,21 @@ async fn listen(tenancy: Tenancy, wake: Arc<tokio::sync::Notify>) {
     }
 }
 
-/// Counts of a tenant's jobs by state (for metrics and tests).
+/// Jobs queued and running over every tenant, from the per-tenant queue rows (one row per
+/// tenant with jobs, never the jobs themselves): what a metrics refresher reads.
+pub async fn queue_depth(tenancy: &Tenancy) -> Result<(i64, i64), DbError> {
+    let client = tenancy.catalog().database().control().get().await?;
+    let row = client
+        .query_one(
+            "SELECT coalesce(sum(queued), 0)::bigint, coalesce(sum(running), 0)::bigint
+             FROM tenantry.job_queues",
+            &[],
+        )
+        .await?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// Counts of a tenant's jobs by state (for operators and tests).
 pub async fn counts(tenancy: &Tenancy, tenant: &TenantId) -> Result<HashMap<String, i64>, DbError> {
     let client = tenancy.catalog().database().control().get().await?;
     let rows = client

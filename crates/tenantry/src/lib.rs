@@ -126,4 +126,4 @@ pub use catalog::Catalog;
 pub use context::TenantContext;
 pub use http::{Json, Problem, Query, RequestIdLayer, TenancyLayer};
 pub use tenancy::{Plan, Plans, Tenancy, TenancyConfig};
-pub use tenant::{Isolation, Tenant, TenantId, TenantStatus};
+pub use tenant::{Isolation, Slug, Tenant, TenantId, TenantStatus};

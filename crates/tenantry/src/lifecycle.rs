@@ -4,14 +4,18 @@
 //! storage is created (atomically, idempotently), then the row becomes `ready`. A crash at any
 //! point leaves either nothing served or a complete tenant; re-running the create resumes.
 //!
-//! Deletion: the row becomes `deleting` and the keys go in one transaction (traffic stops on
-//! every node), then the storage is dropped, then the row. Each step is idempotent, so a retry
-//! after a crash half-way finishes the job.
+//! Deletion: the row becomes `deleting` and the keys, jobs and queue go in one transaction
+//! (traffic stops on every node), then the storage is dropped, then the row. Each step is
+//! idempotent, so a retry after a crash half-way finishes the job.
+//!
+//! Every transition is guarded: only a `provisioning` tenant becomes `ready`, and only the
+//! tenant with the id that was provisioned, so a tenant deleted during its creation is never
+//! served without storage.
 
 use crate::audit::Actor;
 use crate::catalog::{Catalog, CatalogError, NewTenant};
 use crate::db::{provision, DbError, Placement};
-use crate::tenant::{Tenant, TenantId};
+use crate::tenant::{Slug, Tenant};
 
 /// Creates (or resumes creating) a tenant and its storage.
 pub async fn create(
@@ -31,16 +35,34 @@ pub async fn create(
     }
     let tenant = catalog.create_tenant(new, &placement, actor).await?;
     let version = provision::create_storage(db, &new.slug, &tenant.placement).await?;
-    Ok(catalog.mark_ready(&new.slug, version).await?)
+    match catalog.mark_ready(&tenant.id, version).await? {
+        Some(ready) => Ok(ready),
+        None => {
+            // Deleted while its storage was being made: the deletion may have run before the
+            // storage existed, so remove what was just made, unless a tenant that took the slug
+            // meanwhile owns storage of that name now.
+            if !catalog.storage_in_use(&tenant.placement).await? {
+                provision::drop_storage(db, &tenant).await?;
+            }
+            Err(CatalogError::DeletedWhileProvisioning(new.slug.clone()))
+        }
+    }
 }
 
-/// Deletes a tenant: its keys, its storage, its catalog row. `Ok(false)` if there was no such
-/// tenant (deleting twice is harmless).
-pub async fn delete(catalog: &Catalog, slug: &TenantId, actor: &Actor) -> Result<bool, DbError> {
+/// Deletes a tenant: its keys, jobs and queue, its storage, its catalog row (its id stays in
+/// the registry, never to be assigned again). Returns the deleted tenant, so the caller can
+/// drop what it keeps for it elsewhere (cache entries, limiter state:
+/// [`crate::Tenancy::forget_tenant`]), or `None` if there was no such tenant (deleting twice is
+/// harmless).
+pub async fn delete(
+    catalog: &Catalog,
+    slug: &Slug,
+    actor: &Actor,
+) -> Result<Option<Tenant>, DbError> {
     let Some(tenant) = catalog.begin_delete(slug, actor).await? else {
-        return Ok(false);
+        return Ok(None);
     };
-    provision::drop_storage(catalog.database(), slug, &tenant.placement).await?;
-    catalog.finish_delete(slug).await?;
-    Ok(true)
+    provision::drop_storage(catalog.database(), &tenant).await?;
+    catalog.finish_delete(&tenant).await?;
+    Ok(Some(tenant))
 }

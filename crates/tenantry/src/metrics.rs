@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::tenant::TenantId;
+use crate::tenant::Slug;
 use crate::FastMap;
 
 /// Tenants exported under their own label.
@@ -41,7 +41,7 @@ struct Route {
 #[derive(Default)]
 struct Inner {
     routes: FastMap<String, Route>,
-    tenants: FastMap<TenantId, (u64, u64)>,
+    tenants: FastMap<Slug, (u64, u64)>,
     /// Requests and rate-limited requests of tenants folded out of `tenants`.
     folded: (u64, u64),
 }
@@ -73,7 +73,7 @@ impl Metrics {
         method: &str,
         status: u16,
         latency: Duration,
-        tenant: Option<&TenantId>,
+        tenant: Option<&Slug>,
     ) {
         let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let r = match m.routes.get_mut(route) {
@@ -218,7 +218,7 @@ impl Metrics {
 
 /// Folds the least active tenth of tracked tenants into `other`.
 fn fold_least_active(m: &mut Inner) {
-    let mut v: Vec<(TenantId, (u64, u64))> = m.tenants.drain().collect();
+    let mut v: Vec<(Slug, (u64, u64))> = m.tenants.drain().collect();
     v.sort_by_key(|e| std::cmp::Reverse(e.1 .0));
     let keep = TRACKED - TRACKED / 10;
     for (_, (r, l)) in v.iter().skip(keep) {
@@ -251,7 +251,7 @@ mod tests {
     fn tenants_beyond_the_top_are_folded_into_other() {
         let m = Metrics::new();
         for i in 0..30 {
-            let t = TenantId::parse(&format!("t{i:02}")).unwrap();
+            let t = Slug::parse(&format!("t{i:02}")).unwrap();
             for _ in 0..=i {
                 m.record("/v1/orders", "GET", 200, Duration::from_millis(1), Some(&t));
             }

@@ -17,12 +17,13 @@ use crate::auth::{Principal, Scope};
 use crate::catalog::Catalog;
 use crate::context::TenantContext;
 use crate::db::DbError;
+use crate::ratelimit::auth_failures::{AuthFailures, FailureLimit};
 use crate::ratelimit::concurrency::TenantSemaphores;
 use crate::ratelimit::redis::RedisLimiter;
 use crate::ratelimit::{FailMode, Limiter, Quota};
 use crate::resolve::credential::{self, Credential};
 use crate::resolve::{self, CredentialSource, ResolveError, ResolverConfig};
-use crate::tenant::{StorageState, Tenant, TenantId, TenantStatus};
+use crate::tenant::{Slug, StorageState, Tenant, TenantId, TenantStatus};
 
 /// A plan's limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,6 +183,8 @@ pub struct TenancyConfig {
     pub fail_mode: FailMode,
     /// How long a request over its tenant's concurrency cap waits before 429.
     pub concurrency_wait: Duration,
+    /// Failed authentications a client address may make ([`crate::ratelimit::auth_failures`]).
+    pub auth_failures: FailureLimit,
 }
 
 /// Why an admin context could not be opened.
@@ -203,6 +206,7 @@ struct Inner {
     catalog: Catalog,
     limiter: Limiter,
     in_flight: TenantSemaphores,
+    auth_failures: AuthFailures,
     config: TenancyConfig,
     /// Keys used since the last flush, with when: `last_used_at` is written in batches, never
     /// once per request.
@@ -216,6 +220,7 @@ impl Tenancy {
                 catalog,
                 limiter: Limiter::new(config.redis.clone(), config.fail_mode),
                 in_flight: TenantSemaphores::new(),
+                auth_failures: AuthFailures::new(config.auth_failures),
                 config,
                 key_usage: Mutex::default(),
             }),
@@ -243,18 +248,47 @@ impl Tenancy {
     pub fn sweep(&self) {
         self.inner.limiter.local().sweep();
         self.inner.in_flight.sweep();
+        self.inner.auth_failures.sweep();
         self.inner.catalog.database().sweep_shares();
     }
 
+    /// Forgets what this node and Redis hold for a deleted tenant: its limiter buckets and
+    /// usage, its in-flight and connection-share state. (Other nodes hold theirs under the
+    /// deleted tenant's id, which no tenant is given again, until their sweep drops them.)
+    pub async fn forget_tenant(&self, id: &TenantId) {
+        self.inner.limiter.forget(id).await;
+        self.inner.in_flight.forget(id);
+        self.inner.catalog.database().connection_shares().forget(id);
+    }
+
     /// Resolves a request to a tenant context, applying every rule in [`crate::resolve`].
+    ///
+    /// A client address that has failed to authenticate too often is refused before its
+    /// credential is verified ([`crate::ratelimit::auth_failures`]).
     pub async fn resolve(&self, parts: &Parts) -> Result<TenantContext, ResolveError> {
+        let client =
+            resolve::proxy::client_addr(parts, &self.inner.config.resolver.trusted_proxies);
+        if let Some(retry_after_secs) = client.and_then(|ip| self.inner.auth_failures.blocked(ip)) {
+            return Err(ResolveError::TooManyFailures { retry_after_secs });
+        }
+        let r = self.resolve_credentialed(parts).await;
+        if let (Err(ResolveError::InvalidCredentials), Some(ip)) = (&r, client) {
+            self.inner.auth_failures.record(ip);
+        }
+        r
+    }
+
+    async fn resolve_credentialed(&self, parts: &Parts) -> Result<TenantContext, ResolveError> {
         let hints = resolve::hints(parts, &self.inner.config.resolver)?;
         let cred =
             credential::from_headers(&parts.headers)?.ok_or(ResolveError::Unauthenticated)?;
         let accepts = |c| self.inner.config.resolver.credentials.contains(&c);
-        let (tenant_id, principal) = match cred {
+        // What the credential proves of the tenant beyond its slug: a key's tenant id, or
+        // when a token was issued.
+        let (slug, proof, principal) = match cred {
             Credential::ApiKey(text) if accepts(CredentialSource::ApiKey) => {
-                self.verify_key(text).await?
+                let (slug, id, principal) = self.verify_key(text).await?;
+                (slug, Proof::Id(id), principal)
             }
             Credential::Bearer(token) if accepts(CredentialSource::Jwt) => {
                 let verifier = self
@@ -269,6 +303,7 @@ impl Tenancy {
                 })?;
                 (
                     id.tenant,
+                    Proof::IssuedAt(id.issued_at),
                     Principal::Jwt {
                         subject: id.subject,
                         read_only: id.read_only,
@@ -277,19 +312,28 @@ impl Tenancy {
             }
             _ => return Err(ResolveError::InvalidCredentials),
         };
-        resolve::check_hints(&hints, &tenant_id)?;
+        resolve::check_hints(&hints, &slug)?;
         let tenant = self
             .inner
             .catalog
-            .tenant(&tenant_id)
+            .tenant(&slug)
             .await
             .map_err(|_| ResolveError::Unavailable)?
             .ok_or(ResolveError::InvalidCredentials)?;
+        // The tenant that holds the slug now must be the one the credential was issued for.
+        let same = match proof {
+            Proof::Id(id) => tenant.id == id,
+            Proof::IssuedAt(iat) => iat >= tenant.created_at.timestamp(),
+        };
+        if !same {
+            return Err(ResolveError::InvalidCredentials);
+        }
         self.admit(tenant, principal, &parts.method).await
     }
 
-    async fn verify_key(&self, text: &str) -> Result<(TenantId, Principal), ResolveError> {
-        let key = PresentedKey::parse(text).map_err(|_| ResolveError::InvalidCredentials)?;
+    async fn verify_key(&self, text: &str) -> Result<(Slug, TenantId, Principal), ResolveError> {
+        let check = self.inner.catalog.database().key_check();
+        let key = PresentedKey::parse(text, check).map_err(|_| ResolveError::InvalidCredentials)?;
         let rec = self
             .inner
             .catalog
@@ -305,6 +349,7 @@ impl Tenancy {
         lock(&self.inner.key_usage).insert(rec.id, now);
         Ok((
             rec.tenant.clone(),
+            rec.tenant_id.clone(),
             Principal::ApiKey {
                 id: rec.id,
                 read_only,
@@ -335,7 +380,7 @@ impl Tenancy {
         let decision = self
             .inner
             .limiter
-            .check(&tenant.slug, &limits.quota)
+            .check(&tenant.id, &limits.quota)
             .await
             .map_err(|_| ResolveError::Unavailable)?;
         if !decision.allowed {
@@ -349,7 +394,7 @@ impl Tenancy {
             .inner
             .in_flight
             .acquire(
-                &tenant.slug,
+                &tenant.id,
                 limits.max_concurrent as usize,
                 self.inner.config.concurrency_wait,
             )
@@ -392,7 +437,7 @@ impl Tenancy {
     /// Requests allowed and limited in the tenant's current window.
     pub async fn usage(&self, tenant: &Tenant) -> crate::ratelimit::Usage {
         let quota = self.inner.config.plans.quota_for(tenant);
-        self.inner.limiter.usage(&tenant.slug, &quota).await
+        self.inner.limiter.usage(&tenant.id, &quota).await
     }
 
     /// Writes the batched `last_used_at` of keys used since the last flush (one statement).
@@ -434,13 +479,14 @@ impl Tenancy {
         }
     }
 
-    /// The context a background job of `slug` runs in: the same scoped storage as a request.
-    /// `None` when the tenant is gone, not ready or suspended (its jobs wait).
+    /// The context a background job of tenant `id` runs in: the same scoped storage as a
+    /// request. `None` when the tenant is gone, not ready or suspended. Jobs are keyed by id,
+    /// so a job of a deleted tenant never runs in a later tenant that took its slug.
     pub(crate) async fn job_context(
         &self,
-        slug: &TenantId,
+        id: &TenantId,
     ) -> Result<Option<TenantContext>, DbError> {
-        let Some(tenant) = self.inner.catalog.tenant(slug).await? else {
+        let Some(tenant) = self.inner.catalog.tenant_by_id(id).await?.map(Arc::new) else {
             return Ok(None);
         };
         if tenant.storage_state != StorageState::Ready || tenant.status != TenantStatus::Active {
@@ -462,7 +508,7 @@ impl Tenancy {
     /// tenant. The catalog is read directly (not the cache): admins see the truth.
     pub async fn admin_context(
         &self,
-        slug: &TenantId,
+        slug: &Slug,
         actor: &Actor,
         action: &str,
         target: &str,
@@ -475,7 +521,7 @@ impl Tenancy {
             .filter(|t| t.storage_state == StorageState::Ready)
             .ok_or(AdminContextError::TenantNotFound)?;
         audit::record(
-            self.inner.catalog.database().runtime(),
+            self.inner.catalog.database(),
             actor,
             Some(slug),
             action,
@@ -494,6 +540,14 @@ impl Tenancy {
             None,
         ))
     }
+}
+
+/// What a credential proves of its tenant beyond the slug.
+enum Proof {
+    /// An API key belongs to this tenant id.
+    Id(TenantId),
+    /// A token was issued at this time (seconds since the epoch).
+    IssuedAt(i64),
 }
 
 /// Methods that only read.

@@ -10,7 +10,7 @@ use tenantry::audit::Actor;
 use tenantry::cache::TenantCache;
 use tenantry::catalog::NewTenant;
 use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
-use tenantry::{Catalog, Isolation, Tenancy, TenancyConfig, TenantContext, TenantId};
+use tenantry::{Catalog, Isolation, Slug, Tenancy, TenancyConfig, TenantContext};
 
 static NONE: &[TenantMigration] = &[];
 
@@ -32,7 +32,7 @@ async fn setup() -> (Database, TenantContext, TenantContext) {
     };
     let mut ctxs = Vec::new();
     for slug in ["aa", "bb"] {
-        let slug = TenantId::parse(slug).unwrap();
+        let slug = Slug::parse(slug).unwrap();
         let new = NewTenant {
             slug: slug.clone(),
             name: "x".into(),

@@ -6,7 +6,7 @@ use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
 use tenantry::db::fleet::{self, MigrateOptions};
 use tenantry::db::{doctor, Database, PoolSettings, RoleNames, TenantMigration};
-use tenantry::{Catalog, Isolation, TenantId};
+use tenantry::{Catalog, Isolation, Slug};
 use tokio_postgres::NoTls;
 
 const V1: TenantMigration = TenantMigration {
@@ -49,7 +49,7 @@ async fn tenant(db: &Database, slug: &str, isolation: Isolation) {
         request_id: "t".into(),
     };
     let new = NewTenant {
-        slug: TenantId::parse(slug).unwrap(),
+        slug: Slug::parse(slug).unwrap(),
         name: slug.into(),
         plan: "free".into(),
         isolation,

@@ -2,9 +2,13 @@
 //! keys. None may panic on any input, and none may accept anything outside its grammar.
 
 use proptest::prelude::*;
-use tenantry::auth::api_key::{NewKey, PresentedKey, KEY_LEN};
+use tenantry::auth::api_key::{KeyCheck, NewKey, PresentedKey, KEY_LEN};
 use tenantry::resolve::subdomain::from_host;
-use tenantry::TenantId;
+use tenantry::Slug;
+
+fn check() -> KeyCheck {
+    KeyCheck::new(b"the property tests' deployment secret")
+}
 
 /// The slug grammar, written independently of the parser under test.
 fn grammar(s: &str) -> bool {
@@ -19,12 +23,12 @@ fn grammar(s: &str) -> bool {
 proptest! {
     #[test]
     fn slug_parser_matches_the_grammar(s in "\\PC{0,80}") {
-        prop_assert_eq!(TenantId::parse(&s).is_ok(), grammar(&s));
+        prop_assert_eq!(Slug::parse(&s).is_ok(), grammar(&s));
     }
 
     #[test]
     fn slug_like_strings(s in "[a-z0-9_A-Z.-]{0,70}") {
-        prop_assert_eq!(TenantId::parse(&s).is_ok(), grammar(&s));
+        prop_assert_eq!(Slug::parse(&s).is_ok(), grammar(&s));
     }
 
     #[test]
@@ -52,7 +56,7 @@ proptest! {
 
     #[test]
     fn key_parser_never_panics(s in "\\PC{0,120}") {
-        if let Ok(k) = PresentedKey::parse(&s) {
+        if let Ok(k) = PresentedKey::parse(&s, &check()) {
             prop_assert_eq!(s.len(), KEY_LEN);
             prop_assert!(s.starts_with("tk_"));
             prop_assert_eq!(k.prefix().len(), 12);
@@ -61,13 +65,13 @@ proptest! {
 
     #[test]
     fn any_single_character_change_to_a_key_is_caught(pos in 0usize..KEY_LEN, c in "[0-9A-Za-z_]") {
-        let k = NewKey::generate();
+        let k = NewKey::generate(&check());
         let mut bytes = k.key.clone().into_bytes();
         let c = c.as_bytes()[0];
         prop_assume!(bytes[pos] != c);
         bytes[pos] = c;
         let typo = String::from_utf8(bytes).unwrap();
         // Either the format or the checksum refuses it; a typo never reaches a lookup.
-        prop_assert!(PresentedKey::parse(&typo).is_err());
+        prop_assert!(PresentedKey::parse(&typo, &check()).is_err());
     }
 }

@@ -12,7 +12,7 @@ use tenantry::auth::Principal;
 use tenantry::catalog::{NewTenant, TenantPatch};
 use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
 use tenantry::{
-    Catalog, Isolation, Tenancy, TenancyConfig, TenancyLayer, TenantContext, TenantId, TenantStatus,
+    Catalog, Isolation, Slug, Tenancy, TenancyConfig, TenancyLayer, TenantContext, TenantStatus,
 };
 use tower::ServiceExt;
 
@@ -20,7 +20,7 @@ static NONE: &[TenantMigration] = &[];
 
 async fn who(ctx: TenantContext) -> String {
     assert_eq!(ctx.principal(), &Principal::Public);
-    ctx.tenant_id().to_string()
+    ctx.slug().to_string()
 }
 
 #[tokio::test]
@@ -40,7 +40,7 @@ async fn public_routes_resolve_by_subdomain_read_only() {
         name: "t".into(),
         request_id: "t".into(),
     };
-    let slug = TenantId::parse("acme").unwrap();
+    let slug = Slug::parse("acme").unwrap();
     tenantry::lifecycle::create(
         tenancy.catalog(),
         &NewTenant {
@@ -92,7 +92,7 @@ async fn public_routes_resolve_by_subdomain_read_only() {
     // response, the tenant on a rate-limited one, and the tenant's rate-limit headers on both.
     let r = call("GET", "acme.localhost").await;
     assert_eq!(
-        TenantContext::from_response(&r).map(|c| c.tenant_id().clone()),
+        TenantContext::from_response(&r).map(|c| c.slug().clone()),
         Some(slug.clone())
     );
     assert_eq!(r.headers()["ratelimit-policy"], "\"free\";q=100;w=3600");
@@ -107,7 +107,7 @@ async fn public_routes_resolve_by_subdomain_read_only() {
     }
     let limited = limited.expect("the free plan's burst runs out");
     assert!(TenantContext::from_response(&limited).is_none());
-    assert_eq!(limited.extensions().get::<TenantId>(), Some(&slug));
+    assert_eq!(limited.extensions().get::<Slug>(), Some(&slug));
     assert_eq!(limited.headers()["ratelimit-remaining"], "0");
     assert_eq!(limited.headers()["ratelimit-limit"], "100");
     assert!(limited.headers().contains_key("retry-after"));

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
 use tenantry::db::{Database, DbError, PoolSettings, RoleNames, TenantMigration};
-use tenantry::{Catalog, Tenancy, TenancyConfig, TenantContext, TenantId};
+use tenantry::{Catalog, Slug, Tenancy, TenancyConfig, TenantContext};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_postgres::NoTls;
@@ -71,8 +71,13 @@ fn db_msg(e: &tokio_postgres::Error) -> String {
         .unwrap_or_default()
 }
 
-fn t(s: &str) -> TenantId {
-    TenantId::parse(s).unwrap()
+fn t(s: &str) -> Slug {
+    Slug::parse(s).unwrap()
+}
+
+/// The SQL for the id of the tenant with this slug (rows are keyed by tenant id).
+fn id_of(slug: &str) -> String {
+    format!("(SELECT id FROM tenantry.tenants WHERE slug = '{slug}')")
 }
 
 /// Seeds rows for two tenants through the control connection (as the superuser, bypassing RLS
@@ -282,7 +287,8 @@ async fn single_row_inserts_set_their_own_tenant() {
         let c = &c;
         async move {
             c.query_one(
-                "SELECT count(*) FROM shared.notes WHERE tenant_id = $1",
+                "SELECT count(*) FROM shared.notes
+                 WHERE tenant_id = coalesce((SELECT id FROM tenantry.tenants WHERE slug = $1), $1)",
                 &[&tenant],
             )
             .await
@@ -300,7 +306,7 @@ async fn single_row_inserts_set_their_own_tenant() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "aa");
+    assert_eq!(row.get::<_, String>(0), a.tenant_id().as_str());
     assert_eq!(row.get::<_, i32>(1), 10);
     assert_eq!((count("aa").await, count("bb").await), (3, 1));
     let insert = |id: i32, body: &'static str| {
@@ -466,7 +472,7 @@ async fn a_scoped_read_costs_one_round_trip() {
 /// A tenant context through the public, audited admin path (the only way in from outside the
 /// crate besides request resolution), creating the tenant in the catalog if needed.
 /// A new shared tenant and an admin context for it.
-async fn ctx_for(db: &Database, slug: &TenantId) -> TenantContext {
+async fn ctx_for(db: &Database, slug: &Slug) -> TenantContext {
     ctx_in(db, slug.as_str(), tenantry::Isolation::Shared).await
 }
 
@@ -493,7 +499,17 @@ async fn ctx_with(
         isolation,
         server: None,
     };
-    tenantry::lifecycle::create(tenancy.catalog(), &new, &actor)
+    let created = tenantry::lifecycle::create(tenancy.catalog(), &new, &actor)
+        .await
+        .unwrap();
+    // Rows the test seeded under the slug (before the tenant existed) become the tenant's:
+    // rows are keyed by its id.
+    superuser(db.control_config())
+        .await
+        .execute(
+            "UPDATE shared.notes SET tenant_id = $1 WHERE tenant_id = $2",
+            &[&created.id.as_str(), &slug],
+        )
         .await
         .unwrap();
     tenancy
@@ -518,7 +534,9 @@ async fn two_schema_tenants(
     let cb = ctx_in(&db, b, tenantry::Isolation::Schema).await;
     let c = superuser(&cfg).await;
     c.batch_execute(&format!(
-        "INSERT INTO t_{a}.notes VALUES ('{a}', 1, 'a'); INSERT INTO t_{b}.notes VALUES ('{b}', 1, 'b');"
+        "INSERT INTO t_{a}.notes VALUES ({ia}, 1, 'a'); INSERT INTO t_{b}.notes VALUES ({ib}, 1, 'b');",
+        ia = id_of(a),
+        ib = id_of(b),
     ))
     .await
     .unwrap();
@@ -556,9 +574,12 @@ async fn schema_tenants_never_fall_through_to_other_schemas() {
     let (cfg, db) = fresh(&PoolSettings::default()).await;
     let a = ctx_in(&db, "aa", tenantry::Isolation::Schema).await;
     let c = superuser(&cfg).await;
-    c.batch_execute("INSERT INTO shared.notes VALUES ('aa', 1, 'in shared')")
-        .await
-        .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO shared.notes VALUES ({}, 1, 'in shared')",
+        id_of("aa")
+    ))
+    .await
+    .unwrap();
     let rows = a
         .db()
         .run("SELECT body FROM notes WHERE tenant_id = $1", &[])
@@ -619,9 +640,12 @@ async fn runtime_connections_are_replaced_after_their_lifetime() {
     .await;
     let ctx = ctx_in(&db, "la", tenantry::Isolation::Schema).await;
     let c = superuser(&cfg).await;
-    c.batch_execute("INSERT INTO t_la.notes VALUES ('la', 1, 'la')")
-        .await
-        .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO t_la.notes VALUES ({}, 1, 'la')",
+        id_of("la")
+    ))
+    .await
+    .unwrap();
     let backend = || async {
         let rt = db.runtime().get().await.unwrap();
         let pid: i32 = rt
@@ -686,22 +710,26 @@ async fn schema_tenants_stay_on_their_lane() {
     for slug in slugs {
         tenants.push(ctx_in(&db, slug, tenantry::Isolation::Schema).await);
         c.batch_execute(&format!(
-            "INSERT INTO t_{slug}.notes VALUES ('{slug}', 1, '{slug}')"
+            "INSERT INTO t_{slug}.notes VALUES ({id}, 1, '{slug}')",
+            id = id_of(slug)
         ))
         .await
         .unwrap();
     }
     let shared = ctx_in(&db, "ls", tenantry::Isolation::Shared).await;
-    c.batch_execute("INSERT INTO shared.notes VALUES ('ls', 1, 'ls')")
-        .await
-        .unwrap();
+    c.batch_execute(&format!(
+        "INSERT INTO shared.notes VALUES ({}, 1, 'ls')",
+        id_of("ls")
+    ))
+    .await
+    .unwrap();
     let sql = "SELECT body FROM notes WHERE tenant_id = $1";
     // Concurrent reads, so that lanes hold several connections at once.
     for _ in 0..3 {
         let reads = tenants.iter().chain([&shared]).map(|ctx| async move {
             let rows = ctx.db().run(sql, &[]).await.unwrap();
             let bodies: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-            assert_eq!(bodies, vec![ctx.tenant_id().as_str().to_owned()]);
+            assert_eq!(bodies, vec![ctx.slug().as_str().to_owned()]);
         });
         futures_util::future::join_all(reads).await;
     }

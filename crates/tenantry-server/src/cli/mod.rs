@@ -117,7 +117,7 @@ pub async fn doctor(settings: &Settings) -> Result<u8, StartError> {
 
 /// `tenantry token`: prints a development JWT. Needs no database.
 pub fn token(settings: &Settings, tenant: &str, ttl: &str, scope: Option<&str>) -> u8 {
-    let Ok(tenant) = tenantry::TenantId::parse(tenant) else {
+    let Ok(tenant) = tenantry::Slug::parse(tenant) else {
         eprintln!("tenantry: {tenant:?} is not a tenant slug");
         return exit::USAGE;
     };

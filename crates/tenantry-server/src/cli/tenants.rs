@@ -12,7 +12,8 @@ use tenantry::cache::TenantCache;
 use tenantry::catalog::{ApiKeyInfo, CatalogError, TenantPatch};
 use tenantry::db::Database;
 use tenantry::http::Problem;
-use tenantry::{Catalog, Tenant, TenantId, TenantStatus};
+use tenantry::ratelimit::redis::RedisLimiter;
+use tenantry::{Catalog, Slug, Tenant, TenantId, TenantStatus};
 use uuid::Uuid;
 
 use super::exit;
@@ -140,6 +141,7 @@ impl From<CatalogError> for Failure {
                 Failure(exit::FAILED, format!("tenant {s} already exists"))
             }
             CatalogError::TenantNotFound => Failure(exit::FAILED, "no such tenant".into()),
+            e @ CatalogError::DeletedWhileProvisioning(_) => Failure(exit::FAILED, e.to_string()),
             CatalogError::Db(e) => Failure(exit::FAILED, e.to_string()),
         }
     }
@@ -151,8 +153,8 @@ impl From<tenantry::db::DbError> for Failure {
     }
 }
 
-fn slug(s: &str) -> Result<TenantId, Failure> {
-    TenantId::parse(s).map_err(|e| Failure(exit::USAGE, format!("{s:?}: {e}")))
+fn slug(s: &str) -> Result<Slug, Failure> {
+    Slug::parse(s).map_err(|e| Failure(exit::USAGE, format!("{s:?}: {e}")))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) {
@@ -220,7 +222,7 @@ async fn all_tenants(catalog: &Catalog) -> Result<Vec<Tenant>, Failure> {
     }
 }
 
-async fn all_keys(catalog: &Catalog, tenant: &TenantId) -> Result<Vec<ApiKeyInfo>, Failure> {
+async fn all_keys(catalog: &Catalog, tenant: &Slug) -> Result<Vec<ApiKeyInfo>, Failure> {
     let mut all: Vec<ApiKeyInfo> = Vec::new();
     loop {
         let page = catalog
@@ -242,7 +244,10 @@ fn tenancy(settings: &Settings, db: &Database) -> Result<tenantry::Tenancy, Fail
 }
 
 /// Flushes a tenant's cached data on every node (after a suspension or a deletion).
-async fn flush_cache(settings: &Settings, db: &Database, tenant: &TenantId) {
+/// Drops what a deleted or suspended tenant left in the shared stores: its cache entries (here,
+/// in Redis and, through NOTIFY, on every node) and, when it is deleted, its limiter state in
+/// Redis (nodes keep their own under the tenant's id, which is never given to another tenant).
+async fn flush_cache(settings: &Settings, db: &Database, tenant: &TenantId, deleted: bool) {
     let mut cache = TenantCache::new(db.clone(), 1024 * 1024);
     if let Some(url) = &settings.redis_url {
         match cache.clone().with_redis(url, &settings.role_prefix) {
@@ -251,6 +256,18 @@ async fn flush_cache(settings: &Settings, db: &Database, tenant: &TenantId) {
         }
     }
     cache.flush_tenant(tenant).await;
+    if let (true, Some(url)) = (deleted, &settings.redis_url) {
+        match RedisLimiter::new(url, &settings.role_prefix) {
+            Ok(limiter) => {
+                if let Err(e) = limiter.forget(tenant).await {
+                    eprintln!(
+                        "tenantry: could not remove the tenant's limiter state from Redis: {e}"
+                    );
+                }
+            }
+            Err(e) => eprintln!("tenantry: REDIS_URL: {e}"),
+        }
+    }
 }
 
 async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Result<(), Failure> {
@@ -305,8 +322,8 @@ async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Res
         }
         TenantsCommand::Suspend { slug: s } => {
             let s = slug(&s)?;
-            set_status(&catalog, &s, TenantStatus::Suspended).await?;
-            flush_cache(settings, db, &s).await;
+            let t = set_status(&catalog, &s, TenantStatus::Suspended).await?;
+            flush_cache(settings, db, &t.id, false).await;
             eprintln!("suspended tenant {s}");
         }
         TenantsCommand::Resume { slug: s } => {
@@ -322,10 +339,10 @@ async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Res
                     format!("deleting {s} removes its data for good; pass --yes to confirm"),
                 ));
             }
-            if !tenantry::lifecycle::delete(&catalog, &s, &actor()).await? {
+            let Some(gone) = tenantry::lifecycle::delete(&catalog, &s, &actor()).await? else {
                 return Err(CatalogError::TenantNotFound.into());
-            }
-            flush_cache(settings, db, &s).await;
+            };
+            flush_cache(settings, db, &gone.id, true).await;
             eprintln!("deleted tenant {s}");
         }
     }
@@ -334,15 +351,14 @@ async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Res
 
 async fn set_status(
     catalog: &Catalog,
-    slug: &TenantId,
+    slug: &Slug,
     status: TenantStatus,
-) -> Result<(), Failure> {
+) -> Result<Tenant, Failure> {
     let patch = TenantPatch {
         status: Some(status),
         ..Default::default()
     };
-    catalog.update_tenant(slug, &patch, &actor()).await?;
-    Ok(())
+    Ok(catalog.update_tenant(slug, &patch, &actor()).await?)
 }
 
 async fn keys(db: &Database, cmd: KeysCommand) -> Result<(), Failure> {

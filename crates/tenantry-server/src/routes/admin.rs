@@ -17,7 +17,7 @@ use tenantry::http::{ErrorCode, FieldError, Problem, RequestId};
 use tenantry::lifecycle;
 use tenantry::tenancy::AdminContextError;
 use tenantry::tenant::RateLimitOverride;
-use tenantry::{Isolation, Json, Query, Tenant, TenantId, TenantStatus};
+use tenantry::{Isolation, Json, Query, Slug, Tenant, TenantStatus};
 
 use super::page::{self, Page};
 use crate::app::AppState;
@@ -36,7 +36,7 @@ impl AdminTokens {
     }
 
     /// The name of the token presented, compared in constant time against each.
-    fn identify(&self, presented: &str) -> Option<&str> {
+    pub fn identify(&self, presented: &str) -> Option<&str> {
         let mut found = None;
         for (name, token) in &self.tokens {
             if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
@@ -45,6 +45,23 @@ impl AdminTokens {
         }
         found
     }
+}
+
+/// The token of an `Authorization: Bearer` header; `Err` for more than one header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Problem> {
+    let mut values = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(Problem::new(
+            ErrorCode::InvalidHeader,
+            "more than one Authorization header",
+        ));
+    }
+    Ok(first
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim()))
 }
 
 /// Who is acting: set by [`require_admin`].
@@ -57,37 +74,84 @@ pub async fn require_admin(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let mut values = req
+    if req
         .headers()
-        .get_all(axum::http::header::AUTHORIZATION)
-        .iter();
-    let first = values.next();
-    if values.next().is_some() {
-        return Problem::new(
-            ErrorCode::InvalidHeader,
-            "more than one Authorization header",
-        )
-        .into_response();
-    }
-    let Some(value) = first else {
+        .get(axum::http::header::AUTHORIZATION)
+        .is_none()
+    {
         return Problem::new(ErrorCode::Unauthenticated, "admin bearer token required")
             .into_response();
+    }
+    let token = match bearer(req.headers()) {
+        Ok(t) => t,
+        Err(p) => return p.into_response(),
     };
-    let token = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim());
     match token.and_then(|t| state.admin.identify(t)) {
         Some(name) => {
             let name = format!("admin:{name}");
             tracing::Span::current().record("principal", name.as_str());
+            if let Some((tenant, action, target, request_id)) = read_action(&req) {
+                let actor = Actor {
+                    name: name.clone(),
+                    request_id,
+                };
+                let db = state.tenancy.catalog().database();
+                if let Err(e) = audit::record(db, &actor, tenant.as_ref(), &action, &target).await {
+                    return Problem::from(e).into_response();
+                }
+            }
             req.extensions_mut().insert(AdminName(name));
             next.run(req).await
         }
         None => Problem::new(ErrorCode::InvalidCredentials, "invalid admin token").into_response(),
     }
+}
+
+/// A read of the admin plane (a tenant, its keys, its usage, the audit log itself, operations,
+/// servers), which [`require_admin`] records before it is served (no entry, no read): the
+/// tenant it names, the action (method and route template), the target (path and query) and
+/// the request id. `None` for writes, which record their own entry in the catalog transaction
+/// that makes the change, and for reads of tenant data, which [`tenant_context`] records as it
+/// opens the tenant's context, so nothing is recorded twice.
+fn read_action(req: &Request) -> Option<(Option<Slug>, String, String, String)> {
+    if !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        return None;
+    }
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str())
+        .unwrap_or_default();
+    const TENANT: &str = "/admin/v1/tenants/{tenant}";
+    if ["/users", "/orders"]
+        .iter()
+        .any(|data| route.starts_with(&format!("{TENANT}{data}")))
+    {
+        return None;
+    }
+    let tenant = route
+        .starts_with(TENANT)
+        .then(|| req.uri().path().split('/').nth(4))
+        .flatten()
+        .and_then(|s| Slug::parse(s).ok());
+    let target = match req.uri().query() {
+        Some(q) => format!("{}?{q}", req.uri().path()),
+        None => req.uri().path().to_owned(),
+    };
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.as_str().to_owned())
+        .unwrap_or_default();
+    Some((
+        tenant,
+        format!("{} {route}", req.method()),
+        target,
+        request_id,
+    ))
 }
 
 /// The acting admin and the request id, for audit entries.
@@ -114,7 +178,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AdminActor {
 }
 
 /// The `{tenant}` path segment, validated (400 `invalid_tenant` before any lookup).
-pub struct TenantPath(pub TenantId);
+pub struct TenantPath(pub Slug);
 
 impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
     type Rejection = Problem;
@@ -128,7 +192,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantPath {
             .find(|(k, _)| *k == "tenant")
             .map(|(_, v)| v)
             .unwrap_or_default();
-        TenantId::parse(raw)
+        Slug::parse(raw)
             .map(TenantPath)
             .map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))
     }
@@ -176,6 +240,9 @@ fn catalog_error(e: CatalogError) -> Problem {
             format!("tenant slug {slug} is already taken"),
         ),
         CatalogError::TenantNotFound => tenant_not_found(),
+        e @ CatalogError::DeletedWhileProvisioning(_) => {
+            Problem::new(ErrorCode::Conflict, e.to_string())
+        }
         CatalogError::Db(e) => e.into(),
     }
 }
@@ -246,7 +313,7 @@ pub async fn new_tenant(
     server: Option<String>,
 ) -> Result<NewTenant, Problem> {
     let slug =
-        TenantId::parse(slug).map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?;
+        Slug::parse(slug).map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?;
     let mut errors = Vec::new();
     validate::name("name", &name, &mut errors);
     if !tenancy.plans().contains(&plan) {
@@ -299,7 +366,7 @@ pub async fn list_tenants(
 ) -> Result<Json<Page<Tenant>>, Problem> {
     let limit = page::limit(q.limit).map_err(|e| Problem::validation(vec![e]))?;
     if let Some(c) = &q.cursor {
-        TenantId::parse(c).map_err(|_| {
+        Slug::parse(c).map_err(|_| {
             Problem::validation(vec![FieldError::new(
                 "cursor",
                 "not a cursor from this list",
@@ -330,8 +397,9 @@ pub async fn delete_tenant(
     TenantPath(slug): TenantPath,
     AdminActor(actor): AdminActor,
 ) -> Result<StatusCode, Problem> {
-    if lifecycle::delete(state.tenancy.catalog(), &slug, &actor).await? {
-        state.cache.flush_tenant(&slug).await;
+    if let Some(gone) = lifecycle::delete(state.tenancy.catalog(), &slug, &actor).await? {
+        state.cache.flush_tenant(&gone.id).await;
+        state.tenancy.forget_tenant(&gone.id).await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(tenant_not_found())
@@ -439,7 +507,7 @@ pub async fn patch_tenant(
         .await
         .map_err(catalog_error)?;
     if patch.status == Some(TenantStatus::Suspended) {
-        state.cache.flush_tenant(&slug).await;
+        state.cache.flush_tenant(&t.id).await;
     }
     Ok(Json(t))
 }
@@ -637,8 +705,7 @@ pub async fn audit_log(
     let tenant = match q.tenant.as_deref() {
         None | Some("") => None,
         Some(t) => Some(
-            TenantId::parse(t)
-                .map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?,
+            Slug::parse(t).map_err(|e| Problem::new(ErrorCode::InvalidTenant, e.to_string()))?,
         ),
     };
     let before = match q.cursor.as_deref() {
@@ -655,7 +722,7 @@ pub async fn audit_log(
         return Err(Problem::validation(errors));
     }
     let rows = audit::list(
-        state.tenancy.catalog().database().runtime(),
+        state.tenancy.catalog().database(),
         tenant.as_ref(),
         before,
         limit + 1,
@@ -707,7 +774,7 @@ pub async fn add_server(
             }
             other => other.into(),
         })?;
-    audit::record(db.runtime(), &actor, None, "server.add", &body.name).await?;
+    audit::record(db, &actor, None, "server.add", &body.name).await?;
     Ok((StatusCode::CREATED, Json(ServerInfo { name: body.name })))
 }
 
@@ -771,14 +838,7 @@ pub async fn start_migration(
         },
     )
     .await?;
-    audit::record(
-        db.runtime(),
-        &actor,
-        None,
-        "fleet.migrate",
-        &op.id.to_string(),
-    )
-    .await?;
+    audit::record(db, &actor, None, "fleet.migrate", &op.id.to_string()).await?;
     Ok((StatusCode::ACCEPTED, Json(op)))
 }
 
@@ -804,7 +864,7 @@ pub async fn get_operation(
 /// A tenant's usage as the admin plane reports it.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
-    pub tenant: TenantId,
+    pub tenant: Slug,
     pub requests: RequestUsage,
     pub rows: RowCounts,
     /// Bytes of the tenant's rows.

@@ -28,14 +28,46 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, Probl
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
-    description = "Request counts and latency histograms by route and status; per-tenant request and rate-limited counts for the top tenants (the rest as `other`); pool and budget gauges; jobs by state; cache hits and misses; rate-limiter backend health.",
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String)))]
+    description = "Request counts and latency histograms by route and status; per-tenant request and rate-limited counts for the top tenants (the rest as `other`); pool and budget gauges; jobs queued and running; cache hits and misses; rate-limiter backend health. Needs `Authorization: Bearer` with the metrics token (`TENANTRY_METRICS_TOKEN`) or an admin token.",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4.", content_type = "text/plain", body = String),
+        (status = 401, description = "`unauthenticated` or `invalid_credentials`: no metrics or admin token."),
+    ))]
 /// `GET /metrics`: Prometheus text. Request counters and latency histograms by route, per-tenant
 /// counters (top tenants, the rest as `other`), pool and budget gauges, job queue depth by
 /// state, cache hits and misses, and the rate limiter's backend health.
-pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
+    use subtle::ConstantTimeEq;
+    use tenantry::http::ErrorCode;
     use tenantry::metrics::Sample;
+    // Per-tenant series name tenants: only operators read them.
+    let token = match crate::routes::admin::bearer(&headers) {
+        Ok(t) => t,
+        Err(p) => return p.into_response(),
+    };
+    let allowed = token.is_some_and(|t| {
+        let metrics = state
+            .metrics_token
+            .as_ref()
+            .is_some_and(|m| bool::from(m.as_bytes().ct_eq(t.as_bytes())));
+        metrics | state.admin.identify(t).is_some()
+    });
+    if !allowed {
+        let (code, detail) = if token.is_none() {
+            (
+                ErrorCode::Unauthenticated,
+                "a metrics or admin bearer token is required",
+            )
+        } else {
+            (ErrorCode::InvalidCredentials, "invalid metrics token")
+        };
+        return Problem::new(code, detail).into_response();
+    }
     let db = state.tenancy.catalog().database();
     let mut extra = Vec::new();
     let gauge = |name, help, labels: Vec<(&'static str, String)>, value: f64| Sample {
@@ -47,7 +79,7 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
     };
     for (pool_name, s) in [
         ("runtime", db.runtime_status()),
-        ("control", db.control().status()),
+        ("control", db.control_status()),
     ] {
         extra.push(gauge(
             "tenantry_db_pool_connections",
@@ -87,29 +119,23 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
         vec![],
         pools.open_pools() as f64,
     ));
-    if let Ok(client) = db.control().get().await {
-        if let Ok(rows) = client
-            .query(
-                "SELECT state, count(*) FROM tenantry.jobs GROUP BY state",
-                &[],
-            )
-            .await
-        {
-            for state_name in ["queued", "running", "succeeded", "failed", "dead"] {
-                let n = rows
-                    .iter()
-                    .find(|r| r.get::<_, String>(0) == state_name)
-                    .map(|r| r.get::<_, i64>(1))
-                    .unwrap_or(0);
-                extra.push(gauge(
-                    "tenantry_jobs",
-                    "Jobs by state.",
-                    vec![("state", state_name.into())],
-                    n as f64,
-                ));
-            }
-        }
+    // Refreshed in the background (`AppState::job_depth`): a scrape runs no query.
+    let (queued, running) = state.job_depth.get();
+    for (state_name, n) in [("queued", queued), ("running", running)] {
+        extra.push(gauge(
+            "tenantry_jobs",
+            "Jobs queued and running, over every tenant (refreshed every few seconds).",
+            vec![("state", state_name.into())],
+            n as f64,
+        ));
     }
+    extra.push(Sample {
+        name: "tenantry_catalog_key_lookups_total",
+        help: "API keys looked up in the catalog (cache misses); forged keys cost none.",
+        kind: "counter",
+        labels: vec![],
+        value: state.tenancy.catalog().key_lookups() as f64,
+    });
     let (hits, misses) = state.cache.stats();
     extra.push(Sample {
         name: "tenantry_cache_hits_total",

@@ -27,7 +27,7 @@ fn now() -> i64 {
 
 /// Standard claims for `tenant`, valid for ten minutes, with the test issuer and audience.
 fn claims(tenant: &str) -> Value {
-    json!({"tenant_id": tenant, "exp": now() + 600, "iss": "tenantry-tests", "aud": "api", "sub": "u1"})
+    json!({"tenant_id": tenant, "exp": now() + 600, "iat": now(), "iss": "tenantry-tests", "aud": "api", "sub": "u1"})
 }
 
 fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value, kid: Option<&str>) -> String {
@@ -313,7 +313,7 @@ async fn jwks_keys_are_chosen_by_kid_and_reloaded() {
     };
     let app = spawn_with(s).await;
     app.tenant("alpha").await;
-    let c = json!({"tenant_id": "alpha", "exp": now() + 600});
+    let c = json!({"tenant_id": "alpha", "exp": now() + 600, "iat": now()});
     let get = |t: String| {
         let app = &app;
         async move {

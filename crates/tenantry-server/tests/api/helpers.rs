@@ -10,6 +10,8 @@ use tenantry_server::config::Settings;
 use tokio_postgres::NoTls;
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
+/// The metrics scrape token.
+pub const METRICS: &str = "test-metrics-token-0123456789";
 
 pub fn base_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -43,6 +45,7 @@ pub fn settings(db_name: &str, db_url: &str) -> Settings {
         database_url: Some(db_url.to_owned()),
         runtime_database_url: None,
         admin_token: Some(ADMIN.into()),
+        metrics_token: Some(METRICS.into()),
         base_domain: "localhost".into(),
         role_prefix: db_name.to_owned(),
         data_dir: std::env::temp_dir().join(db_name),
@@ -155,6 +158,19 @@ impl TestApp {
     pub async fn get_text(&self, path: &str) -> String {
         self.client
             .get(self.url(path))
+            .send()
+            .await
+            .expect("request sent")
+            .text()
+            .await
+            .expect("a body")
+    }
+
+    /// `GET /metrics` with the metrics token.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .bearer_auth(METRICS)
             .send()
             .await
             .expect("request sent")

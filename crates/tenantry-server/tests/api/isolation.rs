@@ -145,11 +145,18 @@ async fn an_order_cannot_point_at_another_tenants_user() {
         // The database itself refuses it, even to a superuser bypassing RLS: the foreign key
         // is (tenant_id, user_id), in every placement.
         let (sql, schema) = app.sql_for("bravo").await;
+        let bravo = app
+            .admin(Method::GET, "/admin/v1/tenants/bravo", None)
+            .await
+            .ok(200)["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let e = sql
             .execute(
                 &format!(
                     "INSERT INTO {schema}.orders (tenant_id, id, user_id, amount_cents, currency, status)
-                     VALUES ('bravo', gen_random_uuid(), $1::text::uuid, 1, 'USD', 'pending')"
+                     VALUES ('{bravo}', gen_random_uuid(), $1::text::uuid, 1, 'USD', 'pending')"
                 ),
                 &[&ua],
             )
@@ -162,7 +169,10 @@ async fn an_order_cannot_point_at_another_tenants_user() {
         );
         let n: i64 = sql
             .query_one(
-                &format!("SELECT count(*) FROM {schema}.orders WHERE tenant_id = 'bravo'"),
+                &format!(
+                    "SELECT count(*) FROM {schema}.orders
+                     WHERE tenant_id = '{bravo}'"
+                ),
                 &[],
             )
             .await

@@ -96,30 +96,23 @@ async fn backlog(app: &TestApp, tenant: &str, n: i64, ms: u64, max_attempts: i32
     } else {
         json!({"ms": ms})
     };
+    // The table's trigger enters each job in its tenant's queue row, as for an enqueue.
     sql.execute(
-        "INSERT INTO tenantry.jobs (id, tenant_id, kind, payload, state, max_attempts)
-         SELECT gen_random_uuid(), $1, 'sleep', $2, 'queued', $4 FROM generate_series(1, $3::bigint)",
+        "INSERT INTO tenantry.jobs (id, tenant_id, kind, payload, state, max_attempts, concurrency)
+         SELECT gen_random_uuid(), t.id, 'sleep', $2, 'queued', $4, 4
+         FROM tenantry.tenants t, generate_series(1, $3::bigint) WHERE t.slug = $1",
         &[&tenant, &payload, &n, &max_attempts],
     )
     .await
     .unwrap();
-    sql.execute(
-        "INSERT INTO tenantry.job_queues (tenant_id, queued, cap, weight) VALUES ($1, $2, 4, 4)
-         ON CONFLICT (tenant_id) DO UPDATE SET queued = tenantry.job_queues.queued + $2",
-        &[&tenant, &(n as i32)],
-    )
-    .await
-    .unwrap();
-    sql.execute("SELECT pg_notify('tenantry_jobs', '')", &[])
-        .await
-        .unwrap();
 }
 
 async fn count(app: &TestApp, tenant: &str, state: &str) -> i64 {
     app.sql()
         .await
         .query_one(
-            "SELECT count(*) FROM tenantry.jobs WHERE tenant_id = $1 AND state = $2",
+            "SELECT count(*) FROM tenantry.jobs
+             WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = $1) AND state = $2",
             &[&tenant, &state],
         )
         .await
@@ -175,7 +168,7 @@ async fn poison_jobs_reach_dead_letters_without_delaying_others() {
         .sql()
         .await
         .query_one(
-            "SELECT min(attempts), max(attempts), min(last_error) FROM tenantry.jobs WHERE tenant_id = 'poison'",
+            "SELECT min(attempts), max(attempts), min(last_error) FROM tenantry.jobs WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = 'poison')",
             &[],
         )
         .await
@@ -207,7 +200,7 @@ async fn the_per_tenant_cap_holds_under_load() {
     loop {
         let running: i64 = sql
             .query_one(
-                "SELECT count(*) FROM tenantry.jobs WHERE tenant_id = 'capped' AND state = 'running'",
+                "SELECT count(*) FROM tenantry.jobs WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = 'capped') AND state = 'running'",
                 &[],
             )
             .await
@@ -249,7 +242,7 @@ async fn a_killed_worker_loses_its_lease_and_the_job_runs_again() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let first_owner: String = loop {
         let row = sql
-            .query_opt("SELECT locked_by FROM tenantry.jobs WHERE tenant_id = 'crash' AND state = 'running'", &[])
+            .query_opt("SELECT locked_by FROM tenantry.jobs WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = 'crash') AND state = 'running'", &[])
             .await
             .unwrap();
         if let Some(r) = row {
@@ -271,7 +264,7 @@ async fn a_killed_worker_loses_its_lease_and_the_job_runs_again() {
     loop {
         let r = sql
             .query_one(
-                "SELECT state, attempts, locked_by FROM tenantry.jobs WHERE tenant_id = 'crash'",
+                "SELECT state, attempts, locked_by FROM tenantry.jobs WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = 'crash')",
                 &[],
             )
             .await

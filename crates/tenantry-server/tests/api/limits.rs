@@ -329,7 +329,7 @@ async fn a_noisy_neighbour_cannot_starve_another_tenant() {
     let locker = app.sql().await;
     locker
         .batch_execute(&format!(
-            "BEGIN; SELECT * FROM shared.orders WHERE tenant_id = 'noisy' AND id = '{order}' FOR UPDATE;"
+            "BEGIN; SELECT * FROM shared.orders WHERE tenant_id = (SELECT id FROM tenantry.tenants WHERE slug = 'noisy') AND id = '{order}' FOR UPDATE;"
         ))
         .await
         .unwrap();

@@ -7,6 +7,7 @@ mod cache;
 mod cli;
 mod cluster;
 mod helpers;
+mod identity;
 mod input;
 mod isolation;
 mod jobs;

@@ -59,6 +59,69 @@ async fn migrate_and_doctor_from_the_command_line() {
     assert_eq!(code, 2);
 }
 
+/// A write that raced a tenant's deletion (a request or job admitted just before it) can leave
+/// rows under the deleted tenant's id, which no later tenant can see; the doctor reports them,
+/// in the shared tables, the job queue, and a schema that a later tenant took over.
+#[tokio::test]
+async fn the_doctor_reports_residue_of_deleted_tenants() {
+    let app = spawn_app().await;
+    let key = app.tenant("gone").await;
+    let u = app.user(&key, "g@g.io").await;
+    app.order(&key, &u, 1).await;
+    app.tenant_in("reused", "schema").await;
+    let sql = app.sql().await;
+    let ids: Vec<String> = sql
+        .query(
+            "SELECT id FROM tenantry.tenants WHERE slug IN ('gone', 'reused') ORDER BY slug",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (gone, reused) = (ids[0].clone(), ids[1].clone());
+    for slug in ["gone", "reused"] {
+        app.admin(Method::DELETE, &format!("/admin/v1/tenants/{slug}"), None)
+            .await;
+    }
+    app.tenant_in("reused", "schema").await;
+    let (code, out) = cli(&app, &["doctor"]);
+    assert_eq!(code, 0, "deletion leaves nothing behind: {out}");
+    // What racing writes would leave: a user of `gone` in the shared tables, a job in the
+    // queue, and a row of the old `reused` in the new `reused` tenant's schema.
+    sql.execute(
+        "INSERT INTO shared.users (tenant_id, id, email, name, role)
+         VALUES ($1, gen_random_uuid(), 'late@g.io', 'late', 'member')",
+        &[&gone],
+    )
+    .await
+    .unwrap();
+    sql.execute(
+        "INSERT INTO tenantry.jobs (id, tenant_id, kind, payload, state, run_at)
+         VALUES (gen_random_uuid(), $1, 'export', '{}', 'queued', now() + interval '1 hour')",
+        &[&gone],
+    )
+    .await
+    .unwrap();
+    sql.execute(
+        "INSERT INTO t_reused.users (tenant_id, id, email, name, role)
+         VALUES ($1, gen_random_uuid(), 'old@r.io', 'old', 'member')",
+        &[&reused],
+    )
+    .await
+    .unwrap();
+    let (code, out) = cli(&app, &["doctor"]);
+    assert_eq!(code, 1, "{out}");
+    for place in ["shared.users", "tenantry.jobs", "schema t_reused"] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains("residue_of_deleted_tenant") && l.contains(place)),
+            "{place}: {out}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_fleet_migration_is_an_admin_operation() {
     let app = spawn_app().await;
@@ -270,7 +333,7 @@ async fn no_connection_churn_while_the_working_set_fits_the_budget() {
     let total: i64 = rows.iter().map(|r| r.get::<_, i64>(1)).sum();
     assert!(rows.iter().all(|r| r.get::<_, i64>(1) <= 2), "{rows:?}");
     assert!(total <= 8);
-    let metrics = app.get_text("/metrics").await;
+    let metrics = app.metrics_text().await;
     let opened = metrics
         .lines()
         .find(|l| l.starts_with("tenantry_tenant_db_connections "))

@@ -248,7 +248,7 @@ async fn metrics_are_prometheus_text_with_bounded_tenant_series() {
                 .ok(200);
         }
     }
-    let text = app.get_text("/metrics").await;
+    let text = app.metrics_text().await;
     let mut names = std::collections::BTreeSet::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         if let Some(rest) = line.strip_prefix("# ") {

@@ -83,8 +83,9 @@ async fn provision_use_suspend_resume_delete_in_every_placement() {
                     .sql()
                     .await
                     .query_one(
-                        "SELECT (SELECT count(*) FROM shared.users WHERE tenant_id = $1)
-                              + (SELECT count(*) FROM shared.orders WHERE tenant_id = $1)",
+                        "WITH ever AS (SELECT id FROM tenantry.tenant_ids WHERE slug = $1)
+                         SELECT (SELECT count(*) FROM shared.users WHERE tenant_id IN (SELECT id FROM ever))
+                              + (SELECT count(*) FROM shared.orders WHERE tenant_id IN (SELECT id FROM ever))",
                         &[&slug],
                     )
                     .await
@@ -98,7 +99,8 @@ async fn provision_use_suspend_resume_delete_in_every_placement() {
             .sql()
             .await
             .query_one(
-                "SELECT count(*) FROM tenantry.api_keys WHERE tenant_id = $1",
+                "SELECT count(*) FROM tenantry.api_keys
+                 WHERE tenant_id IN (SELECT id FROM tenantry.tenant_ids WHERE slug = $1)",
                 &[&slug],
             )
             .await
@@ -129,8 +131,10 @@ async fn a_crash_during_provisioning_serves_nothing_and_a_retry_finishes() {
         app.sql()
             .await
             .execute(
-                "INSERT INTO tenantry.tenants (slug, name, plan, isolation, state, server, storage)
-                 VALUES ($1, 'x', 'pro', $2, 'provisioning', $3, $4)",
+                "WITH id AS (INSERT INTO tenantry.tenant_ids (id, slug) VALUES (gen_random_uuid()::text, $1)
+                             RETURNING id)
+                 INSERT INTO tenantry.tenants (id, slug, name, plan, isolation, state, server, storage)
+                 SELECT id, $1, 'x', 'pro', $2, 'provisioning', $3, $4 FROM id",
                 &[
                     &slug,
                     &placement,

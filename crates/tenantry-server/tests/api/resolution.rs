@@ -166,7 +166,10 @@ async fn bad_credentials_are_401() {
     typo[20] = if typo[20] == b'A' { b'B' } else { b'A' };
     let typo = String::from_utf8(typo).unwrap();
     // A well-formed key that was never issued.
-    let forged = tenantry::auth::api_key::NewKey::generate().key;
+    let forged = tenantry::auth::api_key::NewKey::generate(
+        &tenantry::auth::api_key::KeyCheck::new(b"a secret this deployment does not have"),
+    )
+    .key;
     for bad in [typo.as_str(), forged.as_str(), "tk_nope", "not-a-key"] {
         app.with_key(bad, Method::GET, "/v1/orders", None)
             .await

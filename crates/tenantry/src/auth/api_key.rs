@@ -3,14 +3,25 @@
 //! Format: `tk_<prefix>_<secret><check>`
 //! - `prefix`: 12 base62 characters, public, unique: the lookup id (shown in lists);
 //! - `secret`: 40 base62 characters from a CSPRNG (~238 bits): never stored, only its SHA-256;
-//! - `check`: 6 base62 characters of CRC-32 over everything before it, so a mistyped key is
-//!   rejected without a database lookup.
+//! - `check`: 6 base62 characters (~35.7 bits) of a MAC over everything before it, keyed with
+//!   the deployment's secret ([`KeyCheck`]): SipHash-2-4, a PRF made for short inputs. Anyone
+//!   can write a key of the right shape, but without the secret only one in ~5.7·10¹⁰ forgeries
+//!   passes the check, so a flood of made-up keys is refused from memory, before any lookup:
+//!   unauthenticated traffic cannot buy database work. A mistyped key is refused the same way.
 //!
-//! A fast hash (SHA-256) is right here, unlike for passwords: the secret is high-entropy, so
+//! Keys issued before the keyed checksum carry a CRC-32 one. They still work: they are known
+//! by their prefixes ([`KeyCheck::with_legacy`], read once at start-up), and a CRC-checked key
+//! whose prefix is not among them is refused without a lookup too.
+//!
+//! A fast hash (SHA-256) is right for the secret, unlike for passwords: it is high-entropy, so
 //! there is nothing to brute-force, and verification sits on every request's path.
+
+use std::collections::HashSet;
+use std::hash::Hasher;
 
 use rand::distr::{Alphanumeric, SampleString};
 use sha2::{Digest, Sha256};
+use siphasher::sip::SipHasher24;
 use subtle::ConstantTimeEq;
 
 const PREFIX_LEN: usize = 12;
@@ -30,6 +41,48 @@ pub enum KeyFormatError {
     Checksum,
 }
 
+/// The deployment's key checksum: the MAC key, and the prefixes of keys issued before it.
+#[derive(Clone)]
+pub struct KeyCheck {
+    mac: [u8; 16],
+    legacy: HashSet<String>,
+}
+
+impl std::fmt::Debug for KeyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyCheck")
+            .field("legacy_keys", &self.legacy.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyCheck {
+    /// A checksum keyed by `secret` (at least 16 bytes of the operating system's randomness;
+    /// the MAC key is derived from it).
+    pub fn new(secret: &[u8]) -> Self {
+        let digest = Sha256::digest([b"tenantry key check\0".as_slice(), secret].concat());
+        let mut mac = [0u8; 16];
+        mac.copy_from_slice(&digest[..16]);
+        Self {
+            mac,
+            legacy: HashSet::new(),
+        }
+    }
+
+    /// Also accepts the CRC-32 checksum for these prefixes (keys issued before the keyed one).
+    pub fn with_legacy(mut self, prefixes: impl IntoIterator<Item = String>) -> Self {
+        self.legacy = prefixes.into_iter().collect();
+        self
+    }
+
+    /// The base62 check digits of `body` (on the stack: every request checks one).
+    fn digits(&self, body: &str) -> [u8; CHECK_LEN] {
+        let mut h = SipHasher24::new_with_key(&self.mac);
+        h.write(body.as_bytes());
+        base62(h.finish())
+    }
+}
+
 /// A freshly generated key: the full text (shown once) and what the catalog stores.
 #[derive(Debug, Clone)]
 pub struct NewKey {
@@ -46,12 +99,13 @@ pub struct PresentedKey<'a> {
 }
 
 impl NewKey {
-    pub fn generate() -> Self {
+    /// A new key, checksummed with the deployment's key check.
+    pub fn generate(check: &KeyCheck) -> Self {
         let mut rng = rand::rng();
         let prefix = Alphanumeric.sample_string(&mut rng, PREFIX_LEN);
         let secret = Alphanumeric.sample_string(&mut rng, SECRET_LEN);
         let body = format!("tk_{prefix}_{secret}");
-        let check = checksum(&body);
+        let check = check.digits(&body);
         let key = format!(
             "{body}{}",
             std::str::from_utf8(&check).expect("base62 is ascii")
@@ -71,7 +125,7 @@ impl NewKey {
 
 impl<'a> PresentedKey<'a> {
     /// Parses and checksums a key. No allocation, no lookup.
-    pub fn parse(s: &'a str) -> Result<Self, KeyFormatError> {
+    pub fn parse(s: &'a str, check: &KeyCheck) -> Result<Self, KeyFormatError> {
         let b = s.as_bytes();
         if b.len() != KEY_LEN
             || !s.starts_with("tk_")
@@ -81,12 +135,15 @@ impl<'a> PresentedKey<'a> {
         {
             return Err(KeyFormatError::Malformed);
         }
-        let (body, check) = s.split_at(KEY_LEN - CHECK_LEN);
-        if checksum(body) != check.as_bytes() {
+        let (body, digits) = s.split_at(KEY_LEN - CHECK_LEN);
+        let prefix = &s[3..3 + PREFIX_LEN];
+        let keyed = bool::from(check.digits(body).ct_eq(digits.as_bytes()));
+        let legacy = crc_digits(body) == digits.as_bytes() && check.legacy.contains(prefix);
+        if !(keyed || legacy) {
             return Err(KeyFormatError::Checksum);
         }
         Ok(Self {
-            prefix: &s[3..3 + PREFIX_LEN],
+            prefix,
             secret: &body[4 + PREFIX_LEN..],
         })
     }
@@ -107,9 +164,13 @@ fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// The base62 check digits of `body` (on the stack: every request checks one).
-fn checksum(body: &str) -> [u8; CHECK_LEN] {
-    let mut n = crc32fast::hash(body.as_bytes()) as u64;
+/// The CRC-32 check digits of keys issued before the keyed checksum.
+fn crc_digits(body: &str) -> [u8; CHECK_LEN] {
+    base62(crc32fast::hash(body.as_bytes()) as u64)
+}
+
+/// The low base62 digits of `n`.
+fn base62(mut n: u64) -> [u8; CHECK_LEN] {
     let mut out = [b'0'; CHECK_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
@@ -122,40 +183,72 @@ fn checksum(body: &str) -> [u8; CHECK_LEN] {
 mod tests {
     use super::*;
 
+    fn check() -> KeyCheck {
+        KeyCheck::new(b"0123456789abcdef0123456789abcdef")
+    }
+
     #[test]
     fn round_trip() {
-        let k = NewKey::generate();
+        let c = check();
+        let k = NewKey::generate(&c);
         assert_eq!(k.key.len(), KEY_LEN);
-        let p = PresentedKey::parse(&k.key).unwrap();
+        let p = PresentedKey::parse(&k.key, &c).unwrap();
         assert_eq!(p.prefix(), k.prefix);
         assert!(p.matches(&k.hash));
-        assert!(!p.matches(&NewKey::generate().hash));
+        assert!(!p.matches(&NewKey::generate(&c).hash));
         assert!(!p.matches(&k.hash[..31]));
     }
 
     #[test]
     fn typo_is_caught_by_checksum() {
-        let k = NewKey::generate();
+        let c = check();
+        let k = NewKey::generate(&c);
         let mut bytes = k.key.clone().into_bytes();
         let i = 20;
         bytes[i] = if bytes[i] == b'a' { b'b' } else { b'a' };
         let typo = String::from_utf8(bytes).unwrap();
         assert_eq!(
-            PresentedKey::parse(&typo).unwrap_err(),
+            PresentedKey::parse(&typo, &c).unwrap_err(),
             KeyFormatError::Checksum
         );
     }
 
     #[test]
+    fn a_key_checked_with_another_secret_is_refused() {
+        let ours = check();
+        let theirs = KeyCheck::new(b"another deployment's secret, 32+");
+        let k = NewKey::generate(&theirs);
+        assert_eq!(
+            PresentedKey::parse(&k.key, &ours).unwrap_err(),
+            KeyFormatError::Checksum
+        );
+    }
+
+    /// A key with a CRC-32 checksum (anyone can compute one) passes only when its prefix is
+    /// one of the keys issued before the keyed checksum.
+    #[test]
+    fn crc_checksums_only_for_legacy_prefixes() {
+        let body = format!("tk_{}_{}", "A".repeat(PREFIX_LEN), "b".repeat(SECRET_LEN));
+        let key = format!("{body}{}", std::str::from_utf8(&crc_digits(&body)).unwrap());
+        assert_eq!(
+            PresentedKey::parse(&key, &check()).unwrap_err(),
+            KeyFormatError::Checksum
+        );
+        let legacy = check().with_legacy(["A".repeat(PREFIX_LEN)]);
+        assert!(PresentedKey::parse(&key, &legacy).is_ok());
+    }
+
+    #[test]
     fn malformed() {
+        let c = check();
         for bad in ["", "tk_", "tk_short", &"x".repeat(KEY_LEN), "tk_é"] {
             assert_eq!(
-                PresentedKey::parse(bad).unwrap_err(),
+                PresentedKey::parse(bad, &c).unwrap_err(),
                 KeyFormatError::Malformed
             );
         }
-        let k = NewKey::generate();
+        let k = NewKey::generate(&c);
         let swapped = k.key.replacen("tk_", "tx_", 1);
-        assert!(PresentedKey::parse(&swapped).is_err());
+        assert!(PresentedKey::parse(&swapped, &c).is_err());
     }
 }

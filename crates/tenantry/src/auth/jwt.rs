@@ -9,6 +9,11 @@
 //! - `exp` is required; `nbf`, `iss` and `aud` are checked when configured, with a small leeway.
 //! - The tenant comes from one configurable claim and must be a valid slug; the tenant must
 //!   then exist and be active (checked by [`crate::Tenancy`] exactly as for API keys).
+//! - `iat` is required, and a token issued before its tenant was created is refused (by
+//!   [`crate::Tenancy`], which knows when that was): a slug freed by a deleted tenant can be
+//!   taken again, and a token minted for the old tenant must not open the new one. A token
+//!   without `iat` cannot show that it is younger than its tenant, so it is refused too. An
+//!   `iat` in the future (beyond the leeway) is refused as malformed.
 //! - Oversized tokens are refused before any parsing.
 
 use std::collections::HashMap;
@@ -20,7 +25,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-use crate::tenant::TenantId;
+use crate::tenant::Slug;
 
 /// The largest token accepted.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
@@ -84,9 +89,11 @@ pub enum JwtError {
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JwtIdentity {
-    pub tenant: TenantId,
+    pub tenant: Slug,
     pub subject: Option<String>,
     pub read_only: bool,
+    /// `iat`, seconds since the epoch.
+    pub issued_at: i64,
 }
 
 #[derive(Default)]
@@ -242,7 +249,7 @@ impl JwtVerifier {
             v.leeway = self.config.leeway.as_secs();
             v.validate_exp = true;
             v.validate_nbf = true;
-            v.set_required_spec_claims(&["exp"]);
+            v.set_required_spec_claims(&["exp", "iat"]);
             match &self.config.audience {
                 Some(aud) => v.set_audience(&[aud]),
                 None => v.validate_aud = false,
@@ -257,9 +264,19 @@ impl JwtVerifier {
         let tenant = claims
             .get(&self.config.tenant_claim)
             .and_then(Value::as_str)
-            .and_then(|s| TenantId::parse(s).ok())
+            .and_then(|s| Slug::parse(s).ok())
             .ok_or(JwtError::Tenant)?;
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        let issued_at = claims
+            .get("iat")
+            .and_then(Value::as_i64)
+            .filter(|iat| *iat <= now + self.config.leeway.as_secs() as i64)
+            .ok_or_else(|| JwtError::Invalid("missing, non-integer or future iat".into()))?;
         Ok(JwtIdentity {
+            issued_at,
             tenant,
             subject: claims.get("sub").and_then(Value::as_str).map(str::to_owned),
             read_only: read_only(&claims),
@@ -269,7 +286,7 @@ impl JwtVerifier {
     /// Mints a development token with the HS256 secret (`tenantry token`).
     pub fn mint_hs256(
         &self,
-        tenant: &TenantId,
+        tenant: &Slug,
         ttl: Duration,
         scope: Option<&str>,
     ) -> Result<String, JwtError> {
@@ -334,7 +351,7 @@ mod tests {
     #[test]
     fn mint_and_verify() {
         let v = hs();
-        let t = TenantId::parse("acme").unwrap();
+        let t = Slug::parse("acme").unwrap();
         let tok = v.mint_hs256(&t, Duration::from_secs(60), None).unwrap();
         let id = v.verify(&tok).unwrap();
         assert_eq!(id.tenant, t);
@@ -343,6 +360,28 @@ mod tests {
             .mint_hs256(&t, Duration::from_secs(60), Some("read"))
             .unwrap();
         assert!(v.verify(&ro).unwrap().read_only);
+    }
+
+    #[test]
+    fn iat_is_required_and_not_in_the_future() {
+        let v = hs();
+        let key =
+            jsonwebtoken::EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef").unwrap();
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+                .unwrap()
+        };
+        let ok = sign(serde_json::json!({"tenant_id": "acme", "exp": now + 60, "iat": now}));
+        assert_eq!(v.verify(&ok).unwrap().issued_at, now as i64);
+        let none = sign(serde_json::json!({"tenant_id": "acme", "exp": now + 60}));
+        assert!(v.verify(&none).is_err());
+        let future =
+            sign(serde_json::json!({"tenant_id": "acme", "exp": now + 900, "iat": now + 600}));
+        assert!(v.verify(&future).is_err());
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub(super) struct Front<K: Send, V: Send + Sync> {
     ttl: Duration,
     local: ThreadLocal<Local<K, V>>,
     /// Makes a thread's own copy of a value (a deep one where the value holds shared
-    /// reference counts of its own, such as a [`crate::TenantId`]).
+    /// reference counts of its own, such as a [`crate::Slug`]).
     copy: fn(&V) -> V,
 }
 

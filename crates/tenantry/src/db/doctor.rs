@@ -11,7 +11,11 @@
 //! - a view without `security_invoker`, or a materialized view, where tenant tables live;
 //! - a SECURITY DEFINER function the runtime role may execute;
 //! - schema grants: CREATE for the runtime role anywhere, or tenant schemas open to PUBLIC;
-//! - a catalog tenant without storage, or storage without a catalog tenant.
+//! - a catalog tenant without storage, or storage without a catalog tenant;
+//! - residue of deleted tenants: rows keyed by a tenant id that no catalog tenant has (in the
+//!   shared tables, in the job queue) or, in a tenant's own schema or database, rows keyed by
+//!   another tenant's id. Everything is keyed by ids that are never reused, so residue is never
+//!   visible to a later tenant; it is reported so that it can be removed.
 
 use std::collections::BTreeSet;
 
@@ -19,6 +23,7 @@ use tokio_postgres::NoTls;
 
 use super::placement::DEFAULT_SERVER;
 use super::provision::admin_config_pub;
+use super::roles::quote_ident;
 use super::{Database, DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
 
 /// One problem found.
@@ -47,23 +52,28 @@ pub async fn check(db: &Database) -> Result<Vec<Finding>, DbError> {
     let tenants = control
         .query(
             &format!(
-                "SELECT slug, isolation, server, storage FROM {CONTROL_SCHEMA}.tenants
+                "SELECT slug, isolation, server, storage, id FROM {CONTROL_SCHEMA}.tenants
                  WHERE state <> 'deleting'"
             ),
             &[],
         )
         .await?;
     let mut schemas = vec![(SHARED_SCHEMA.to_owned(), "shared".to_owned())];
+    let mut schema_ids = Vec::new();
     let mut databases = Vec::new();
     for r in &tenants {
         let slug: String = r.get(0);
         let iso: String = r.get(1);
         let server: Option<String> = r.get(2);
         let storage: Option<String> = r.get(3);
+        let id: String = r.get(4);
         match (iso.as_str(), storage) {
-            ("schema", Some(s)) => schemas.push((s.clone(), format!("schema {s}"))),
+            ("schema", Some(s)) => {
+                schema_ids.push((s.clone(), id));
+                schemas.push((s.clone(), format!("schema {s}")))
+            }
             ("database", Some(d)) => {
-                databases.push((slug, server.unwrap_or_else(|| DEFAULT_SERVER.into()), d))
+                databases.push((id, server.unwrap_or_else(|| DEFAULT_SERVER.into()), d))
             }
             ("shared", _) => {}
             (_, None) => out.push(Finding {
@@ -107,6 +117,10 @@ pub async fn check(db: &Database) -> Result<Vec<Finding>, DbError> {
         out.extend(schema_checks(&control, schema, location, &roles.runtime).await?);
     }
     out.extend(database_wide(&control, &roles.runtime, "control database").await?);
+    out.extend(residue_in_shared(&control).await?);
+    for (schema, id) in schema_ids.iter().filter(|(s, _)| existing.contains(s)) {
+        out.extend(residue_in_own(&control, schema, &format!("schema {schema}"), id).await?);
+    }
 
     // Database tenants, per server.
     let mut servers: BTreeSet<String> = databases.iter().map(|(_, s, _)| s.clone()).collect();
@@ -153,10 +167,104 @@ pub async fn check(db: &Database) -> Result<Vec<Finding>, DbError> {
             out.extend(schema_checks(&tc, SHARED_SCHEMA, &location, &roles.runtime).await?);
             out.extend(database_wide(&tc, &roles.runtime, &location).await?);
             out.extend(role_checks(&tc, roles, &location).await?);
+            if let Some((id, _, _)) = databases.iter().find(|(_, s, db)| s == server && db == d) {
+                out.extend(residue_in_own(&tc, SHARED_SCHEMA, &location, id).await?);
+            }
         }
     }
     out.sort();
     out.dedup();
+    Ok(out)
+}
+
+/// The tables of a schema that hold tenant rows.
+async fn tenant_tables(c: &tokio_postgres::Client, schema: &str) -> Result<Vec<String>, DbError> {
+    Ok(c
+        .query(
+            "SELECT c.relname::text FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p')
+             ORDER BY 1",
+            &[&schema],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Rows of the shared tables and of the job queue keyed by a tenant id that no catalog tenant
+/// has: what a write racing a deletion (a request or job admitted just before it) left.
+async fn residue_in_shared(c: &tokio_postgres::Client) -> Result<Vec<Finding>, DbError> {
+    let mut out = Vec::new();
+    let mut places: Vec<(String, String)> = tenant_tables(c, SHARED_SCHEMA)
+        .await?
+        .into_iter()
+        .map(|t| {
+            (
+                format!("shared.{t}"),
+                format!("{}.{}", quote_ident(SHARED_SCHEMA), quote_ident(&t)),
+            )
+        })
+        .collect();
+    for t in ["jobs", "job_queues"] {
+        places.push((
+            format!("{CONTROL_SCHEMA}.{t}"),
+            format!("{CONTROL_SCHEMA}.{t}"),
+        ));
+    }
+    for (name, table) in places {
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT x.tenant_id, count(*) FROM {table} x
+                     WHERE NOT EXISTS (SELECT 1 FROM {CONTROL_SCHEMA}.tenants t WHERE t.id = x.tenant_id)
+                     GROUP BY x.tenant_id ORDER BY 1 LIMIT 20"
+                ),
+                &[],
+            )
+            .await?;
+        for r in rows {
+            let (id, n): (String, i64) = (r.get(0), r.get(1));
+            out.push(Finding {
+                location: name.clone(),
+                check: "residue_of_deleted_tenant",
+                detail: format!("{n} row(s) of tenant id {id}, which no catalog tenant has"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Rows of a tenant's own schema (or database) keyed by another tenant's id.
+async fn residue_in_own(
+    c: &tokio_postgres::Client,
+    schema: &str,
+    location: &str,
+    id: &str,
+) -> Result<Vec<Finding>, DbError> {
+    let mut out = Vec::new();
+    for t in tenant_tables(c, schema).await? {
+        let n: i64 = c
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.{} WHERE tenant_id <> $1",
+                    quote_ident(schema),
+                    quote_ident(&t)
+                ),
+                &[&id],
+            )
+            .await?
+            .get(0);
+        if n > 0 {
+            out.push(Finding {
+                location: location.to_owned(),
+                check: "residue_of_deleted_tenant",
+                detail: format!("{n} row(s) in {t} keyed by another tenant's id"),
+            });
+        }
+    }
     Ok(out)
 }
 

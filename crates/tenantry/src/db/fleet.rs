@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use super::migrate::{apply_in, grants_sql, steps};
 use super::provision::{admin_config_pub, prepare_tenant_database};
 use super::{Database, DbError, CONTROL_SCHEMA};
-use crate::tenant::{Isolation, TenantId};
+use crate::tenant::{Isolation, Slug};
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ impl Default for MigrateOptions {
 /// One tenant's outcome.
 #[derive(Debug, Clone)]
 pub struct TenantOutcome {
-    pub tenant: TenantId,
+    pub tenant: Slug,
     pub isolation: Isolation,
     /// Versions applied (or, in a dry run, that would be).
     pub applied: Vec<i32>,
@@ -75,7 +75,7 @@ impl FleetReport {
 }
 
 struct Pending {
-    slug: TenantId,
+    slug: Slug,
     isolation: Isolation,
     server: Option<String>,
     storage: String,
@@ -162,7 +162,7 @@ pub async fn migrate(
             .iter()
             .filter_map(|r| {
                 Some(Pending {
-                    slug: TenantId::parse(r.get(0)).ok()?,
+                    slug: Slug::parse(r.get(0)).ok()?,
                     isolation: Isolation::parse(r.get(1))?,
                     server: r.get(2),
                     storage: r.get::<_, Option<String>>(3)?,

@@ -32,7 +32,8 @@ pub const POLICY_NAME: &str = "tenant_isolation";
 
 pub const LOCK_KEY: i64 = 727263002;
 
-/// Control-plane catalog migrations. `{app}` is replaced by the quoted runtime role.
+/// Control-plane catalog migrations. `{app}` and `{owner}` are replaced by the quoted runtime
+/// and owner roles.
 const CONTROL: &[(i32, &str, &str)] = &[
     (
         1,
@@ -149,6 +150,83 @@ const CONTROL: &[(i32, &str, &str)] = &[
     CREATE INDEX job_queues_ready_idx ON job_queues (vtime) WHERE queued > 0;
     "#,
     ),
+    (
+        4,
+        "identity",
+        r#"
+    -- Every tenant id ever assigned. Rows are never deleted (a deleted tenant's keeps its
+    -- deleted_at), so the primary key makes an id impossible to assign twice.
+    CREATE TABLE tenant_ids (
+        id          text PRIMARY KEY CHECK (id ~ '^[a-z0-9][a-z0-9-]{1,63}$'),
+        slug        text NOT NULL,
+        created_at  timestamptz NOT NULL DEFAULT now(),
+        deleted_at  timestamptz
+    );
+    CREATE INDEX tenant_ids_slug_idx ON tenant_ids (slug, deleted_at);
+    -- Tenants created before ids existed keep their slug as their id: everything they own is
+    -- already keyed by it, so nothing else is rewritten.
+    ALTER TABLE tenants ADD COLUMN id text;
+    UPDATE tenants SET id = slug;
+    INSERT INTO tenant_ids (id, slug, created_at) SELECT id, slug, created_at FROM tenants;
+    ALTER TABLE tenants ALTER COLUMN id SET NOT NULL,
+        ADD CONSTRAINT tenants_id_key UNIQUE (id),
+        ADD CONSTRAINT tenants_id_fkey FOREIGN KEY (id) REFERENCES tenant_ids (id);
+    -- Keys belong to the tenant's id, not to its slug.
+    ALTER TABLE api_keys DROP CONSTRAINT api_keys_tenant_id_fkey,
+        ADD CONSTRAINT api_keys_tenant_id_fkey
+            FOREIGN KEY (tenant_id) REFERENCES tenants (id) ON DELETE CASCADE;
+    -- The audit log names the tenant by slug (what operators search by) and by id. Only the
+    -- control role writes or reads it.
+    ALTER TABLE audit_log ADD COLUMN tenant_slug text;
+    UPDATE audit_log SET tenant_slug = tenant_id;
+    CREATE INDEX audit_log_slug_idx ON audit_log (tenant_slug, id);
+    REVOKE ALL ON audit_log FROM {app};
+    -- Jobs are tenant rows read and written by tenant requests (enqueue, status, download) on
+    -- the runtime role: forced RLS keyed by the tenant, exactly the tenant tables' policy. The
+    -- queue service (claiming, leases, outcomes) runs as the control role, a member of the
+    -- owner, which a policy of its own lets see every tenant's jobs.
+    ALTER TABLE jobs ADD COLUMN concurrency integer NOT NULL DEFAULT 1;
+    ALTER TABLE jobs ENABLE ROW LEVEL SECURITY;
+    ALTER TABLE jobs FORCE ROW LEVEL SECURITY;
+    CREATE POLICY tenant_isolation ON jobs TO {app}
+        USING (tenant_id = (SELECT NULLIF(current_setting('app.tenant_id', true), '')))
+        WITH CHECK (tenant_id = (SELECT NULLIF(current_setting('app.tenant_id', true), '')));
+    CREATE POLICY queue_service ON jobs TO {owner} USING (true) WITH CHECK (true);
+    GRANT SELECT, INSERT ON jobs TO {app};
+    -- A job enqueued by the runtime role enters its tenant's queue row, which the runtime role
+    -- cannot touch (the row's virtual time is placed among the other tenants'): this trigger
+    -- does it as the owner, for the inserted job's own tenant only.
+    CREATE FUNCTION job_enqueued() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    BEGIN
+        INSERT INTO tenantry.job_queues AS q (tenant_id, queued, cap, weight, vtime)
+        VALUES (NEW.tenant_id, 1, NEW.concurrency, NEW.concurrency,
+                coalesce((SELECT min(vtime) FROM tenantry.job_queues WHERE queued > 0), 0))
+        ON CONFLICT (tenant_id) DO UPDATE SET queued = q.queued + 1, cap = EXCLUDED.cap,
+            weight = EXCLUDED.weight,
+            vtime = CASE WHEN q.queued = 0 AND q.running = 0
+                         THEN greatest(q.vtime, coalesce((SELECT min(vtime) FROM tenantry.job_queues
+                                                          WHERE queued > 0), 0))
+                         ELSE q.vtime END;
+        PERFORM pg_notify('tenantry_jobs', '');
+        RETURN NULL;
+    END $$;
+    REVOKE ALL ON FUNCTION job_enqueued() FROM PUBLIC;
+    CREATE TRIGGER jobs_enqueued AFTER INSERT ON jobs
+        FOR EACH ROW WHEN (NEW.state = 'queued') EXECUTE FUNCTION job_enqueued();
+    -- Forged or stale API keys are refused by a keyed checksum before any lookup: its secret.
+    -- (Made at start-up from the operating system's random source; no grant to the runtime
+    -- role.)
+    CREATE TABLE key_check_secret (
+        singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        secret     bytea NOT NULL CHECK (length(secret) >= 32)
+    );
+    -- Keys issued before the keyed checksum carry a CRC-32 one; they stay valid, known by
+    -- their prefix.
+    ALTER TABLE api_keys ADD COLUMN keyed_check boolean NOT NULL DEFAULT true;
+    UPDATE api_keys SET keyed_check = false;
+    "#,
+    ),
 ];
 
 /// The ledger of applied versions, one per database (keyed by scope inside it).
@@ -175,9 +253,16 @@ pub async fn control_plane(client: &mut Object, roles: &RoleNames) -> Result<(),
         ))
         .await?;
     let app = quote_ident(&roles.runtime);
+    let owner = quote_ident(&roles.owner);
     let steps: Vec<(i32, &'static str, String)> = CONTROL
         .iter()
-        .map(|(v, n, sql)| (*v, *n, sql.replace("{app}", &app)))
+        .map(|(v, n, sql)| {
+            (
+                *v,
+                *n,
+                sql.replace("{app}", &app).replace("{owner}", &owner),
+            )
+        })
         .collect();
     apply(client, roles, "control", CONTROL_SCHEMA, &steps, false).await
 }

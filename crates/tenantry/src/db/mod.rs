@@ -99,6 +99,8 @@ struct Shared {
     control_config: tokio_postgres::Config,
     roles: RoleNames,
     runtime_password: String,
+    /// API keys' keyed checksum (see [`crate::auth::api_key`]).
+    key_check: crate::auth::api_key::KeyCheck,
     migrations: &'static [TenantMigration],
     tenant_pools: TenantPools,
 }
@@ -124,7 +126,7 @@ impl Database {
         )?;
         // Nodes starting together would race on GRANTs and the runtime password ("tuple
         // concurrently updated"): the whole bootstrap runs under one session advisory lock.
-        let password = {
+        let (password, key_check_secret) = {
             let mut client = control_pool.get().await?;
             client
                 .execute("SELECT pg_advisory_lock($1)", &[&BOOTSTRAP_LOCK])
@@ -133,15 +135,27 @@ impl Database {
                 let password = roles::bootstrap(&client, roles).await?;
                 migrate::control_plane(&mut client, roles).await?;
                 migrate::shared_tables(&mut client, roles, migrations).await?;
-                Ok::<_, DbError>(password)
+                let secret = key_check_secret(&client).await?;
+                Ok::<_, DbError>((password, secret))
             }
             .await;
             let unlocked = client
                 .execute("SELECT pg_advisory_unlock($1)", &[&BOOTSTRAP_LOCK])
                 .await;
-            let password = result?;
+            let r = result?;
             unlocked?;
-            password
+            r
+        };
+        let key_check = {
+            let client = control_pool.get().await?;
+            let legacy = client
+                .query(
+                    &format!("SELECT prefix FROM {CONTROL_SCHEMA}.api_keys WHERE NOT keyed_check"),
+                    &[],
+                )
+                .await?;
+            crate::auth::api_key::KeyCheck::new(&key_check_secret)
+                .with_legacy(legacy.iter().map(|r| r.get(0)))
         };
         let runtime_cfg = match runtime_override {
             Some(cfg) => cfg,
@@ -187,6 +201,7 @@ impl Database {
                 control_config: control,
                 roles: roles.clone(),
                 runtime_password: password,
+                key_check,
                 migrations,
                 tenant_pools,
             }),
@@ -206,6 +221,11 @@ impl Database {
 
     pub(crate) fn runtime_password(&self) -> &str {
         &self.inner.runtime_password
+    }
+
+    /// API keys' keyed checksum, the same on every node of the deployment.
+    pub(crate) fn key_check(&self) -> &crate::auth::api_key::KeyCheck {
+        &self.inner.key_check
     }
 
     /// The tenant-table migrations this deployment runs.
@@ -248,13 +268,22 @@ impl Database {
         &self.inner.tenant_pools
     }
 
-    /// The privileged pool: catalog writes and provisioning only.
-    pub fn control(&self) -> &Pool {
+    /// The privileged pool (the control role): catalog writes, audit entries, provisioning and
+    /// the job queue's service. Crate-private: no tenant request, and no code outside the
+    /// library, reaches tables through it; the library has a function for each use.
+    pub(crate) fn control(&self) -> &Pool {
         &self.control
     }
 
+    /// Open, idle and maximum connections of the control pool (for metrics).
+    pub fn control_status(&self) -> deadpool_postgres::Status {
+        self.control.status()
+    }
+
     /// The unprivileged pool that serves tenant traffic (with lanes, the first lane: what is
-    /// not tenant traffic, such as catalog reads and audit records, runs there).
+    /// not tenant traffic, such as catalog reads, runs there). A connection taken from it
+    /// directly has no tenant context, so forced RLS shows it no tenant row: tenant tables are
+    /// reached through [`crate::TenantContext::db`].
     pub fn runtime(&self) -> &Pool {
         &self.runtime
     }
@@ -317,6 +346,28 @@ impl Database {
         client.simple_query("SELECT 1").await?;
         Ok(())
     }
+}
+
+/// The deployment's key-checksum secret, made on first start from the operating system's
+/// random source and kept in the catalog (readable only by the control role).
+async fn key_check_secret(client: &tokio_postgres::Client) -> Result<Vec<u8>, DbError> {
+    let fresh: [u8; 32] = rand::random();
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {CONTROL_SCHEMA}.key_check_secret (secret) VALUES ($1)
+                 ON CONFLICT (singleton) DO NOTHING"
+            ),
+            &[&fresh.as_slice()],
+        )
+        .await?;
+    Ok(client
+        .query_one(
+            &format!("SELECT secret FROM {CONTROL_SCHEMA}.key_check_secret"),
+            &[],
+        )
+        .await?
+        .get(0))
 }
 
 /// Every runtime connection starts with the shared schema alone on its path (never `public`),

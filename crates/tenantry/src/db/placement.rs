@@ -6,7 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::tenant::{Isolation, TenantId};
+use crate::tenant::{Isolation, Slug};
 
 /// The name of the implicit database server: the control plane's own.
 pub const DEFAULT_SERVER: &str = "default";
@@ -50,7 +50,7 @@ impl Placement {
     /// The placement a new tenant gets.
     pub fn for_new(
         isolation: Isolation,
-        slug: &TenantId,
+        slug: &Slug,
         role_prefix: &str,
         server: Option<&str>,
     ) -> Self {
@@ -77,12 +77,12 @@ impl Placement {
 }
 
 /// `t_<slug>` (with `-` kept: names are always quoted).
-pub fn schema_name(slug: &TenantId) -> String {
+pub fn schema_name(slug: &Slug) -> String {
     bounded("t_", slug.as_str())
 }
 
 /// `<prefix>_t_<slug>`: the prefix keeps two deployments on one server apart.
-pub fn database_name(prefix: &str, slug: &TenantId) -> String {
+pub fn database_name(prefix: &str, slug: &Slug) -> String {
     bounded(&format!("{prefix}_t_"), slug.as_str())
 }
 
@@ -103,13 +103,13 @@ mod tests {
 
     #[test]
     fn names_fit_and_do_not_collide() {
-        let long_a = TenantId::parse(&format!("a{}", "b".repeat(62))).unwrap();
-        let long_b = TenantId::parse(&format!("a{}c", "b".repeat(61))).unwrap();
+        let long_a = Slug::parse(&format!("a{}", "b".repeat(62))).unwrap();
+        let long_b = Slug::parse(&format!("a{}c", "b".repeat(61))).unwrap();
         let a = schema_name(&long_a);
         let b = schema_name(&long_b);
         assert!(a.len() <= 63 && b.len() <= 63);
         assert_ne!(a, b);
-        assert_eq!(schema_name(&TenantId::parse("acme").unwrap()), "t_acme");
+        assert_eq!(schema_name(&Slug::parse("acme").unwrap()), "t_acme");
         let d = database_name("tt_0123456789ab", &long_a);
         assert!(d.len() <= 63, "{d}");
     }

@@ -22,7 +22,7 @@ use super::migrate::{self, apply_in, grants_sql, steps};
 use super::placement::DEFAULT_SERVER;
 use super::roles::quote_ident;
 use super::{Database, DbError, Placement, CONTROL_SCHEMA, SHARED_SCHEMA};
-use crate::tenant::TenantId;
+use crate::tenant::{Slug, Tenant, TenantId};
 
 /// Advisory lock serialising template work (per deployment, taken in the control database).
 const TEMPLATE_LOCK: i64 = 727263003;
@@ -153,7 +153,7 @@ pub async fn server_names(db: &Database) -> Result<Vec<String>, DbError> {
 /// Creates a tenant's storage (idempotent). Returns the migration version it is at.
 pub async fn create_storage(
     db: &Database,
-    slug: &TenantId,
+    slug: &Slug,
     placement: &Placement,
 ) -> Result<i32, DbError> {
     match placement {
@@ -291,13 +291,9 @@ pub async fn prepare_tenant_database(
 }
 
 /// Removes a tenant's storage (idempotent: removing what is already gone succeeds).
-pub async fn drop_storage(
-    db: &Database,
-    slug: &TenantId,
-    placement: &Placement,
-) -> Result<(), DbError> {
-    match placement {
-        Placement::Shared => delete_shared_rows(db, slug).await,
+pub async fn drop_storage(db: &Database, tenant: &Tenant) -> Result<(), DbError> {
+    match &tenant.placement {
+        Placement::Shared => delete_shared_rows(db, &tenant.id).await,
         Placement::Schema { schema } => {
             // The schema and its ledger go together, so a tenant re-created under the same
             // slug gets its tables again.
@@ -332,7 +328,7 @@ pub async fn drop_storage(
 }
 
 /// Deletes a tenant's rows from every shared table, children before parents.
-async fn delete_shared_rows(db: &Database, slug: &TenantId) -> Result<(), DbError> {
+async fn delete_shared_rows(db: &Database, tenant: &TenantId) -> Result<(), DbError> {
     let mut client = db.control().get().await?;
     let tx = client.transaction().await?;
     // Which tables reference which (within the schema).
@@ -359,7 +355,7 @@ async fn delete_shared_rows(db: &Database, slug: &TenantId) -> Result<(), DbErro
     .await?;
     tx.execute(
         "SELECT set_config('app.tenant_id', $1, true)",
-        &[&slug.as_str()],
+        &[&tenant.as_str()],
     )
     .await?;
     while !referenced_by.is_empty() {
@@ -380,7 +376,7 @@ async fn delete_shared_rows(db: &Database, slug: &TenantId) -> Result<(), DbErro
                     quote_ident(SHARED_SCHEMA),
                     quote_ident(&table)
                 ),
-                &[&slug.as_str()],
+                &[&tenant.as_str()],
             )
             .await?;
             referenced_by.remove(&table);

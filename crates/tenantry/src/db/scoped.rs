@@ -303,7 +303,13 @@ pub struct TenantDb<'a> {
     db: &'a Database,
     tenant: &'a Tenant,
     limits: &'a TenantLimits,
+    /// Where the transactions run: the tenant's placement, or, for the tenant's rows in the
+    /// control plane's tables, the runtime pool of the control database.
+    placement: &'a Placement,
 }
+
+/// The placement of the control plane's tenant-keyed tables (the runtime pool, no schema).
+static CONTROL_ROWS: Placement = Placement::Shared;
 
 /// A pooled connection from whichever pool serves the tenant's placement.
 enum Conn {
@@ -335,7 +341,27 @@ impl Conn {
 
 impl<'a> TenantDb<'a> {
     pub(crate) fn new(db: &'a Database, tenant: &'a Tenant, limits: &'a TenantLimits) -> Self {
-        Self { db, tenant, limits }
+        Self {
+            db,
+            tenant,
+            limits,
+            placement: &tenant.placement,
+        }
+    }
+
+    /// The tenant's rows in the control database's tenant-keyed tables (see
+    /// [`crate::TenantContext`]'s `control_rows`).
+    pub(crate) fn control_rows(
+        db: &'a Database,
+        tenant: &'a Tenant,
+        limits: &'a TenantLimits,
+    ) -> Self {
+        Self {
+            db,
+            tenant,
+            limits,
+            placement: &CONTROL_ROWS,
+        }
     }
 
     /// Starts a scoped transaction. Nothing is sent until the first statement, which then
@@ -348,19 +374,19 @@ impl<'a> TenantDb<'a> {
         let share = |db: &Database| {
             ((db.runtime_max() as f64 * self.limits.connection_share).ceil() as usize).max(1)
         };
-        let (conn, search_path, permit) = match &self.tenant.placement {
+        let (conn, search_path, permit) = match self.placement {
             Placement::Shared | Placement::Schema { .. } => {
                 let permit = self
                     .db
                     .connection_shares()
-                    .acquire(&self.tenant.slug, share(self.db), self.db.wait_timeout())
+                    .acquire(&self.tenant.id, share(self.db), self.db.wait_timeout())
                     .await
                     .ok_or_else(|| {
                         DbError::Unavailable(
                             "the tenant holds its full share of database connections".into(),
                         )
                     })?;
-                let (lane, path) = match &self.tenant.placement {
+                let (lane, path) = match self.placement {
                     Placement::Schema { schema } => (
                         self.db.lane_for_schema(schema),
                         Some(super::roles::quote_ident(schema)),
@@ -377,7 +403,7 @@ impl<'a> TenantDb<'a> {
         };
         Ok(ScopedTx {
             conn,
-            tenant: self.tenant.slug.clone(),
+            tenant: self.tenant.id.clone(),
             search_path,
             timeout: self.limits.statement_timeout,
             state: TxState::Fresh,
@@ -392,7 +418,7 @@ impl<'a> TenantDb<'a> {
     /// PostgreSQL instead of four. Everything else pipelines `BEGIN`, the settings, the
     /// statement and `COMMIT`.
     pub async fn run(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>, DbError> {
-        if !matches!(self.tenant.placement, Placement::Schema { .. }) {
+        if !matches!(self.placement, Placement::Schema { .. }) {
             let form = single_statement(sql);
             if let Some(single) = form.single {
                 if !form.scoped {

@@ -19,7 +19,7 @@ use crate::ratelimit::Decision;
 
 use crate::resolve::ResolveError;
 use crate::tenancy::Tenancy;
-use crate::tenant::TenantId;
+use crate::tenant::Slug;
 
 /// Adds tenant resolution in front of a service.
 #[derive(Clone)]
@@ -108,7 +108,7 @@ pub enum Scoped {
     /// Resolution succeeded and the inner service answered in this context.
     Served(TenantContext),
     /// Resolution refused the request (problem+json); the tenant, where a limit refused it.
-    Refused(Option<TenantId>),
+    Refused(Option<Slug>),
 }
 
 /// One request through tenant resolution, as [`TenancyService`] runs it: resolves the tenant,
@@ -138,7 +138,7 @@ where
     };
     match resolved {
         Ok(ctx) => {
-            tracing::Span::current().record("tenant_id", ctx.tenant_id().as_str());
+            tracing::Span::current().record("tenant_id", ctx.slug().as_str());
             parts.extensions.insert(ctx.clone());
             let mut res = inner(Request::from_parts(parts, body)).await?;
             if let Some((policy, d)) = ctx.rate_decision() {

@@ -57,6 +57,10 @@ impl From<ResolveError> for Problem {
                 .with_retry_after(1);
             }
             ResolveError::Unavailable => return Problem::unavailable(&e),
+            ResolveError::TooManyFailures { retry_after_secs } => {
+                return Problem::new(ErrorCode::RateLimited, e.to_string())
+                    .with_retry_after(*retry_after_secs);
+            }
             ResolveError::UnknownTenant => ErrorCode::NotFound,
         };
         Problem::new(code, e.to_string())

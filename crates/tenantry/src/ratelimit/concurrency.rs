@@ -58,6 +58,14 @@ impl TenantSemaphores {
             .unwrap_or(0)
     }
 
+    /// Forgets a tenant (its deletion); permits still held drain as their holders finish.
+    pub fn forget(&self, tenant: &TenantId) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+    }
+
     /// Forgets tenants with nothing in use.
     pub fn sweep(&self) {
         self.map

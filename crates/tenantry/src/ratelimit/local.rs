@@ -108,6 +108,14 @@ impl RateLimiter {
         }
     }
 
+    /// Forgets everything held for a tenant (its deletion).
+    pub fn forget(&self, tenant: &TenantId) {
+        self.shards[self.shard_of(tenant)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(tenant);
+    }
+
     /// Drops buckets whose arrival time has passed (they hold no information), and tenants
     /// left with no bucket and no usage of the last two days (windows are at most a month,
     /// and a tenant that is still active has a newer window anyway).

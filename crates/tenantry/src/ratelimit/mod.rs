@@ -10,6 +10,7 @@
 //! if configured fail-closed, refuses with 503; it tries Redis again after a short pause and
 //! recovers by itself.
 
+pub mod auth_failures;
 pub mod concurrency;
 pub mod local;
 pub mod redis;
@@ -181,6 +182,18 @@ impl Limiter {
             }
         }
         self.local.usage(tenant, quota)
+    }
+
+    /// Forgets a tenant's buckets and usage, here and in Redis (its deletion). A Redis that is
+    /// down keeps them until their windows expire; they are keyed by the deleted tenant's id,
+    /// which no other tenant is ever given.
+    pub async fn forget(&self, tenant: &TenantId) {
+        self.local.forget(tenant);
+        if let Some(r) = &self.redis {
+            if let Err(e) = r.forget(tenant).await {
+                tracing::warn!(error = %e, %tenant, "could not remove a deleted tenant's limiter state from Redis");
+            }
+        }
     }
 
     /// One warning per five seconds at most: a dead Redis must not flood the log.

@@ -109,6 +109,39 @@ impl RedisLimiter {
         })
     }
 
+    /// Deletes every bucket and usage window of a tenant (its deletion). Keys are found with
+    /// `SCAN` over the tenant's own pattern, so other tenants' keys are never touched.
+    pub async fn forget(&self, tenant: &TenantId) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        for pattern in [
+            format!("{}:rl:{tenant}:*", self.namespace),
+            format!("{}:usage:{tenant}:*", self.namespace),
+        ] {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await?;
+                if !keys.is_empty() {
+                    redis::cmd("DEL")
+                        .arg(&keys)
+                        .query_async::<()>(&mut conn)
+                        .await?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
+    }
+
     pub async fn usage(
         &self,
         tenant: &TenantId,

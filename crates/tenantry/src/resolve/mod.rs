@@ -19,7 +19,7 @@ pub mod path;
 pub mod proxy;
 pub mod subdomain;
 
-use crate::tenant::TenantId;
+use crate::tenant::Slug;
 
 /// Where a tenant hint came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,16 +60,19 @@ pub enum ResolveError {
     RateLimited {
         decision: crate::ratelimit::Decision,
         policy: String,
-        tenant: TenantId,
+        tenant: Slug,
     },
     #[error("too many requests in flight for this tenant")]
     TooManyInFlight {
         decision: crate::ratelimit::Decision,
         policy: String,
-        tenant: TenantId,
+        tenant: Slug,
     },
     #[error("tenant lookups unavailable")]
     Unavailable,
+    /// The client address has failed to authenticate too often; nothing was verified.
+    #[error("too many failed authentications from this address; retry later")]
+    TooManyFailures { retry_after_secs: u64 },
     /// Public routes only: the subdomain names no tenant that exists.
     #[error("no such tenant")]
     UnknownTenant,
@@ -122,7 +125,7 @@ impl Default for ResolverConfig {
 pub fn hints(
     parts: &http::request::Parts,
     cfg: &ResolverConfig,
-) -> Result<Vec<(HintSource, TenantId)>, ResolveError> {
+) -> Result<Vec<(HintSource, Slug)>, ResolveError> {
     let mut out = Vec::new();
     if let Some(t) = subdomain_hint(parts, cfg)? {
         out.push((HintSource::Subdomain, t));
@@ -139,10 +142,7 @@ pub fn hints(
 }
 
 /// Checks that every hint names `tenant`.
-pub fn check_hints(
-    hints: &[(HintSource, TenantId)],
-    tenant: &TenantId,
-) -> Result<(), ResolveError> {
+pub fn check_hints(hints: &[(HintSource, Slug)], tenant: &Slug) -> Result<(), ResolveError> {
     match hints.iter().find(|(_, t)| t != tenant) {
         Some((src, _)) => Err(ResolveError::Mismatch(src.as_str())),
         None => Ok(()),
@@ -153,12 +153,10 @@ pub fn check_hints(
 pub fn subdomain_hint(
     parts: &http::request::Parts,
     cfg: &ResolverConfig,
-) -> Result<Option<TenantId>, ResolveError> {
+) -> Result<Option<Slug>, ResolveError> {
     let Some(base) = &cfg.base_domain else {
         return Ok(None);
     };
-    match proxy::effective_host(parts, &cfg.trusted_proxies) {
-        Some(host) => subdomain::from_host(host, base, &cfg.ignored_subdomains),
-        None => subdomain::hint(parts, base, &cfg.ignored_subdomains),
-    }
+    let forwarded = proxy::effective_host(parts, &cfg.trusted_proxies);
+    subdomain::hint(parts, forwarded, base, &cfg.ignored_subdomains)
 }

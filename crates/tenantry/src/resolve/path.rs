@@ -1,15 +1,15 @@
 //! The path hint: `/v1/tenants/acme/...` names tenant `acme`.
 
 use super::ResolveError;
-use crate::tenant::TenantId;
+use crate::tenant::Slug;
 
 /// The tenant named by the segment after `prefix`, if the path starts with it.
-pub fn hint(path: &str, prefix: &str) -> Result<Option<TenantId>, ResolveError> {
+pub fn hint(path: &str, prefix: &str) -> Result<Option<Slug>, ResolveError> {
     let Some(rest) = path.strip_prefix(prefix) else {
         return Ok(None);
     };
     let segment = rest.split('/').next().unwrap_or_default();
-    TenantId::parse(segment)
+    Slug::parse(segment)
         .map(Some)
         .map_err(|_| ResolveError::InvalidTenant("path"))
 }

@@ -70,6 +70,30 @@ impl Cidr {
     }
 }
 
+/// The client's address: the TCP peer's, or, when the peer is a trusted proxy, the last
+/// `X-Forwarded-For` entry (the address the proxy itself saw; earlier entries came from the
+/// client and prove nothing). `None` without a peer address (a test calling a service directly).
+pub fn client_addr(parts: &Parts, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())?;
+    if trusted.iter().any(|c| c.contains(peer)) {
+        let forwarded = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.rsplit(',').next())
+            .and_then(|last| last.trim().parse::<IpAddr>().ok());
+        if let Some(ip) = forwarded {
+            return Some(ip);
+        }
+    }
+    Some(peer)
+}
+
 /// The host to resolve subdomains from: the forwarded one if the peer is trusted, else `Host`.
 pub fn effective_host<'a>(parts: &'a Parts, trusted: &[Cidr]) -> Option<&'a str> {
     if !trusted.is_empty() {

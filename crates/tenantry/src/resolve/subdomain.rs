@@ -1,43 +1,66 @@
 //! The subdomain hint: `acme.<base domain>` names tenant `acme`.
 //!
-//! Only the `Host` header (or, for HTTP/2, the URI authority) is read. `X-Forwarded-Host` is
-//! ignored: any client can send it, so believing it would let a request claim any subdomain.
+//! The host is read from the `Host` header and from the request target's authority (HTTP/2's
+//! `:authority`, or an HTTP/1.1 absolute-form target such as `GET http://acme.example.com/…`),
+//! however it is spelled: case and one trailing dot (`ACME.example.com.`) do not change the
+//! tenant. Each names a tenant hint of its own, and when both name one they must agree (a
+//! request cannot show one tenant to a proxy and another to us). Two `Host` headers are refused
+//! (RFC 9112: 400). `X-Forwarded-Host` is ignored here: any client can send it (see
+//! [`super::proxy`] for trusted proxies).
 
 use http::request::Parts;
 
 use super::ResolveError;
-use crate::tenant::TenantId;
+use crate::tenant::Slug;
 
 const WHAT: &str = "subdomain";
 
-/// The tenant named by the host, if the host is a subdomain of `base`.
+/// The tenant named by the host, if the host is a subdomain of `base`: the `Host` header's
+/// (or `forwarded`, a trusted proxy's forwarded host, in its place) and the request target's.
 pub fn hint(
     parts: &Parts,
+    forwarded: Option<&str>,
     base: &str,
     ignored: &[String],
-) -> Result<Option<TenantId>, ResolveError> {
-    let host = match parts.headers.get(http::header::HOST) {
-        Some(v) => v
-            .to_str()
-            .map_err(|_| ResolveError::BadHeader("the Host header is not valid text"))?,
-        None => match parts.uri.host() {
-            Some(h) => h,
-            None => return Ok(None),
-        },
+) -> Result<Option<Slug>, ResolveError> {
+    let mut hosts = parts.headers.get_all(http::header::HOST).iter();
+    let header = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ResolveError::BadHeader("more than one Host header"));
+    }
+    let header = match (forwarded, header) {
+        (Some(f), _) => Some(f),
+        (None, Some(v)) => Some(
+            v.to_str()
+                .map_err(|_| ResolveError::BadHeader("the Host header is not valid text"))?,
+        ),
+        (None, None) => None,
     };
-    from_host(host, base, ignored)
+    let from_header = header
+        .map(|h| from_host(h, base, ignored))
+        .transpose()?
+        .flatten();
+    let from_target = parts
+        .uri
+        .host()
+        .map(|h| from_host(h, base, ignored))
+        .transpose()?
+        .flatten();
+    match (from_header, from_target) {
+        (Some(a), Some(b)) if a != b => Err(ResolveError::Mismatch("request target's host")),
+        (a, b) => Ok(a.or(b)),
+    }
 }
 
 /// Parses a `Host` value against the base domain.
-pub fn from_host(
-    host: &str,
-    base: &str,
-    ignored: &[String],
-) -> Result<Option<TenantId>, ResolveError> {
+pub fn from_host(host: &str, base: &str, ignored: &[String]) -> Result<Option<Slug>, ResolveError> {
     if !host.is_ascii() {
         return Err(ResolveError::BadHeader("the Host header is not ASCII"));
     }
     let host = strip_port(host);
+    // `acme.example.com.` is the same name, fully qualified.
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let base = base.strip_suffix('.').unwrap_or(base);
     if host.len() <= base.len() + 1 {
         return Ok(None);
     }
@@ -49,7 +72,7 @@ pub fn from_host(
     if ignored.iter().any(|i| i.eq_ignore_ascii_case(&label)) {
         return Ok(None);
     }
-    TenantId::parse(&label)
+    Slug::parse(&label)
         .map(Some)
         .map_err(|_| ResolveError::InvalidTenant(WHAT))
 }
@@ -86,5 +109,9 @@ mod tests {
         assert_eq!(h("a.b.localhost"), Err(ResolveError::InvalidTenant(WHAT)));
         assert_eq!(h("a_b.localhost"), Err(ResolveError::InvalidTenant(WHAT)));
         assert_eq!(h(".localhost"), Ok(None));
+        assert_eq!(h("acme.localhost."), Ok(Some("acme".into())));
+        assert_eq!(h("acme.localhost.:8080"), Ok(Some("acme".into())));
+        assert_eq!(h("localhost."), Ok(None));
+        assert_eq!(h("acme.localhost.."), Ok(None));
     }
 }
