@@ -672,6 +672,19 @@ impl Server {
         }
     }
 
+    /// A GET with a bearer token, as text (the metrics).
+    pub(crate) async fn get_text(&self, path: &str, auth: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.addr))
+            .bearer_auth(auth)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub(crate) async fn post(&self, path: &str, auth: &str, body: Value) -> Value {
         self.http
             .post(format!("{}{path}", self.addr))

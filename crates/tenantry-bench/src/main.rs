@@ -125,6 +125,17 @@ enum Scenario {
     },
     /// A cache hit against the database read it saves.
     Cache,
+    /// A legitimate tenant's reads alone and while one client floods forged API keys, and the
+    /// catalog lookups the flood costs.
+    ForgedKeys {
+        /// Seconds per run (runs alternate alone / under the flood).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+    },
     /// A quiet tenant's latency alone and while a noisy tenant floods slow queries.
     NoisyNeighbour {
         /// Seconds per phase.
@@ -335,6 +346,24 @@ async fn main() {
                 std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
             let t = limits::limiter(scale(2_000_000, 1000), scale(20_000, 64), &url).await;
             report::publish("limiter", &format!("smoke={smoke}"), &[t]);
+        }
+        Scenario::ForgedKeys {
+            seconds,
+            rounds,
+            clients,
+        } => {
+            let (secs, rounds) = if smoke { (1, 1) } else { (seconds, rounds) };
+            let t = tenantry_bench::forged::forged_keys(
+                std::time::Duration::from_secs(secs),
+                rounds,
+                clients,
+            )
+            .await;
+            report::publish(
+                "forged-keys",
+                &format!("seconds={secs} rounds={rounds} clients={clients} smoke={smoke}"),
+                &[t],
+            );
         }
         Scenario::NoisyNeighbour { seconds } => {
             let secs = if smoke { 1 } else { seconds };

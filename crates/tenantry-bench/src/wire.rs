@@ -56,6 +56,9 @@ pub struct Conn {
     authority: String,
     stream: Option<TcpStream>,
     buf: Vec<u8>,
+    /// The local address to connect from (another loopback address makes another client
+    /// address for the server); the system's choice when `None`.
+    local: Option<std::net::IpAddr>,
 }
 
 /// Longest a response may take before the request counts as failed (status 0).
@@ -67,11 +70,20 @@ impl Default for Conn {
             authority: String::new(),
             stream: None,
             buf: Vec::with_capacity(16 * 1024),
+            local: None,
         }
     }
 }
 
 impl Conn {
+    /// A connection made from `local` (for example `127.0.0.2`, to be another client).
+    pub fn from_address(local: std::net::IpAddr) -> Self {
+        Self {
+            local: Some(local),
+            ..Self::default()
+        }
+    }
+
     /// Sends `w` and reads the whole response; its status, or 0 when the exchange failed (the
     /// connection is then dropped and the next request opens a new one).
     pub async fn send(&mut self, w: &Wire) -> u16 {
@@ -86,7 +98,18 @@ impl Conn {
 
     async fn exchange(&mut self, w: &Wire) -> std::io::Result<u16> {
         if self.stream.is_none() || self.authority != w.authority {
-            let s = TcpStream::connect(&w.authority).await?;
+            let s = match self.local {
+                None => TcpStream::connect(&w.authority).await?,
+                Some(local) => {
+                    let peer = tokio::net::lookup_host(&w.authority)
+                        .await?
+                        .next()
+                        .ok_or_else(|| invalid("no address"))?;
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(std::net::SocketAddr::new(local, 0))?;
+                    socket.connect(peer).await?
+                }
+            };
             s.set_nodelay(true)?;
             self.stream = Some(s);
             self.authority.clone_from(&w.authority);

@@ -38,6 +38,19 @@ async fn limit_scenarios_run() {
 }
 
 #[tokio::test]
+async fn forged_key_scenario_runs() {
+    let t = tenantry_bench::forged::forged_keys(std::time::Duration::from_millis(300), 1, 2).await;
+    assert_eq!(t.rows.len(), 3);
+    for flooded in &t.rows[1..] {
+        assert_eq!(
+            flooded[6], "0.0000",
+            "forged keys cost no lookup: {:?}",
+            t.rows
+        );
+    }
+}
+
+#[tokio::test]
 async fn job_and_cache_scenarios_run() {
     let t = tenantry_bench::jobs::throughput(20, &[1, 3], 2).await;
     assert_eq!(t.rows.len(), 2);

@@ -110,6 +110,16 @@ impl Metrics {
         }
     }
 
+    /// Drops a deleted tenant's series, so that a tenant that takes its slug starts its own
+    /// counts. (What it counted stays in the `other` and route totals.)
+    pub fn forget(&self, tenant: &Slug) {
+        let mut m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((requests, limited)) = m.tenants.remove(tenant) {
+            m.folded.0 += requests;
+            m.folded.1 += limited;
+        }
+    }
+
     /// The exposition text, with `extra` samples appended.
     pub fn render(&self, extra: &[Sample]) -> String {
         let m = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -246,6 +256,20 @@ fn esc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forgotten_tenant_starts_again_from_nothing() {
+        let m = Metrics::new();
+        let t = Slug::parse("acme").unwrap();
+        for _ in 0..3 {
+            m.record("/v1/orders", "GET", 200, Duration::from_millis(1), Some(&t));
+        }
+        m.forget(&t);
+        m.record("/v1/orders", "GET", 200, Duration::from_millis(1), Some(&t));
+        let text = m.render(&[]);
+        assert!(text.contains("tenantry_tenant_requests_total{tenant=\"acme\"} 1"));
+        assert!(text.contains("tenantry_tenant_requests_total{tenant=\"other\"} 3"));
+    }
 
     #[test]
     fn tenants_beyond_the_top_are_folded_into_other() {

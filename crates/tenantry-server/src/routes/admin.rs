@@ -400,6 +400,7 @@ pub async fn delete_tenant(
     if let Some(gone) = lifecycle::delete(state.tenancy.catalog(), &slug, &actor).await? {
         state.cache.flush_tenant(&gone.id).await;
         state.tenancy.forget_tenant(&gone.id).await;
+        state.metrics.forget(&gone.slug);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(tenant_not_found())
