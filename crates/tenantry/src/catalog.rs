@@ -253,9 +253,28 @@ impl Catalog {
     /// cached too, so their repeated use costs nothing either. (A hit allocates nothing; the
     /// load is boxed, as for [`tenant`](Self::tenant).)
     pub async fn key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
+        self.key_if(prefix, || true).await
+    }
+
+    /// [`key`](Self::key), where the catalog is read only if `may_load` says so when the key
+    /// is not cached: resolution passes the presented key's checksum there, so a cached key
+    /// costs no checksum (its stored hash decides) and a forged one costs no lookup, nor a
+    /// cache entry.
+    pub async fn key_if(
+        &self,
+        prefix: &str,
+        may_load: impl FnOnce() -> bool,
+    ) -> Result<Option<Arc<KeyRecord>>, DbError> {
         self.hot_keys
             .through(&self.keys, prefix, str::to_owned, || {
-                Box::pin(self.load_key(prefix))
+                let load = may_load();
+                Box::pin(async move {
+                    if load {
+                        self.load_key(prefix).await
+                    } else {
+                        Ok(None)
+                    }
+                })
             })
             .await
     }

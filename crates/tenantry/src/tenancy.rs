@@ -266,14 +266,17 @@ impl Tenancy {
     /// A client address that has failed to authenticate too often is refused before its
     /// credential is verified ([`crate::ratelimit::auth_failures`]).
     pub async fn resolve(&self, parts: &Parts) -> Result<TenantContext, ResolveError> {
+        let failures = &self.inner.auth_failures;
         let client =
-            resolve::proxy::client_addr(parts, &self.inner.config.resolver.trusted_proxies);
-        if let Some(retry_after_secs) = client.and_then(|ip| self.inner.auth_failures.blocked(ip)) {
-            return Err(ResolveError::TooManyFailures { retry_after_secs });
+            || resolve::proxy::client_addr(parts, &self.inner.config.resolver.trusted_proxies);
+        if failures.any() {
+            if let Some(retry_after_secs) = client().and_then(|ip| failures.blocked(ip)) {
+                return Err(ResolveError::TooManyFailures { retry_after_secs });
+            }
         }
         let r = self.resolve_credentialed(parts).await;
-        if let (Err(ResolveError::InvalidCredentials), Some(ip)) = (&r, client) {
-            self.inner.auth_failures.record(ip);
+        if let (Err(ResolveError::InvalidCredentials), Some(ip)) = (&r, client()) {
+            failures.record(ip);
         }
         r
     }
@@ -333,11 +336,11 @@ impl Tenancy {
 
     async fn verify_key(&self, text: &str) -> Result<(Slug, TenantId, Principal), ResolveError> {
         let check = self.inner.catalog.database().key_check();
-        let key = PresentedKey::parse(text, check).map_err(|_| ResolveError::InvalidCredentials)?;
+        let key = PresentedKey::parse_format(text).map_err(|_| ResolveError::InvalidCredentials)?;
         let rec = self
             .inner
             .catalog
-            .key(key.prefix())
+            .key_if(key.prefix(), || key.checksum_ok(check))
             .await
             .map_err(|_| ResolveError::Unavailable)?
             .ok_or(ResolveError::InvalidCredentials)?;

@@ -94,6 +94,7 @@ pub struct NewKey {
 /// A syntactically valid key presented by a client.
 #[derive(Debug, Clone, Copy)]
 pub struct PresentedKey<'a> {
+    text: &'a str,
     prefix: &'a str,
     secret: &'a str,
 }
@@ -126,6 +127,18 @@ impl NewKey {
 impl<'a> PresentedKey<'a> {
     /// Parses and checksums a key. No allocation, no lookup.
     pub fn parse(s: &'a str, check: &KeyCheck) -> Result<Self, KeyFormatError> {
+        let key = Self::parse_format(s)?;
+        if key.checksum_ok(check) {
+            Ok(key)
+        } else {
+            Err(KeyFormatError::Checksum)
+        }
+    }
+
+    /// Parses a key's format alone. Its checksum must then be checked
+    /// ([`checksum_ok`](Self::checksum_ok)) before anything is looked up for it; a caller that
+    /// finds the prefix already cached may skip it, because the stored hash decides then.
+    pub fn parse_format(s: &'a str) -> Result<Self, KeyFormatError> {
         let b = s.as_bytes();
         if b.len() != KEY_LEN
             || !s.starts_with("tk_")
@@ -135,17 +148,19 @@ impl<'a> PresentedKey<'a> {
         {
             return Err(KeyFormatError::Malformed);
         }
-        let (body, digits) = s.split_at(KEY_LEN - CHECK_LEN);
-        let prefix = &s[3..3 + PREFIX_LEN];
-        let keyed = bool::from(check.digits(body).ct_eq(digits.as_bytes()));
-        let legacy = crc_digits(body) == digits.as_bytes() && check.legacy.contains(prefix);
-        if !(keyed || legacy) {
-            return Err(KeyFormatError::Checksum);
-        }
         Ok(Self {
-            prefix,
-            secret: &body[4 + PREFIX_LEN..],
+            text: s,
+            prefix: &s[3..3 + PREFIX_LEN],
+            secret: &s[4 + PREFIX_LEN..KEY_LEN - CHECK_LEN],
         })
+    }
+
+    /// Whether the key's checksum is the deployment's (or, for a key issued before the keyed
+    /// checksum, its CRC-32 one).
+    pub fn checksum_ok(&self, check: &KeyCheck) -> bool {
+        let (body, digits) = self.text.split_at(KEY_LEN - CHECK_LEN);
+        let keyed = bool::from(check.digits(body).ct_eq(digits.as_bytes()));
+        keyed || (crc_digits(body) == digits.as_bytes() && check.legacy.contains(self.prefix))
     }
 
     /// The lookup id.

@@ -62,9 +62,15 @@ impl AuthFailures {
         (debt - now.duration_since(since).as_secs_f64() * self.limit.per_second).max(0.0)
     }
 
+    /// Whether any address owes failures (nearly always false: then a request needs not even
+    /// find its client address).
+    pub fn any(&self) -> bool {
+        self.tracked.load(Ordering::Relaxed) > 0
+    }
+
     /// `Some(seconds to wait)` when `ip` has used its budget.
     pub fn blocked(&self, ip: IpAddr) -> Option<u64> {
-        if self.tracked.load(Ordering::Relaxed) == 0 {
+        if !self.any() {
             return None;
         }
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
