@@ -220,28 +220,8 @@ impl TenantCache {
         if let Some((conn, ns)) = &self.redis {
             let mut conn = conn.clone();
             let pattern = format!("{ns}:cache:{tenant}:*");
-            let mut cursor: u64 = 0;
-            loop {
-                let r: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn)
-                    .await;
-                let Ok((next, keys)) = r else {
-                    tracing::warn!("cache: could not flush a tenant in Redis; the TTL bounds it");
-                    break;
-                };
-                if !keys.is_empty() {
-                    let _: Result<(), _> =
-                        redis::cmd("UNLINK").arg(&keys).query_async(&mut conn).await;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+            if let Err(e) = crate::ratelimit::redis::unlink_matching(&mut conn, &pattern).await {
+                tracing::warn!(error = %e, "cache: could not flush a tenant in Redis; the TTL bounds it");
             }
         }
         self.flush_local(tenant);

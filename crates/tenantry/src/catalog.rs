@@ -200,37 +200,60 @@ impl Catalog {
             .await
     }
 
-    /// The single-flight load behind [`tenant`](Self::tenant). moka keeps what a load returns
-    /// even when an invalidation arrived while the load was reading the catalog, so a load
-    /// that saw the front's generation move (every invalidation moves it) evicts what it put
-    /// and loads again; a value read before a change is never kept past it.
+    /// The single-flight load behind [`tenant`](Self::tenant) ([`load_fresh`](Self::load_fresh)).
     async fn load_tenant(&self, slug: &Slug) -> Result<Option<Arc<Tenant>>, DbError> {
+        let load = |db: Database, s: Slug| async move {
+            let client = db.runtime().get().await?;
+            let stmt = client
+                .prepare_cached(&format!(
+                    "SELECT {TENANT_COLS} FROM tenantry.tenants WHERE slug = $1"
+                ))
+                .await?;
+            let row = client.query_opt(&stmt, &[&s.as_str()]).await?;
+            Ok(row.map(|r| Arc::new(tenant_from_row(&r))))
+        };
+        self.load_fresh(&self.hot_tenants, &self.tenants, slug.clone(), || {
+            load(self.db.clone(), slug.clone())
+        })
+        .await
+    }
+
+    /// One single-flight load into `cache`, kept only if no invalidation arrived while it was
+    /// in flight. moka keeps what a load returns even when the entry was invalidated during
+    /// the load, so a load that saw the front's generation move (every invalidation moves it)
+    /// evicts what it put and loads again: a value read before a change is never kept past
+    /// it. (After three tries the last answer is returned uncached.)
+    async fn load_fresh<K, Q, V, Fut>(
+        &self,
+        front: &Front<Q, V>,
+        cache: &Cache<K, Option<Arc<V>>>,
+        key: K,
+        load: impl Fn() -> Fut,
+    ) -> Result<Option<Arc<V>>, DbError>
+    where
+        K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+        Q: std::hash::Hash + Eq + Send,
+        V: Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Option<Arc<V>>, DbError>> + Send,
+    {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let generation = self.hot_tenants.generation();
-            let db = self.db.clone();
-            let s = slug.clone();
+            let generation = front.generation();
             let delay = self.load_delay_ms.clone();
-            let found = self
-                .tenants
-                .try_get_with(slug.clone(), async move {
-                    let client = db.runtime().get().await?;
-                    let stmt = client
-                        .prepare_cached(&format!(
-                            "SELECT {TENANT_COLS} FROM tenantry.tenants WHERE slug = $1"
-                        ))
-                        .await?;
-                    let row = client.query_opt(&stmt, &[&s.as_str()]).await?;
+            let read = load();
+            let found = cache
+                .try_get_with(key.clone(), async move {
+                    let found = read.await;
                     Self::load_pause(&delay).await;
-                    Ok::<_, DbError>(row.map(|r| Arc::new(tenant_from_row(&r))))
+                    found
                 })
                 .await
                 .map_err(flatten)?;
-            if self.hot_tenants.generation() == generation {
+            if front.generation() == generation {
                 return Ok(found);
             }
-            self.tenants.invalidate(slug).await;
+            cache.invalidate(&key).await;
             if attempts == 3 {
                 return Ok(found);
             }
@@ -279,57 +302,38 @@ impl Catalog {
             .await
     }
 
-    /// The single-flight load behind [`key`](Self::key), checked against invalidations that
-    /// arrive while it is in flight as in [`load_tenant`](Self::load_tenant): a key revoked
-    /// during its first lookup is never kept as live.
+    /// The single-flight load behind [`key`](Self::key) ([`load_fresh`](Self::load_fresh)): a
+    /// key revoked during its first lookup is never kept as live.
     async fn load_key(&self, prefix: &str) -> Result<Option<Arc<KeyRecord>>, DbError> {
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let generation = self.hot_keys.generation();
-            let db = self.db.clone();
-            let p = prefix.to_owned();
-            let delay = self.load_delay_ms.clone();
-            let lookups = self.key_lookups.clone();
-            let found = self
-                .keys
-                .try_get_with(prefix.to_owned(), async move {
-                    lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let client = db.runtime().get().await?;
-                    let stmt = client
-                        .prepare_cached(
-                            "SELECT k.id, t.slug, k.secret_hash, k.scopes, k.expires_at,
-                                    k.revoked_at IS NOT NULL, k.tenant_id
-                             FROM tenantry.api_keys k JOIN tenantry.tenants t ON t.id = k.tenant_id
-                             WHERE k.prefix = $1",
-                        )
-                        .await?;
-                    let row = client.query_opt(&stmt, &[&p]).await?;
-                    Self::load_pause(&delay).await;
-                    Ok::<_, DbError>(row.map(|r| {
-                        let scopes: Vec<String> = r.get(3);
-                        Arc::new(KeyRecord {
-                            id: r.get(0),
-                            tenant: Slug::parse(r.get(1)).expect("catalog CHECK keeps slugs valid"),
-                            tenant_id: TenantId::parse(r.get(6))
-                                .expect("catalog CHECK keeps ids valid"),
-                            hash: r.get(2),
-                            scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-                            expires_at: r.get(4),
-                            revoked: r.get(5),
-                        })
-                    }))
+        let load = |db: Database, p: String, lookups: Arc<std::sync::atomic::AtomicU64>| async move {
+            lookups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let client = db.runtime().get().await?;
+            let stmt = client
+                .prepare_cached(
+                    "SELECT k.id, t.slug, k.secret_hash, k.scopes, k.expires_at,
+                            k.revoked_at IS NOT NULL, k.tenant_id
+                     FROM tenantry.api_keys k JOIN tenantry.tenants t ON t.id = k.tenant_id
+                     WHERE k.prefix = $1",
+                )
+                .await?;
+            let row = client.query_opt(&stmt, &[&p]).await?;
+            Ok(row.map(|r| {
+                let scopes: Vec<String> = r.get(3);
+                Arc::new(KeyRecord {
+                    id: r.get(0),
+                    tenant: Slug::parse(r.get(1)).expect("catalog CHECK keeps slugs valid"),
+                    tenant_id: TenantId::parse(r.get(6)).expect("catalog CHECK keeps ids valid"),
+                    hash: r.get(2),
+                    scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+                    expires_at: r.get(4),
+                    revoked: r.get(5),
                 })
-                .await
-                .map_err(flatten)?;
-            if self.hot_keys.generation() == generation {
-                return Ok(found);
-            }
-            self.keys.invalidate(prefix).await;
-            if attempts == 3 {
-                return Ok(found);
-            }
-        }
+            }))
+        };
+        self.load_fresh(&self.hot_keys, &self.keys, prefix.to_owned(), || {
+            load(self.db.clone(), prefix.to_owned(), self.key_lookups.clone())
+        })
+        .await
     }
 
     // Each invalidation evicts from the cache first and then stales its front, in that order

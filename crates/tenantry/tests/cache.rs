@@ -9,22 +9,11 @@ use std::time::Duration;
 use tenantry::audit::Actor;
 use tenantry::cache::TenantCache;
 use tenantry::catalog::NewTenant;
-use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
+use tenantry::db::Database;
 use tenantry::{Catalog, Isolation, Slug, Tenancy, TenancyConfig, TenantContext};
 
-static NONE: &[TenantMigration] = &[];
-
 async fn setup() -> (Database, TenantContext, TenantContext) {
-    let (url, name) = support::fresh_database().await;
-    let db = Database::connect(
-        url.parse().unwrap(),
-        None,
-        &RoleNames::from_prefix(&name).unwrap(),
-        NONE,
-        &PoolSettings::default(),
-    )
-    .await
-    .unwrap();
+    let db = support::fresh_library().await;
     let tenancy = Tenancy::new(Catalog::new(db.clone()), TenancyConfig::default());
     let actor = Actor {
         name: "t".into(),

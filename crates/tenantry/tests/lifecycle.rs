@@ -7,11 +7,8 @@ use std::time::Duration;
 
 use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
-use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
 use tenantry::resolve::ResolveError;
 use tenantry::{Catalog, Isolation, Slug, Tenancy, TenancyConfig};
-
-static NONE: &[TenantMigration] = &[];
 
 fn actor() -> Actor {
     Actor {
@@ -21,16 +18,7 @@ fn actor() -> Actor {
 }
 
 async fn tenancy() -> Tenancy {
-    let (url, name) = support::fresh_database().await;
-    let db = Database::connect(
-        url.parse().unwrap(),
-        None,
-        &RoleNames::from_prefix(&name).unwrap(),
-        NONE,
-        &PoolSettings::default(),
-    )
-    .await
-    .unwrap();
+    let db = support::fresh_library().await;
     Tenancy::new(Catalog::new(db), TenancyConfig::default())
 }
 

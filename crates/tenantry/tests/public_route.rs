@@ -10,13 +10,10 @@ use http::{Request, StatusCode};
 use tenantry::audit::Actor;
 use tenantry::auth::Principal;
 use tenantry::catalog::{NewTenant, TenantPatch};
-use tenantry::db::{Database, PoolSettings, RoleNames, TenantMigration};
 use tenantry::{
     Catalog, Isolation, Slug, Tenancy, TenancyConfig, TenancyLayer, TenantContext, TenantStatus,
 };
 use tower::ServiceExt;
-
-static NONE: &[TenantMigration] = &[];
 
 async fn who(ctx: TenantContext) -> String {
     assert_eq!(ctx.principal(), &Principal::Public);
@@ -25,16 +22,7 @@ async fn who(ctx: TenantContext) -> String {
 
 #[tokio::test]
 async fn public_routes_resolve_by_subdomain_read_only() {
-    let (url, name) = support::fresh_database().await;
-    let db = Database::connect(
-        url.parse().unwrap(),
-        None,
-        &RoleNames::from_prefix(&name).unwrap(),
-        NONE,
-        &PoolSettings::default(),
-    )
-    .await
-    .unwrap();
+    let db = support::fresh_library().await;
     let tenancy = Tenancy::new(Catalog::new(db), TenancyConfig::default());
     let actor = Actor {
         name: "t".into(),

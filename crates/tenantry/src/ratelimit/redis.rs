@@ -44,6 +44,35 @@ pub struct RedisLimiter {
     namespace: String,
 }
 
+/// Removes every key matching `pattern` (a tenant's own, so `SCAN` in batches rather than one
+/// `KEYS` that would block Redis).
+pub(crate) async fn unlink_matching(
+    conn: &mut ConnectionManager,
+    pattern: &str,
+) -> Result<(), redis::RedisError> {
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async::<()>(conn)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
 impl RedisLimiter {
     /// Connects lazily: a Redis that is down at start-up is a fallback, not a start failure.
     /// Operations time out quickly so a hung Redis costs a request milliseconds, not seconds.
@@ -117,27 +146,7 @@ impl RedisLimiter {
             format!("{}:rl:{tenant}:*", self.namespace),
             format!("{}:usage:{tenant}:*", self.namespace),
         ] {
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(500)
-                    .query_async(&mut conn)
-                    .await?;
-                if !keys.is_empty() {
-                    redis::cmd("DEL")
-                        .arg(&keys)
-                        .query_async::<()>(&mut conn)
-                        .await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            unlink_matching(&mut conn, &pattern).await?;
         }
         Ok(())
     }

@@ -1,6 +1,23 @@
 //! What the library's integration tests share: a fresh database per test.
 
+#![allow(dead_code)] // Each test binary uses its own part of this module.
+
+use tenantry::db::{Database, PoolSettings, RoleNames};
 use tokio_postgres::NoTls;
+
+/// The library bootstrapped on a fresh database (no tenant tables), with default pools.
+pub async fn fresh_library() -> Database {
+    let (url, name) = fresh_database().await;
+    Database::connect(
+        url.parse().unwrap(),
+        None,
+        &RoleNames::from_prefix(&name).unwrap(),
+        &[],
+        &PoolSettings::default(),
+    )
+    .await
+    .unwrap()
+}
 
 /// A fresh database on `TEST_DATABASE_URL` (default: the local superuser) whose name, `tl_…`,
 /// also serves as the test's unique role prefix. Returns (its URL, its name).
