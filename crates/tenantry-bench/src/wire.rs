@@ -3,9 +3,8 @@
 //!
 //! Why not a general-purpose client: the load generator shares this machine's two cores with the
 //! servers it measures and with PostgreSQL. A full client (URL parsing, header maps, pool and
-//! retry layers on every request) cost about 30 µs of CPU per request here, a third of a
-//! baseline read, which compressed every ratio towards 1: a 429 answered in 10 µs looked barely
-//! cheaper than a database read. What is left per request is two syscalls and a header parse,
+//! retry layers on every request) takes a large share of a baseline read's CPU here, which
+//! compresses every ratio towards 1: a cheap 429 looks barely cheaper than a database read. What is left per request is two syscalls and a header parse,
 //! the same for every side.
 
 use std::time::Duration;

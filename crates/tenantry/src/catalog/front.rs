@@ -1,13 +1,12 @@
 //! A small map in front of each catalog cache, for the entries the request path reads on every
 //! request (the presented key, its tenant).
 //!
-//! A moka hit is ~1,100 instructions: its hash, the concurrent table, the read recorded for
-//! the eviction policy, the clock. This front answers the same hit from a map of the calling
+//! A moka hit does real work: its hash, the concurrent table, the read recorded for the
+//! eviction policy, the clock. This front answers the same hit from a map of the calling
 //! thread's own, holding the thread's own copy of the value: no lock, and no write to a cache
-//! line that another core writes too. (A shared map under sharded mutexes, and values shared
-//! by every thread, cost ~1.2 µs per lookup on two cores, though only ~300 instructions: the
-//! lock word and the value's reference count moved between the cores on every request.) It
-//! never decides anything moka would not:
+//! line that another core writes too. (A map shared by every thread, even under sharded
+//! mutexes, moves its lock words and the values' reference counts between the cores on every
+//! request.) It never decides anything moka would not:
 //! - it holds only what moka returned (never a miss, so client input cannot grow it; it also
 //!   holds at most [`THREAD_CAP`] entries per thread);
 //! - every invalidation of the cache behind it bumps the front's generation, and an entry read

@@ -1,8 +1,8 @@
 //! JSON response bodies that a type writes itself, for the resources on the hot path.
 //!
 //! serde_json escapes every string byte by byte through its generic `Serializer`, which for an
-//! order (two uuids, two timestamps, seven keys) was ~5,900 instructions per response: more
-//! than the rest of the handler. Most of those bytes cannot need escaping (keys are literals,
+//! order (two uuids, two timestamps, seven keys) costs more than the rest of the handler. Most
+//! of those bytes cannot need escaping (keys are literals,
 //! uuids are hex, timestamps are digits), so [`Object`] writes them straight into the buffer
 //! and escapes only free text, with serde_json's exact escapes. A type that implements
 //! [`WriteJson`] keeps its `Serialize` derive as the reference: its tests compare the two
