@@ -26,11 +26,10 @@ use crate::audit::{self, Actor};
 use crate::auth::api_key::NewKey;
 use crate::auth::Scope;
 use crate::db::notify::Subscription;
-use crate::db::Placement;
 use crate::db::{Database, DbError};
-use crate::tenant::{
-    Isolation, RateLimitOverride, Slug, StorageState, Tenant, TenantId, TenantStatus,
-};
+use crate::placement::Isolation;
+use crate::placement::Placement;
+use crate::tenant::{RateLimitOverride, Slug, StorageState, Tenant, TenantId, TenantStatus};
 use front::Front;
 
 /// How long the cache is trusted without a working LISTEN connection.

@@ -12,8 +12,8 @@ use crate::auth::Principal;
 use crate::db::{Database, TenantDb};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::plan::TenantLimits;
 use crate::ratelimit::Decision;
-use crate::tenancy::TenantLimits;
 use crate::tenant::{Slug, Tenant, TenantId};
 
 /// A resolved tenant, the principal acting in it, and the door to its storage.

@@ -21,7 +21,9 @@
 //! - [`lifecycle`]: provisioning and deprovisioning tenants in every placement.
 //! - [`metrics`]: Prometheus metrics with per-tenant series of bounded cardinality.
 //! - [`operations`]: long-running admin operations (fleet migrations) and their progress.
-//! - [`tenancy`]: [`Tenancy`], which ties them together.
+//! - [`placement`]: where a tenant's rows live (shared tables, a schema, a database).
+//! - [`plan`]: plans and the limits they give a tenant.
+//! - [`tenancy`]: [`Tenancy`], which ties them together: resolution, then admission.
 //!
 //! # Features
 //!
@@ -77,6 +79,8 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod operations;
+pub mod placement;
+pub mod plan;
 pub mod ratelimit;
 pub mod resolve;
 pub mod tenancy;
@@ -125,5 +129,7 @@ impl<K: std::hash::Hash + Eq, V: Clone> Kept<K, V> {
 pub use catalog::Catalog;
 pub use context::TenantContext;
 pub use http::{Json, Problem, Query, RequestIdLayer, TenancyLayer};
-pub use tenancy::{Plan, Plans, Tenancy, TenancyConfig};
-pub use tenant::{Isolation, Slug, Tenant, TenantId, TenantStatus};
+pub use placement::{Isolation, Placement};
+pub use plan::{Plan, Plans, TenantLimits};
+pub use tenancy::{Tenancy, TenancyConfig};
+pub use tenant::{Slug, Tenant, TenantId, TenantStatus};

@@ -25,7 +25,12 @@ pub async fn create(
 ) -> Result<Tenant, CatalogError> {
     let db = catalog.database();
     let prefix = db.roles().owner.trim_end_matches("_owner").to_owned();
-    let placement = Placement::for_new(new.isolation, &new.slug, &prefix, new.server.as_deref());
+    let placement = Placement::for_new(
+        new.isolation,
+        new.slug.as_str(),
+        &prefix,
+        new.server.as_deref(),
+    );
     if let Placement::Database { server, .. } = &placement {
         if !provision::server_names(db).await?.contains(server) {
             return Err(CatalogError::Db(DbError::Config(format!(

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::placement::{Isolation, Placement};
+
 /// A tenant's immutable identity (see the module doc): a UUID (v7) for tenants created by this
 /// version, the slug of tenants created before ids existed (their rows were already keyed by
 /// it). Either way it matches `^[a-z0-9][a-z0-9-]{1,63}$`, and the catalog's registry of ids
@@ -210,36 +212,6 @@ impl TenantStatus {
     }
 }
 
-/// Where a tenant's rows live. The same tables and the same forced RLS policy exist in every
-/// placement; only the place differs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub enum Isolation {
-    Shared,
-    Schema,
-    Database,
-}
-
-impl Isolation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Isolation::Shared => "shared",
-            Isolation::Schema => "schema",
-            Isolation::Database => "database",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "shared" => Some(Self::Shared),
-            "schema" => Some(Self::Schema),
-            "database" => Some(Self::Database),
-            _ => None,
-        }
-    }
-}
-
 /// A per-tenant rate-limit override: `requests` per `per_seconds`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -298,7 +270,7 @@ pub struct Tenant {
     /// `ready` unless provisioning or deletion is under way (or crashed).
     pub storage_state: StorageState,
     #[serde(skip)]
-    pub placement: crate::db::Placement,
+    pub placement: Placement,
     /// The newest tenant migration applied to this tenant's storage.
     #[serde(skip)]
     pub schema_version: i32,

@@ -21,10 +21,10 @@ use std::collections::BTreeSet;
 
 use tokio_postgres::NoTls;
 
-use super::placement::DEFAULT_SERVER;
 use super::provision::admin_config_pub;
 use super::roles::quote_ident;
 use super::{Database, DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
+use crate::placement::DEFAULT_SERVER;
 
 /// One problem found.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -16,7 +16,8 @@ use futures_util::StreamExt;
 use super::migrate::{apply_in, grants_sql, steps};
 use super::provision::{admin_config_pub, prepare_tenant_database};
 use super::{Database, DbError, CONTROL_SCHEMA};
-use crate::tenant::{Isolation, Slug};
+use crate::placement::Isolation;
+use crate::tenant::Slug;
 
 /// How to run.
 #[derive(Debug, Clone)]
@@ -255,7 +256,7 @@ async fn migrate_one(db: &Database, p: &Pending, latest: i32) -> Result<Vec<i32>
             let server = p
                 .server
                 .as_deref()
-                .unwrap_or(super::placement::DEFAULT_SERVER);
+                .unwrap_or(crate::placement::DEFAULT_SERVER);
             let mut cfg = admin_config_pub(db, server).await?;
             cfg.dbname(&p.storage);
             let (mut client, conn) = cfg.connect(tokio_postgres::NoTls).await?;

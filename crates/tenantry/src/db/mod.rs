@@ -13,7 +13,6 @@ mod error;
 pub mod fleet;
 pub mod migrate;
 pub mod notify;
-pub mod placement;
 pub mod pools;
 pub mod provision;
 pub mod roles;
@@ -24,9 +23,9 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
+pub use crate::placement::Placement;
 pub use error::DbError;
 pub use migrate::TenantMigration;
-pub use placement::Placement;
 pub use pools::{BudgetSettings, TenantPools};
 pub use roles::RoleNames;
 pub use scoped::{single_statement_form, Params, ScopedTx, TenantDb, SCOPE_SCHEMA_SQL};
@@ -170,7 +169,7 @@ impl Database {
             settings.tenant_databases.clone(),
             settings.statement_timeout,
         );
-        tenant_pools.set_server(placement::DEFAULT_SERVER, runtime_cfg.clone());
+        tenant_pools.set_server(crate::placement::DEFAULT_SERVER, runtime_cfg.clone());
         let runtime_cfg = runtime_config(runtime_cfg, settings);
         let lanes = settings.runtime_lanes.clamp(1, settings.runtime_max.max(1));
         let lanes = (0..lanes)

@@ -19,9 +19,9 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::migrate::{self, apply_in, grants_sql, steps};
-use super::placement::DEFAULT_SERVER;
 use super::roles::quote_ident;
 use super::{Database, DbError, Placement, CONTROL_SCHEMA, SHARED_SCHEMA};
+use crate::placement::DEFAULT_SERVER;
 use crate::tenant::{Slug, Tenant, TenantId};
 
 /// Advisory lock serialising template work (per deployment, taken in the control database).

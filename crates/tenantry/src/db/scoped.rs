@@ -37,7 +37,7 @@ use tokio_postgres::{Row, Statement};
 
 use super::pools::TenantConn;
 use super::{Database, DbError, Placement};
-use crate::tenancy::TenantLimits;
+use crate::plan::TenantLimits;
 use crate::tenant::{Tenant, TenantId};
 
 /// The statements that scope a transaction, kept in exactly one place: a Citus deployment needs

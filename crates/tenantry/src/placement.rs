@@ -1,12 +1,42 @@
-//! Where a tenant's rows live, and the names of its schema or database.
+//! Where a tenant's rows live ([`Isolation`], [`Placement`]), and the names of its schema or
+//! database.
 //!
 //! Names are derived from the validated slug once, at provisioning, and stored in the catalog;
 //! nothing recomputes them from input afterwards. PostgreSQL truncates identifiers at 63
 //! bytes, so long slugs get a hash suffix instead of being cut into a collision.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::tenant::{Isolation, Slug};
+/// Where a tenant's rows live. The same tables and the same forced RLS policy exist in every
+/// placement; only the place differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Isolation {
+    Shared,
+    Schema,
+    Database,
+}
+
+impl Isolation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Shared => "shared",
+            Isolation::Schema => "schema",
+            Isolation::Database => "database",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "shared" => Some(Self::Shared),
+            "schema" => Some(Self::Schema),
+            "database" => Some(Self::Database),
+            _ => None,
+        }
+    }
+}
 
 /// The name of the implicit database server: the control plane's own.
 pub const DEFAULT_SERVER: &str = "default";
@@ -50,7 +80,7 @@ impl Placement {
     /// The placement a new tenant gets.
     pub fn for_new(
         isolation: Isolation,
-        slug: &Slug,
+        slug: &str,
         role_prefix: &str,
         server: Option<&str>,
     ) -> Self {
@@ -76,14 +106,15 @@ impl Placement {
     }
 }
 
-/// `t_<slug>` (with `-` kept: names are always quoted).
-pub fn schema_name(slug: &Slug) -> String {
-    bounded("t_", slug.as_str())
+/// `t_<slug>` (with `-` kept: names are always quoted). `slug` is a validated
+/// [`crate::Slug`]'s text.
+pub fn schema_name(slug: &str) -> String {
+    bounded("t_", slug)
 }
 
 /// `<prefix>_t_<slug>`: the prefix keeps two deployments on one server apart.
-pub fn database_name(prefix: &str, slug: &Slug) -> String {
-    bounded(&format!("{prefix}_t_"), slug.as_str())
+pub fn database_name(prefix: &str, slug: &str) -> String {
+    bounded(&format!("{prefix}_t_"), slug)
 }
 
 fn bounded(prefix: &str, slug: &str) -> String {
@@ -103,13 +134,13 @@ mod tests {
 
     #[test]
     fn names_fit_and_do_not_collide() {
-        let long_a = Slug::parse(&format!("a{}", "b".repeat(62))).unwrap();
-        let long_b = Slug::parse(&format!("a{}c", "b".repeat(61))).unwrap();
+        let long_a = format!("a{}", "b".repeat(62));
+        let long_b = format!("a{}c", "b".repeat(61));
         let a = schema_name(&long_a);
         let b = schema_name(&long_b);
         assert!(a.len() <= 63 && b.len() <= 63);
         assert_ne!(a, b);
-        assert_eq!(schema_name(&Slug::parse("acme").unwrap()), "t_acme");
+        assert_eq!(schema_name("acme"), "t_acme");
         let d = database_name("tt_0123456789ab", &long_a);
         assert!(d.len() <= 63, "{d}");
     }
