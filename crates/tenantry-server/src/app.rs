@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
@@ -28,14 +27,14 @@ use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
-use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 use crate::config::Settings;
 use crate::local_pg::{LocalPgError, LocalPostgres};
 use crate::migrations::TENANT_MIGRATIONS;
 use crate::openapi;
-use crate::routes::{self, admin};
+use crate::routes;
+pub use crate::state::{AppState, AppStateInner, JobDepth};
+use crate::surface::{surface, tenant_plane};
 
 /// Connects to the control plane (starting the managed local PostgreSQL when `DATABASE_URL` is
 /// unset), bootstraps roles and migrations, and checks the runtime role.
@@ -155,53 +154,6 @@ pub async fn run_worker(
     Ok(())
 }
 
-/// What every handler can reach. Cloned for every request (by `State` and the middleware), so
-/// it is one `Arc`: a clone is one atomic increment rather than one per field (the cache alone
-/// holds several).
-#[derive(Clone)]
-pub struct AppState(Arc<AppStateInner>);
-
-impl std::ops::Deref for AppState {
-    type Target = AppStateInner;
-    fn deref(&self) -> &AppStateInner {
-        &self.0
-    }
-}
-
-pub struct AppStateInner {
-    pub tenancy: Tenancy,
-    pub admin: admin::AdminTokens,
-    /// Tenant-keyed cache of hot reads (orders by id).
-    pub cache: TenantCache,
-    /// Whether order reads go through the cache.
-    pub order_cache: bool,
-    pub metrics: Metrics,
-    /// The bearer token for `GET /metrics` besides the admin tokens.
-    pub metrics_token: Option<String>,
-    /// Jobs queued and running, refreshed in the background so a scrape runs no query.
-    pub job_depth: JobDepth,
-}
-
-/// The job queue's depth as last read.
-#[derive(Default)]
-pub struct JobDepth {
-    queued: std::sync::atomic::AtomicI64,
-    running: std::sync::atomic::AtomicI64,
-}
-
-impl JobDepth {
-    pub fn get(&self) -> (i64, i64) {
-        use std::sync::atomic::Ordering::Relaxed;
-        (self.queued.load(Relaxed), self.running.load(Relaxed))
-    }
-
-    fn set(&self, (queued, running): (i64, i64)) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.queued.store(queued, Relaxed);
-        self.running.store(running, Relaxed);
-    }
-}
-
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -255,12 +207,13 @@ impl Application {
         }
         let state = AppState(Arc::new(AppStateInner {
             tenancy: tenancy.clone(),
-            admin: admin::AdminTokens::new(tokens),
+            admin: crate::state::AdminTokens::new(tokens),
             cache: cache.clone(),
             order_cache: settings.order_cache,
             metrics: Metrics::new(),
             metrics_token: settings.metrics_token.clone(),
             job_depth: JobDepth::default(),
+            openapi: openapi::document_bytes(),
         }));
         let mut background = vec![tokio::spawn(catalog.listen(control))];
         background.push(tokio::spawn(cache.listen()));
@@ -360,60 +313,6 @@ impl Application {
         }
         r
     }
-}
-
-/// Every route with its OpenAPI description, and, when `state` is given, the layers that
-/// guard the admin plane (the tenant plane is guarded by the [`Edge`], from
-/// `tenant_plane`). The document is built from the same call (with `None`), so what is
-/// served and what is documented come from one list.
-pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
-    let mut admin_data = routes::tenant_data("/admin/v1/tenants/{tenant}");
-    if let Some(state) = state {
-        admin_data = admin_data.layer(middleware::from_fn_with_state(
-            state.clone(),
-            admin::tenant_context,
-        ));
-    }
-    let mut admin_plane = OpenApiRouter::default()
-        .routes(routes!(admin::list_tenants, admin::create_tenant))
-        .routes(routes!(
-            admin::get_tenant,
-            admin::patch_tenant,
-            admin::delete_tenant
-        ))
-        .routes(routes!(admin::list_servers, admin::add_server))
-        .routes(routes!(admin::list_keys, admin::create_key))
-        .routes(routes!(admin::revoke_key))
-        .routes(routes!(admin::rotate_key))
-        .routes(routes!(admin::audit_log))
-        .routes(routes!(admin::usage))
-        .routes(routes!(admin::start_migration))
-        .routes(routes!(admin::get_operation))
-        .merge(admin_data);
-    if let Some(state) = state {
-        admin_plane = admin_plane.layer(middleware::from_fn_with_state(
-            state.clone(),
-            admin::require_admin,
-        ));
-    }
-    OpenApiRouter::default()
-        .routes(routes!(routes::ops::healthz))
-        .routes(routes!(routes::ops::readyz))
-        .routes(routes!(routes::ops::metrics))
-        .routes(routes!(openapi::openapi_json))
-        .routes(routes!(openapi::docs))
-        .routes(routes!(openapi::redoc_js))
-        .merge(tenant_plane())
-        .merge(admin_plane)
-}
-
-/// The tenant plane: every route here is served in the tenant context the [`Edge`] opens for
-/// it (the library's [`tenantry::http::layer::scope`], which [`tenantry::TenancyLayer`] runs
-/// per route), so this list is also what decides which requests need one.
-fn tenant_plane() -> OpenApiRouter<AppState> {
-    OpenApiRouter::default()
-        .merge(routes::tenant_plane_data("/v1"))
-        .merge(routes::tenant_plane_data("/v1/tenants/{tenant}"))
 }
 
 /// The whole HTTP surface: the router behind the [`Edge`]. [`serving`] adds what runs before

@@ -5,10 +5,13 @@
 //!
 //! - [`config`]: settings from flags, environment and `tenantry.toml`.
 //! - [`local_pg`]: the managed local PostgreSQL used when `DATABASE_URL` is unset.
-//! - [`app`]: building the router and serving with graceful shutdown.
+//! - [`app`]: building the server and serving with graceful shutdown; the edge in front of the
+//!   router.
+//! - [`state`]: what every handler can reach.
+//! - [`surface`]: every route with its OpenAPI description, in one list.
 //! - [`cli`]: operator subcommands (`migrate`, `doctor`).
 //! - [`routes`]: thin handlers per resource (tenant, users, orders, admin, ops).
-//! - [`openapi`]: the OpenAPI document (generated from the handlers) and `/docs`.
+//! - [`openapi`]: the OpenAPI document, generated from the surface and completed.
 //! - [`migrations`]: the tenant tables, defined once for every placement.
 //! - [`validate`]: field checks shared by handlers.
 
@@ -19,4 +22,6 @@ pub mod local_pg;
 pub mod migrations;
 pub mod openapi;
 pub mod routes;
+pub mod state;
+pub mod surface;
 pub mod validate;

@@ -5,16 +5,10 @@
 
 use std::sync::OnceLock;
 
-use axum::http::header;
-use axum::response::{Html, IntoResponse, Response};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tenantry::http::{ErrorCode, FieldError};
-
-/// The Redoc version vendored under `assets/` (npm package `redoc`, MIT).
-pub const REDOC_VERSION: &str = "2.5.4";
-const REDOC_JS: &[u8] = include_bytes!("../assets/redoc.standalone.js");
 
 /// An `application/problem+json` error body (RFC 9457). Clients branch on `code`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -170,10 +164,11 @@ fn plane(path: &str) -> Plane {
 /// The finished document (computed once; the route table is fixed for the binary).
 pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| finish(crate::app::surface(None).into_openapi()))
+    DOC.get_or_init(|| finish(crate::surface::surface(None).into_openapi()))
 }
 
-fn document_bytes() -> Bytes {
+/// [`document`] as the bytes `/openapi.json` serves.
+pub fn document_bytes() -> Bytes {
     static BYTES: OnceLock<Bytes> = OnceLock::new();
     BYTES
         .get_or_init(|| Bytes::from(serde_json::to_vec(document()).unwrap_or_default()))
@@ -403,68 +398,6 @@ fn complete_operation(
     }
 }
 
-/// `GET /openapi.json`.
-#[utoipa::path(
-    get,
-    path = "/openapi.json",
-    tag = "operations",
-    summary = "This OpenAPI 3.1 document",
-    responses((status = 200, description = "The document.", content_type = "application/json", body = Object))
-)]
-pub async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        document_bytes(),
-    )
-        .into_response()
-}
-
-/// `GET /docs`: the API reference, rendered by the vendored Redoc.
-#[utoipa::path(
-    get,
-    path = "/docs",
-    tag = "operations",
-    summary = "The rendered API reference",
-    responses((status = 200, description = "An HTML page rendering /openapi.json.", content_type = "text/html", body = String))
-)]
-pub async fn docs() -> Html<String> {
-    Html(format!(
-        r#"<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Tenantry API reference</title>
-<style>body {{ margin: 0; padding: 0; }}</style>
-</head>
-<body>
-<redoc spec-url="/openapi.json" hide-download-button="false"></redoc>
-<script src="/docs/redoc-{REDOC_VERSION}.standalone.js"></script>
-</body>
-</html>
-"#
-    ))
-}
-
-/// The vendored Redoc bundle. Its path carries the version, so it can be cached for good.
-#[utoipa::path(
-    get,
-    path = "/docs/redoc-2.5.4.standalone.js",
-    tag = "operations",
-    summary = "The vendored Redoc bundle used by /docs",
-    responses((status = 200, description = "JavaScript.", content_type = "text/javascript", body = String))
-)]
-pub async fn redoc_js() -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
-            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
-        ],
-        REDOC_JS,
-    )
-        .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +414,7 @@ mod tests {
 
     #[test]
     fn redoc_path_names_the_vendored_version() {
+        use crate::routes::docs::{REDOC_JS, REDOC_VERSION};
         let doc = document();
         let p = format!("/docs/redoc-{REDOC_VERSION}.standalone.js");
         assert!(doc["paths"].get(&p).is_some(), "{p} missing");

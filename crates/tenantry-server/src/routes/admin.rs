@@ -8,7 +8,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer};
-use subtle::ConstantTimeEq;
 use tenantry::audit::{self, Actor};
 use tenantry::auth::Scope;
 use tenantry::catalog::{ApiKeyInfo, CatalogError, NewTenant, TenantPatch};
@@ -20,32 +19,8 @@ use tenantry::tenant::RateLimitOverride;
 use tenantry::{Isolation, Json, Query, Slug, Tenant, TenantStatus};
 
 use super::page::{self, Page};
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::validate;
-
-/// The admin tokens this server accepts, by name.
-#[derive(Clone)]
-pub struct AdminTokens {
-    tokens: Vec<(String, String)>,
-}
-
-impl AdminTokens {
-    /// Several named tokens; an audit entry names the one that acted.
-    pub fn new(tokens: Vec<(String, String)>) -> Self {
-        Self { tokens }
-    }
-
-    /// The name of the token presented, compared in constant time against each.
-    pub fn identify(&self, presented: &str) -> Option<&str> {
-        let mut found = None;
-        for (name, token) in &self.tokens {
-            if bool::from(presented.as_bytes().ct_eq(token.as_bytes())) {
-                found = Some(name.as_str());
-            }
-        }
-        found
-    }
-}
 
 /// The token of an `Authorization: Bearer` header; `Err` for more than one header.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Result<Option<&str>, Problem> {

@@ -1,6 +1,7 @@
 //! HTTP routes: thin handlers over the library. Each resource has its module.
 
 pub mod admin;
+pub mod docs;
 pub mod exports;
 pub mod ops;
 pub mod orders;
@@ -11,7 +12,7 @@ pub mod users;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The tenant-data routes, mounted at `/v1`, `/v1/tenants/{tenant}` and
 /// `/admin/v1/tenants/{tenant}`. Every handler takes a `TenantContext`. Each route is

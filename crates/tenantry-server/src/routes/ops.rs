@@ -3,7 +3,7 @@
 use axum::extract::State;
 use tenantry::{Json, Problem};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// `{"status": "ok"}` or `{"status": "ready"}`.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::page::{uuid_page, Page};
 use super::users::ResourceId;
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::validate;
 
 /// An order of a tenant.

@@ -5,7 +5,7 @@ use serde::Serialize;
 use tenantry::tenant::RateLimitOverride;
 use tenantry::{Json, TenantContext};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// The tenant's effective request quota.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
