@@ -5,8 +5,8 @@
 //!
 //! - [`config`]: settings from flags, environment and `tenantry.toml`.
 //! - [`local_pg`]: the managed local PostgreSQL used when `DATABASE_URL` is unset.
-//! - [`app`]: building the server and serving with graceful shutdown; the edge in front of the
-//!   router.
+//! - [`app`]: building the server and serving with graceful shutdown.
+//! - [`edge`]: what every request passes once in front of the router.
 //! - [`state`]: what every handler can reach.
 //! - [`surface`]: every route with its OpenAPI description, in one list.
 //! - [`cli`]: operator subcommands (`migrate`, `doctor`).
@@ -18,6 +18,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod edge;
 pub mod local_pg;
 pub mod migrations;
 pub mod openapi;

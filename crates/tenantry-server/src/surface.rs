@@ -10,7 +10,7 @@ use crate::routes::{self, admin};
 use crate::state::AppState;
 
 /// Every route with its OpenAPI description, and, when `state` is given, the layers that
-/// guard the admin plane (the tenant plane is guarded by the [`crate::app::Edge`], from
+/// guard the admin plane (the tenant plane is guarded by the [`crate::edge::Edge`], from
 /// [`tenant_plane`]). The document is built from the same call (with `None`), so what is
 /// served and what is documented come from one list.
 pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
@@ -54,7 +54,7 @@ pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .merge(admin_plane)
 }
 
-/// The tenant plane: every route here is served in the tenant context the [`crate::app::Edge`] opens for
+/// The tenant plane: every route here is served in the tenant context the [`crate::edge::Edge`] opens for
 /// it (the library's [`tenantry::http::layer::scope`], which [`tenantry::TenancyLayer`] runs
 /// per route), so this list is also what decides which requests need one.
 pub fn tenant_plane() -> OpenApiRouter<AppState> {

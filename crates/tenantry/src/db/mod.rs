@@ -17,6 +17,7 @@ pub mod pools;
 pub mod provision;
 pub mod roles;
 mod scoped;
+mod single_statement;
 
 use std::time::Duration;
 
@@ -28,7 +29,8 @@ pub use error::DbError;
 pub use migrate::TenantMigration;
 pub use pools::{BudgetSettings, TenantPools};
 pub use roles::RoleNames;
-pub use scoped::{single_statement_form, Params, ScopedTx, TenantDb, SCOPE_SCHEMA_SQL};
+pub use scoped::{Params, ScopedTx, TenantDb, SCOPE_SCHEMA_SQL};
+pub use single_statement::single_statement_form;
 
 /// Serialises start-up bootstrap across nodes.
 const BOOTSTRAP_LOCK: i64 = 727263000;
