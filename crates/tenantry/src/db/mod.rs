@@ -7,15 +7,16 @@
 //! - **runtime**: the unprivileged role that serves tenant traffic. It is not a superuser, has no
 //!   BYPASSRLS, owns nothing and has no TRUNCATE, so forced RLS holds whatever the application
 //!   does. [`Database::connect`] refuses to start otherwise.
+//!
+//! The files here are the request path's side (pools, the scoped transaction, its
+//! single-statement form, errors, LISTEN); [`control`] is the control plane's (roles,
+//! migrations, provisioning, fleet migrations, the doctor), re-exported here under its old
+//! paths (`db::provision`, `db::doctor`, ...).
 
-pub mod doctor;
+pub mod control;
 mod error;
-pub mod fleet;
-pub mod migrate;
 pub mod notify;
 pub mod pools;
-pub mod provision;
-pub mod roles;
 mod scoped;
 mod single_statement;
 
@@ -25,6 +26,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
 pub use crate::placement::Placement;
+pub use control::{doctor, fleet, migrate, provision, roles};
 pub use error::DbError;
 pub use migrate::TenantMigration;
 pub use pools::{BudgetSettings, TenantPools};

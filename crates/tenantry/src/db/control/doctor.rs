@@ -23,7 +23,7 @@ use tokio_postgres::NoTls;
 
 use super::provision::admin_config_pub;
 use super::roles::quote_ident;
-use super::{Database, DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
+use crate::db::{Database, DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
 use crate::placement::DEFAULT_SERVER;
 
 /// One problem found.
@@ -478,7 +478,7 @@ async fn database_wide(
 /// The runtime role's attributes and ownership, seen from one database.
 async fn role_checks(
     c: &tokio_postgres::Client,
-    roles: &super::RoleNames,
+    roles: &crate::db::RoleNames,
     location: &str,
 ) -> Result<Vec<Finding>, DbError> {
     let mut out = Vec::new();

@@ -20,7 +20,7 @@ use tokio_postgres::NoTls;
 
 use super::migrate::{self, apply_in, grants_sql, steps};
 use super::roles::quote_ident;
-use super::{Database, DbError, Placement, CONTROL_SCHEMA, SHARED_SCHEMA};
+use crate::db::{Database, DbError, Placement, CONTROL_SCHEMA, SHARED_SCHEMA};
 use crate::placement::DEFAULT_SERVER;
 use crate::tenant::{Slug, Tenant, TenantId};
 

@@ -6,7 +6,7 @@
 use deadpool_postgres::Object;
 use rand::distr::{Alphanumeric, SampleString};
 
-use super::{DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
+use crate::db::{DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
 
 /// Names of the two roles, derived from a validated prefix.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 
 use super::migrate::{apply_in, grants_sql, steps};
 use super::provision::{admin_config_pub, prepare_tenant_database};
-use super::{Database, DbError, CONTROL_SCHEMA};
+use crate::db::{Database, DbError, CONTROL_SCHEMA};
 use crate::placement::Isolation;
 use crate::tenant::Slug;
 
@@ -126,13 +126,13 @@ pub async fn migrate(
                 &tx,
                 db.roles(),
                 "shared",
-                super::SHARED_SCHEMA,
+                crate::db::SHARED_SCHEMA,
                 &steps(db.migrations()),
                 true,
             )
             .await?;
             if !report.shared_applied.is_empty() {
-                tx.batch_execute(&grants_sql(db.roles(), super::SHARED_SCHEMA))
+                tx.batch_execute(&grants_sql(db.roles(), crate::db::SHARED_SCHEMA))
                     .await?;
             }
             tx.execute(

@@ -12,7 +12,7 @@
 use deadpool_postgres::Object;
 
 use super::roles::{quote_ident, RoleNames};
-use super::{DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
+use crate::db::{DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
 
 /// One step of the tenant-table schema. Versions increase; applied versions never change.
 #[derive(Debug, Clone, Copy)]

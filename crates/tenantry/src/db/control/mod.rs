@@ -1,0 +1,12 @@
+//! The control plane's side of the database: what operators and provisioning do, never a
+//! tenant request. The roles and the start-up check of the runtime role, migrations of the
+//! catalog and of the tenant tables, creating and removing a tenant's storage (and the database
+//! servers it can be placed on), fleet migrations, and the isolation doctor. Everything here
+//! runs on the control role; the request path's side (pools, the scoped transaction) is the
+//! rest of [`crate::db`].
+
+pub mod doctor;
+pub mod fleet;
+pub mod migrate;
+pub mod provision;
+pub mod roles;
