@@ -34,26 +34,8 @@ impl Catalog {
         let Some(tenant_id) = exists.map(|r| r.get::<_, String>(0)) else {
             return Err(CatalogError::TenantNotFound);
         };
-        let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-        let row = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO tenantry.api_keys (id, tenant_id, name, prefix, secret_hash, scopes, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLS}"
-                ),
-                &[
-                    &Uuid::now_v7(),
-                    &tenant_id,
-                    &name,
-                    &new.prefix,
-                    &new.hash.as_slice(),
-                    &scopes,
-                    &expires_at,
-                ],
-            )
-            .await
-            .map_err(DbError::from)?;
-        let info = key_from_row(&row);
+        let scopes: Vec<String> = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        let info = insert_key(&tx, &tenant_id, name, &new, &scopes, expires_at).await?;
         audit::record_in(
             &tx,
             actor,
@@ -95,24 +77,7 @@ impl Catalog {
             String,
             String,
         ) = (old.get(0), old.get(1), old.get(2), old.get(3), old.get(4));
-        let row = tx
-            .query_one(
-                &format!(
-                    "INSERT INTO tenantry.api_keys (id, tenant_id, name, prefix, secret_hash, scopes, expires_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLS}"
-                ),
-                &[
-                    &Uuid::now_v7(),
-                    &tenant_id,
-                    &name,
-                    &new.prefix,
-                    &new.hash.as_slice(),
-                    &scopes,
-                    &expires_at,
-                ],
-            )
-            .await?;
-        let info = key_from_row(&row);
+        let info = insert_key(&tx, &tenant_id, &name, &new, &scopes, expires_at).await?;
         audit::record_in(
             &tx,
             actor,
@@ -178,4 +143,34 @@ impl Catalog {
         self.invalidate_key(&bare).await;
         Ok(Some(info))
     }
+}
+
+/// Inserts a new key of tenant `tenant_id` (only its hash is stored) and returns it as the
+/// admin plane shows it.
+async fn insert_key(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant_id: &str,
+    name: &str,
+    new: &NewKey,
+    scopes: &[String],
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<ApiKeyInfo, DbError> {
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO tenantry.api_keys (id, tenant_id, name, prefix, secret_hash, scopes, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLS}"
+            ),
+            &[
+                &Uuid::now_v7(),
+                &tenant_id,
+                &name,
+                &new.prefix,
+                &new.hash.as_slice(),
+                &scopes,
+                &expires_at,
+            ],
+        )
+        .await?;
+    Ok(key_from_row(&row))
 }
