@@ -97,7 +97,7 @@ where
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// What every request passes once, just before routing:
-/// - the header-size limit (431);
+/// - the header-size limit (431), and one `Host` header at most (400);
 /// - on a tenant-plane route, the tenant context: resolution, limits and rate-limit headers,
 ///   by the library's [`scope`] (what [`tenantry::TenancyLayer`] runs per route);
 /// - the request metrics by route template, method and status, and by tenant where one was
@@ -105,8 +105,8 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 ///
 /// It knows the route template before routing from its own `RouteTable`, built from the same
 /// lists as the router. Per-route layers would each add a level that clones and boxes the route
-/// again on every request (each level allocates per request). A route the
-/// table did not know would only lose its metrics label, and, if it were a tenant route, fail
+/// again on every request (each level allocates per request). A route the table did not know
+/// would only lose its metrics label, and, if it were a tenant route, fail
 /// closed: its handlers cannot run without a context.
 #[derive(Clone)]
 pub struct Edge {
@@ -206,6 +206,19 @@ impl Service<axum::extract::Request> for Edge {
                 format!("request headers are limited to {MAX_HEADER_BYTES} bytes"),
             )
             .into_response();
+            return EdgeFuture::Refused { res: Some(res) };
+        }
+        // RFC 9112: a request with more than one Host header is answered 400, on every route
+        // (the tenant plane's resolution refuses it too, as a hint that cannot be read).
+        if req
+            .headers()
+            .get_all(axum::http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some()
+        {
+            let res =
+                Problem::new(ErrorCode::InvalidHeader, "more than one Host header").into_response();
             return EdgeFuture::Refused { res: Some(res) };
         }
         let route = self.routes.at(req.uri().path());

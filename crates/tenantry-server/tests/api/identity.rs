@@ -376,6 +376,15 @@ async fn host_header_tricks_are_refused() {
     )
     .await;
     assert!(two.starts_with("HTTP/1.1 400"), "{two}");
+    // On every route, not only where a tenant is resolved.
+    let mut admin_two =
+        format!("GET /admin/v1/tenants HTTP/1.1\r\nAuthorization: Bearer {ADMIN}\r\n");
+    admin_two.push_str(&format!(
+        "Host: localhost:{port}\r\nHost: other.localhost:{port}\r\nConnection: close\r\n\r\n"
+    ));
+    let admin_two = raw(&app, &admin_two).await;
+    assert!(admin_two.starts_with("HTTP/1.1 400"), "{admin_two}");
+    assert!(admin_two.contains("invalid_header"), "{admin_two}");
     let dot = raw(
         &app,
         &req("/v1/tenant", &[&format!("other.localhost.:{port}")]),
