@@ -418,6 +418,17 @@ async fn admin_reads_are_audited() {
     app.admin(Method::GET, "/admin/v1/tenants", None)
         .await
         .ok(200);
+    // Tenant data read by an admin: one entry (its context's), not two.
+    app.admin(Method::GET, "/admin/v1/tenants/audited/orders", None)
+        .await
+        .ok(200);
+    app.admin(
+        Method::GET,
+        "/admin/v1/tenants/audited/jobs/00000000-0000-0000-0000-000000000000",
+        None,
+    )
+    .await
+    .problem(404, "not_found");
     let log = app
         .admin(Method::GET, "/admin/v1/audit?tenant=audited", None)
         .await
@@ -440,6 +451,10 @@ async fn admin_reads_are_audited() {
         .unwrap()
         .iter()
         .all(|e| e["actor"] == "admin:default" && e["tenant_id"].is_string()));
+    for data in ["/orders", "/jobs/"] {
+        let reads = actions.iter().filter(|a| a.contains(data)).count();
+        assert_eq!(reads, 1, "{data}: {actions:?}");
+    }
     // Reading the log is an action too.
     let all = app
         .admin(Method::GET, "/admin/v1/audit", None)

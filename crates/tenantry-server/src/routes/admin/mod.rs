@@ -117,7 +117,9 @@ fn read_action(req: &Request) -> Option<(Option<Slug>, String, String, String)> 
         .map(|m| m.as_str())
         .unwrap_or_default();
     const TENANT: &str = "/admin/v1/tenants/{tenant}";
-    if ["/users", "/orders"]
+    // The tenant-data routes (`routes::tenant_data` under the admin prefix), which
+    // `tenant_context` audits.
+    if ["/users", "/orders", "/exports", "/jobs"]
         .iter()
         .any(|data| route.starts_with(&format!("{TENANT}{data}")))
     {
