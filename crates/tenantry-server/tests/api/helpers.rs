@@ -13,10 +13,7 @@ pub const ADMIN: &str = "test-admin-token-0123456789";
 /// The metrics scrape token.
 pub const METRICS: &str = "test-metrics-token-0123456789";
 
-pub fn base_url() -> String {
-    std::env::var("TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
+pub use tenantry_testing::base_url;
 
 pub struct TestApp {
     pub addr: String,
@@ -25,18 +22,11 @@ pub struct TestApp {
     pub db_url: String,
 }
 
-/// Creates a fresh database named like the role prefix (`tt_<random>`).
+/// Creates a fresh database named like the role prefix (`tt_<random>`); returns (its name,
+/// its URL).
 pub async fn fresh_database() -> (String, String) {
-    let name = format!("tt_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let (client, conn) = tokio_postgres::connect(&format!("{}/postgres", base_url()), NoTls)
-        .await
-        .expect("PostgreSQL reachable at TEST_DATABASE_URL (default 127.0.0.1:5432)");
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    (name.clone(), format!("{}/{name}", base_url()))
+    let (url, name) = tenantry_testing::fresh_database("tt").await;
+    (name, url)
 }
 
 pub fn settings(db_name: &str, db_url: &str) -> Settings {
