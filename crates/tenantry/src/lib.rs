@@ -3,27 +3,34 @@
 //!
 //! # Layout
 //!
-//! - [`tenant`]: tenant ids (validated slugs), status, placement.
+//! In the order a request meets them:
+//!
 //! - [`resolve`]: finding the tenant of a request: credential first, hints (subdomain,
 //!   `X-Tenant-Id`, path) must agree.
-//! - [`auth`]: API keys (format, hashing, constant-time checks) and principals.
-//! - [`catalog`]: the control-plane catalog of tenants and keys, with a cache that every node
-//!   invalidates through PostgreSQL LISTEN/NOTIFY.
-//! - [`cache`]: a tenant-keyed cache with single-flight loads and cross-node invalidation.
-//! - [`ratelimit`]: per-tenant GCRA limits by plan.
-//! - [`db`]: the runtime and control pools, roles, migrations, and the scoped transaction that
-//!   is the only way to tenant tables.
+//! - [`auth`]: API keys (format, keyed checksum, hashing, constant-time checks), JWTs and
+//!   principals.
+//! - [`tenancy`]: [`Tenancy`], which ties the rest together: resolution, then admission.
+//! - [`plan`] and [`ratelimit`]: plans, the limits they give a tenant, and per-tenant GCRA
+//!   limits.
 //! - [`context`]: [`TenantContext`], the proof a request was resolved.
-//! - [`audit`]: the append-only audit log.
+//! - [`db`]: the pools and the scoped transaction that is the only way to tenant tables;
+//!   `db::control` is the control plane's side (roles, migrations, provisioning, fleet
+//!   migrations, the doctor).
 //! - [`http`]: tower layers ([`TenancyLayer`], [`RequestIdLayer`]), extractors and
 //!   problem+json errors.
-//! - [`jobs`]: tenant-isolated background jobs in PostgreSQL, claimed fairly across tenants.
-//! - [`lifecycle`]: provisioning and deprovisioning tenants in every placement.
-//! - [`metrics`]: Prometheus metrics with per-tenant series of bounded cardinality.
-//! - [`operations`]: long-running admin operations (fleet migrations) and their progress.
+//!
+//! Around them:
+//!
+//! - [`tenant`]: a tenant's immutable id, its slug, its status and catalog record.
 //! - [`placement`]: where a tenant's rows live (shared tables, a schema, a database).
-//! - [`plan`]: plans and the limits they give a tenant.
-//! - [`tenancy`]: [`Tenancy`], which ties them together: resolution, then admission.
+//! - [`catalog`]: the control-plane catalog of tenants and keys, with a cache that every node
+//!   invalidates through PostgreSQL LISTEN/NOTIFY.
+//! - [`lifecycle`]: creating and deleting tenants in every placement.
+//! - [`cache`]: a tenant-keyed cache with single-flight loads and cross-node invalidation.
+//! - [`jobs`]: tenant-isolated background jobs in PostgreSQL, claimed fairly across tenants.
+//! - [`audit`]: the audit log, written only by the control role.
+//! - [`operations`]: long-running admin operations (fleet migrations) and their progress.
+//! - [`metrics`]: Prometheus metrics with per-tenant series of bounded cardinality.
 //!
 //! # Features
 //!
