@@ -37,6 +37,9 @@
 //! - `openapi`: `utoipa::ToSchema` for the public resource types ([`Tenant`], API keys, jobs,
 //!   operations, audit entries, problem codes), so an application's OpenAPI document can
 //!   describe them without mirroring them.
+//! - `internals`: the exact statements the library sends (`db::single_statement_form`,
+//!   `db::SCOPE_SCHEMA_SQL`), for a benchmark that must send the same ones; not for
+//!   applications.
 //!
 //! A complete example app (its own table and routes behind [`TenancyLayer`]) is
 //! `examples/notes.rs`.

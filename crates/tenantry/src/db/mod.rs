@@ -31,7 +31,10 @@ pub use error::DbError;
 pub use migrate::TenantMigration;
 pub use pools::{BudgetSettings, TenantPools};
 pub use roles::RoleNames;
-pub use scoped::{Params, ScopedTx, TenantDb, SCOPE_SCHEMA_SQL};
+#[cfg(feature = "internals")]
+pub use scoped::SCOPE_SCHEMA_SQL;
+pub use scoped::{Params, ScopedTx, TenantDb};
+#[cfg(feature = "internals")]
 pub use single_statement::single_statement_form;
 
 /// Serialises start-up bootstrap across nodes.

@@ -46,8 +46,9 @@ use crate::tenant::{Tenant, TenantId};
 /// The plan's statement timeout travels in the same statement, so it costs nothing extra.
 const SCOPE_SQL: &str =
     "SELECT set_config('app.tenant_id', $1, true), set_config('statement_timeout', $2, true)";
-/// The same for a schema tenant ($3: its quoted schema). Public for the same reason as
-/// [`super::single_statement_form`]: the benchmark's schema floor sends it.
+/// The same for a schema tenant ($3: its quoted schema). Reachable with the `internals`
+/// feature for the same reason as `single_statement_form`: the benchmark's schema floor sends
+/// it.
 pub const SCOPE_SCHEMA_SQL: &str = "SELECT set_config('app.tenant_id', $1, true), \
      set_config('statement_timeout', $2, true), set_config('search_path', $3, true)";
 

@@ -76,10 +76,10 @@ pub(super) struct Form {
 }
 
 /// The single-statement form [`super::TenantDb::run`] sends for a read or a single-row insert (see
-/// `single_statement`), or `None` for a statement that keeps the pipelined transaction. Public
-/// so that a tool can send exactly the statement the library sends: the benchmark's floor (a
-/// hand-written handler with only the database's safety net) uses it, so the floor cannot
-/// drift from what it measures.
+/// `single_statement`), or `None` for a statement that keeps the pipelined transaction.
+/// Reachable with the `internals` feature, so that a tool can send exactly the statement the
+/// library sends: the benchmark's floor (a hand-written handler with only the database's safety
+/// net) uses it, so the floor cannot drift from what it measures.
 pub fn single_statement_form(sql: &str) -> Option<String> {
     let head = sql.trim_start();
     let starts = |word: &str| {
