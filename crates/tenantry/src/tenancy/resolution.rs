@@ -61,12 +61,8 @@ impl Tenancy {
         };
         resolve::check_hints(&hints, &slug)?;
         let tenant = self
-            .inner
-            .catalog
-            .tenant(&slug)
-            .await
-            .map_err(|_| ResolveError::Unavailable)?
-            .ok_or(ResolveError::InvalidCredentials)?;
+            .tenant_named(&slug, ResolveError::InvalidCredentials)
+            .await?;
         // The tenant that holds the slug now must be the one the credential was issued for.
         let same = match proof {
             Proof::Id(id) => tenant.id == id,
@@ -115,13 +111,23 @@ impl Tenancy {
         let slug = resolve::subdomain_hint(parts, &self.inner.config.resolver)?
             .ok_or(ResolveError::UnknownTenant)?;
         let tenant = self
-            .inner
+            .tenant_named(&slug, ResolveError::UnknownTenant)
+            .await?;
+        self.admit(tenant, Principal::Public, &parts.method).await
+    }
+
+    /// The tenant that holds `slug` now (from the catalog's cache); `missing` when none does.
+    async fn tenant_named(
+        &self,
+        slug: &Slug,
+        missing: ResolveError,
+    ) -> Result<Arc<Tenant>, ResolveError> {
+        self.inner
             .catalog
-            .tenant(&slug)
+            .tenant(slug)
             .await
             .map_err(|_| ResolveError::Unavailable)?
-            .ok_or(ResolveError::UnknownTenant)?;
-        self.admit(tenant, Principal::Public, &parts.method).await
+            .ok_or(missing)
     }
 }
 
