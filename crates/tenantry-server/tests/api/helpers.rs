@@ -274,6 +274,20 @@ impl TestApp {
         tokio::spawn(conn);
         c
     }
+
+    /// Puts a job of tenant id `tenant` straight into the queue, an hour in the future (so no
+    /// worker takes it): what a queued job looks like when its tenant goes.
+    pub async fn park_job(&self, tenant: &str) {
+        self.sql()
+            .await
+            .execute(
+                "INSERT INTO tenantry.jobs (id, tenant_id, kind, payload, state, run_at)
+                 VALUES (gen_random_uuid(), $1, 'export', '{}', 'queued', now() + interval '1 hour')",
+                &[&tenant],
+            )
+            .await
+            .unwrap();
+    }
 }
 
 pub async fn into_res(r: reqwest::Response) -> Res {

@@ -97,13 +97,7 @@ async fn the_doctor_reports_residue_of_deleted_tenants() {
     )
     .await
     .unwrap();
-    sql.execute(
-        "INSERT INTO tenantry.jobs (id, tenant_id, kind, payload, state, run_at)
-         VALUES (gen_random_uuid(), $1, 'export', '{}', 'queued', now() + interval '1 hour')",
-        &[&gone],
-    )
-    .await
-    .unwrap();
+    app.park_job(&gone).await;
     sql.execute(
         "INSERT INTO t_reused.users (tenant_id, id, email, name, role)
          VALUES ($1, gen_random_uuid(), 'old@r.io', 'old', 'member')",
