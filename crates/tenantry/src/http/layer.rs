@@ -176,7 +176,7 @@ where
 /// four values that change are written into one buffer with `itoa` and handed out as slices of
 /// it: two allocations (the buffer and its shared handle) where building each value on its own
 /// makes five or more, each through `core::fmt`.
-pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
+pub(crate) fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     use http::header::HeaderName;
     static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
     static STATE: HeaderName = HeaderName::from_static("ratelimit");
@@ -185,16 +185,14 @@ pub fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     static RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
     // Room for all five at once instead of growing (and rehashing) the map twice.
     h.reserve(5);
-    if let Some(v) = policy_value(policy, d, || {
-        let mut v = Vec::with_capacity(policy.len() + 30);
-        push_quoted(
-            &mut v,
-            policy,
-            (b";q=", d.limit.into()),
-            (b";w=", d.window_secs),
-        );
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
-    }) {
+    let mut v = Vec::with_capacity(policy.len() + 30);
+    push_quoted(
+        &mut v,
+        policy,
+        (b";q=", d.limit.into()),
+        (b";w=", d.window_secs),
+    );
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(v)) {
         h.insert(POLICY.clone(), v);
     }
     // `RateLimit`, then the trio's limit, remaining and reset.
@@ -238,37 +236,6 @@ fn push_quoted(buf: &mut Vec<u8>, policy: &str, (a, x): (&[u8], u64), (b, y): (&
     buf.extend_from_slice(n.format(y).as_bytes());
 }
 
-/// The `RateLimit-Policy` value of `(policy, limit, window)`: the same on every response of a
-/// plan, so each thread keeps the last few it built instead of building one per response
-/// (an allocation, the digits and the header value's validation).
-fn policy_value(
-    policy: &str,
-    d: &Decision,
-    build: impl FnOnce() -> Option<HeaderValue>,
-) -> Option<HeaderValue> {
-    use std::cell::RefCell;
-    /// Plans in use on one thread at once, in the common case.
-    const KEPT: usize = 8;
-    type Kept = Vec<(Box<str>, u32, u64, HeaderValue)>;
-    thread_local! {
-        static KEPT_VALUES: RefCell<Kept> = const { RefCell::new(Vec::new()) };
-    }
-    KEPT_VALUES.with_borrow_mut(|kept| {
-        let hit = kept
-            .iter()
-            .find(|(p, l, w, _)| *l == d.limit && *w == d.window_secs && **p == *policy);
-        if let Some((.., v)) = hit {
-            return Some(v.clone());
-        }
-        let v = build()?;
-        if kept.len() == KEPT {
-            kept.remove(0);
-        }
-        kept.push((policy.into(), d.limit, d.window_secs, v.clone()));
-        Some(v)
-    })
-}
-
 impl TenantContext {
     /// The context a [`TenancyLayer`] attached to a response, for outer layers (logging).
     pub fn from_response(res: &Response) -> Option<&TenantContext> {
@@ -291,10 +258,9 @@ mod tests {
         }
     }
 
-    /// Kept policy values never answer for another plan, limit or window, also once more
-    /// plans than are kept have been seen.
+    /// Each response's headers are its own plan's, limit's and window's.
     #[test]
-    fn policy_values_are_kept_per_plan_limit_and_window() {
+    fn rate_headers_carry_the_plan_limit_and_window() {
         for round in 0..3 {
             for i in 0..20u32 {
                 let (plan, limit, window) = (
