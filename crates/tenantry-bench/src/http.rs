@@ -244,7 +244,7 @@ async fn schema_floor(
         .and_then(|v| v.to_str().ok())
         .and_then(|s| tenantry::Slug::parse(s).ok())
         .ok_or(StatusCode::BAD_REQUEST)?;
-    let path = tenantry::db::roles::quote_ident(&tenantry::placement::schema_name(slug.as_str()));
+    let path = tenantry::db::quote_ident(&tenantry::db::schema_name(slug.as_str()));
     let client = pool
         .get()
         .await
@@ -467,7 +467,7 @@ pub(crate) async fn start_database_floor(
     let databases: std::collections::HashMap<String, String> = seeded
         .iter()
         .map(|t| {
-            let name = tenantry::placement::database_name(server.db_name(), &t.slug);
+            let name = tenantry::db::database_name(server.db_name(), &t.slug);
             (t.id.clone(), name)
         })
         .collect();
@@ -494,7 +494,7 @@ async fn database_floor(
     let database = databases.get(&tenant).ok_or(StatusCode::BAD_REQUEST)?;
     let client = db
         .tenant_pools()
-        .get(tenantry::placement::DEFAULT_SERVER, database)
+        .get(tenantry::DEFAULT_SERVER, database)
         .await
         .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
     read_on(&client, &FLOOR_SQL, &tenant, id).await

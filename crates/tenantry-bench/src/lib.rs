@@ -59,7 +59,7 @@ pub async fn drop_database(name: &str) {
         ),
     ] {
         for row in c.query(list, &[&name]).await.unwrap() {
-            let object = tenantry::db::roles::quote_ident(row.get(0));
+            let object = tenantry::db::quote_ident(row.get(0));
             // Best effort: a leftover is reported, and `.ci/run` sweeps `tb_*` before tests.
             if let Err(e) = c.batch_execute(&drop.replace("{}", &object)).await {
                 eprintln!("could not drop {object}: {e}");

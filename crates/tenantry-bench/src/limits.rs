@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tenantry::ratelimit::redis::RedisLimiter;
+use tenantry::ratelimit::RedisLimiter;
 use tenantry::ratelimit::{Quota, RateLimiter};
 use tenantry::{Plan, Plans, TenantId};
 use tenantry_server::app::Application;

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use axum::Router;
 use rand::distr::{Alphanumeric, SampleString};
-use tenantry::auth::jwt::JwtVerifier;
+use tenantry::auth::JwtVerifier;
 use tenantry::cache::TenantCache;
 use tenantry::db::{BudgetSettings, Database, PoolSettings, RoleNames};
 use tenantry::jobs::{Worker, WorkerConfig};
 use tenantry::metrics::Metrics;
-use tenantry::ratelimit::redis::RedisLimiter;
+use tenantry::ratelimit::RedisLimiter;
 use tenantry::resolve::ResolverConfig;
 use tenantry::{Catalog, Tenancy, TenancyConfig};
 use tokio::net::TcpListener;

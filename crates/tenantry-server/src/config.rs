@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
-use tenantry::auth::jwt::JwtConfig;
+use tenantry::auth::JwtConfig;
 use tenantry::ratelimit::FailMode;
-use tenantry::resolve::proxy::Cidr;
+use tenantry::resolve::Cidr;
 use tenantry::{Plan, Plans};
 
 /// Settings shared by every subcommand that talks to the database.

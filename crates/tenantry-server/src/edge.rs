@@ -12,7 +12,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use tenantry::http::layer::{scope, Scoped};
+use tenantry::http::{scope, Scoped};
 use tenantry::http::{ErrorCode, Problem, BODY_LIMIT};
 use tenantry::RequestIdLayer;
 use tower::{Service, ServiceBuilder};

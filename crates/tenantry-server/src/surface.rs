@@ -55,7 +55,7 @@ pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
 }
 
 /// The tenant plane: every route here is served in the tenant context the [`crate::edge::Edge`] opens for
-/// it (the library's [`tenantry::http::layer::scope`], which [`tenantry::TenancyLayer`] runs
+/// it (the library's [`tenantry::http::scope`], which [`tenantry::TenancyLayer`] runs
 /// per route), so this list is also what decides which requests need one.
 pub fn tenant_plane() -> OpenApiRouter<AppState> {
     OpenApiRouter::default()

@@ -48,7 +48,7 @@ const INSERT: &str = "INSERT INTO tenantry.audit_log (actor, tenant_slug, tenant
                       VALUES ($1, $2::text, (SELECT id FROM tenantry.tenants WHERE slug = $2::text), $3, $4, $5)";
 
 /// Records an entry inside an open transaction.
-pub async fn record_in(
+pub(crate) async fn record_in(
     tx: &tokio_postgres::Transaction<'_>,
     actor: &Actor,
     tenant: Option<&Slug>,

@@ -9,7 +9,7 @@
 //! - Single-flight: concurrent misses on one key make one load; the others wait for it.
 //! - Invalidation: on write ([`TenantCache::invalidate`]), and for a whole tenant
 //!   ([`TenantCache::flush_tenant`]: suspension, deletion, a move). Both reach every node through
-//!   PostgreSQL LISTEN/NOTIFY on [`CHANNEL`].
+//!   PostgreSQL LISTEN/NOTIFY on the `tenantry_cache` channel.
 //! - The TTL bounds staleness where invalidation cannot help (a read that raced a write).
 
 use std::future::Future;
@@ -27,7 +27,7 @@ use crate::db::Database;
 use crate::tenant::TenantId;
 
 /// The notification channel for cross-node invalidation.
-pub const CHANNEL: &str = "tenantry_cache";
+pub(crate) const CHANNEL: &str = "tenantry_cache";
 
 type Key = (TenantId, String);
 

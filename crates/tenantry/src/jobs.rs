@@ -36,7 +36,7 @@ use crate::tenancy::Tenancy;
 use crate::tenant::TenantId;
 
 /// The notification channel that wakes workers.
-pub const CHANNEL: &str = "tenantry_jobs";
+pub(crate) const CHANNEL: &str = "tenantry_jobs";
 
 /// A job as clients see it.
 #[derive(Debug, Clone, Serialize)]

@@ -5,24 +5,25 @@
 //!
 //! In the order a request meets them:
 //!
-//! - [`resolve`]: finding the tenant of a request: credential first, hints (subdomain,
-//!   `X-Tenant-Id`, path) must agree.
-//! - [`auth`]: API keys (format, keyed checksum, hashing, constant-time checks), JWTs and
-//!   principals.
-//! - [`tenancy`]: [`Tenancy`], which ties the rest together: resolution, then admission.
-//! - [`plan`] and [`ratelimit`]: plans, the limits they give a tenant, and per-tenant GCRA
-//!   limits.
-//! - [`context`]: [`TenantContext`], the proof a request was resolved.
-//! - [`db`]: the pools and the scoped transaction that is the only way to tenant tables;
-//!   `db::control` is the control plane's side (roles, migrations, provisioning, fleet
-//!   migrations, the doctor).
-//! - [`http`]: tower layers ([`TenancyLayer`], [`RequestIdLayer`]), extractors and
-//!   problem+json errors.
+//! 1. [`http`]: [`TenancyLayer`] takes the request (with [`RequestIdLayer`], extractors and
+//!    problem+json errors).
+//! 2. [`resolve`] and [`auth`]: the tenant of the request: a credential (API key or JWT)
+//!    decides it, hints (subdomain, `X-Tenant-Id`, path) must agree.
+//! 3. [`Tenancy`] (`tenancy/`): resolution, then admission: the tenant's [`Plan`] and its
+//!    limits ([`ratelimit`]: per-tenant GCRA, requests in flight).
+//! 4. [`TenantContext`] (`context.rs`): the proof a request was resolved and admitted.
+//! 5. [`db`]: the scoped transaction that is the only way to tenant tables, in the tenant's
+//!    [`Placement`]; `db/control/` is the control plane's side (roles, migrations,
+//!    provisioning, fleet migrations, the doctor).
+//! 6. The handler's answer goes back through [`TenancyLayer`], which puts the tenant's
+//!    rate-limit state on it.
 //!
 //! Around them:
 //!
-//! - [`tenant`]: a tenant's immutable id, its slug, its status and catalog record.
-//! - [`placement`]: where a tenant's rows live (shared tables, a schema, a database).
+//! - [`Tenant`], [`TenantId`], [`Slug`] (`tenant.rs`): a tenant's immutable id, its slug, its
+//!   status and catalog record.
+//! - [`Placement`] and [`Isolation`] (`placement.rs`): where a tenant's rows live (shared
+//!   tables, a schema, a database).
 //! - [`catalog`]: the control-plane catalog of tenants and keys, with a cache that every node
 //!   invalidates through PostgreSQL LISTEN/NOTIFY.
 //! - [`lifecycle`]: creating and deleting tenants in every placement.
@@ -78,68 +79,40 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(unreachable_pub)]
+
 pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod catalog;
-pub mod context;
+pub(crate) mod context;
 pub mod db;
 pub mod http;
 pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod operations;
-pub mod placement;
-pub mod plan;
+pub(crate) mod placement;
+pub(crate) mod plan;
 pub mod ratelimit;
 pub mod resolve;
-pub mod tenancy;
-pub mod tenant;
+pub(crate) mod tenancy;
+pub(crate) mod tenant;
 
-/// The hash map of the request path's internal tables (limiter, in-flight counts, metrics,
-/// statement forms, key usage, the catalog fronts). What they hold is keyed by tenants, keys,
-/// route templates and static statements, which the operator created, and each is bounded, so
-/// a randomly seeded foldhash stands in for std's SipHash, which costs several times more per
-/// lookup and is met several times per request. The moka caches, which also remember what a client presented that
-/// does not exist, keep SipHash.
-pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+mod fast_map;
+mod memo;
+#[cfg(test)]
+mod parser_properties;
 
-/// A process-wide table of values worked out once per key and never changed after (a
-/// statement's single-statement form, a problem's rendered body): a hit is a hash under a
-/// shared read lock. At most `cap` entries are kept; past that a value is worked out on each
-/// call, so keys made at run time cannot grow the table without bound.
-pub(crate) struct Kept<K, V> {
-    map: std::sync::RwLock<FastMap<K, V>>,
-    cap: usize,
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> Kept<K, V> {
-    pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            map: Default::default(),
-            cap,
-        }
-    }
-
-    /// The value kept for `key`, or `make`'s (kept if there is room).
-    pub(crate) fn get_or_keep(&self, key: K, make: impl FnOnce() -> V) -> V {
-        if let Some(v) = self.map.read().ok().and_then(|m| m.get(&key).cloned()) {
-            return v;
-        }
-        let v = make();
-        if let Ok(mut m) = self.map.write() {
-            if m.len() < self.cap {
-                m.insert(key, v.clone());
-            }
-        }
-        v
-    }
-}
+pub(crate) use fast_map::FastMap;
 
 pub use catalog::Catalog;
 pub use context::TenantContext;
 pub use http::{Json, Problem, Query, RequestIdLayer, TenancyLayer};
-pub use placement::{Isolation, Placement};
+pub use placement::{Isolation, Placement, DEFAULT_SERVER};
 pub use plan::{Plan, Plans, TenantLimits};
-pub use tenancy::{Tenancy, TenancyConfig};
-pub use tenant::{Slug, Tenant, TenantId, TenantStatus};
+pub use tenancy::{AdminContextError, Tenancy, TenancyConfig};
+pub use tenant::{
+    InvalidSlug, InvalidTenantId, RateLimitOverride, Slug, StorageState, Tenant, TenantId,
+    TenantStatus,
+};

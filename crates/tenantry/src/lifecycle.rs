@@ -14,7 +14,8 @@
 
 use crate::audit::Actor;
 use crate::catalog::{Catalog, CatalogError, NewTenant};
-use crate::db::{provision, DbError, Placement};
+use crate::db::{provision, DbError};
+use crate::placement::Placement;
 use crate::tenant::{Slug, Tenant};
 
 /// Creates (or resumes creating) a tenant and its storage.

@@ -2,7 +2,7 @@
 //!
 //! Request counts and latency histograms are by route template (never the raw path, which
 //! would carry ids) and status. Per-tenant request and rate-limited counts are kept for every
-//! tenant seen, but only the top [`TOP_TENANTS`] by traffic are exported under their own label;
+//! tenant seen, but only the top 20 by traffic are exported under their own label;
 //! the rest are summed under `tenant="other"`, so a fleet of 100,000 tenants is still a few
 //! dozen series. Written by hand: the exposition format is a few lines, and the registry needs
 //! the top-N folding no crate offers.
@@ -15,7 +15,7 @@ use crate::tenant::Slug;
 use crate::FastMap;
 
 /// Tenants exported under their own label.
-pub const TOP_TENANTS: usize = 20;
+pub(crate) const TOP_TENANTS: usize = 20;
 /// Tenants tracked individually; beyond this the least active are folded into `other`.
 const TRACKED: usize = 50_000;
 /// Latency histogram buckets, seconds.

@@ -108,11 +108,13 @@ impl Placement {
 
 /// `t_<slug>` (with `-` kept: names are always quoted). `slug` is a validated
 /// [`crate::Slug`]'s text.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub fn schema_name(slug: &str) -> String {
     bounded("t_", slug)
 }
 
 /// `<prefix>_t_<slug>`: the prefix keeps two deployments on one server apart.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub fn database_name(prefix: &str, slug: &str) -> String {
     bounded(&format!("{prefix}_t_"), slug)
 }

@@ -152,7 +152,7 @@ impl Slug {
 }
 
 /// The slug grammar, checked byte by byte (no regex engine on the hot path).
-pub fn is_valid_slug(s: &str) -> bool {
+pub(crate) fn is_valid_slug(s: &str) -> bool {
     let b = s.as_bytes();
     (2..=63).contains(&b.len())
         && b[0].is_ascii_lowercase()

@@ -83,7 +83,7 @@ async fn a_tenant_deleted_during_provisioning_is_never_marked_ready() {
     let tenancy = tenancy().await;
     let catalog = tenancy.catalog();
     let new = new_tenant("doomed");
-    let placement = tenantry::db::Placement::Shared;
+    let placement = tenantry::Placement::Shared;
     let t = catalog
         .create_tenant(&new, &placement, &actor())
         .await
@@ -95,7 +95,7 @@ async fn a_tenant_deleted_during_provisioning_is_never_marked_ready() {
         .unwrap();
     assert!(catalog.mark_ready(&t.id, 1).await.unwrap().is_none());
     let now = catalog.get_tenant(&new.slug).await.unwrap().unwrap();
-    assert_eq!(now.storage_state, tenantry::tenant::StorageState::Deleting);
+    assert_eq!(now.storage_state, tenantry::StorageState::Deleting);
     // A ready tenant is not "re-readied" either.
     catalog.finish_delete(&now).await.unwrap();
     let again = tenantry::lifecycle::create(catalog, &new, &actor())

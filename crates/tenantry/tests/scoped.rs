@@ -95,7 +95,7 @@ async fn seed(cfg: &tokio_postgres::Config) {
 async fn runtime_role_without_context_sees_nothing_and_cannot_insert() {
     let (cfg, db) = fresh(&PoolSettings::default()).await;
     seed(&cfg).await;
-    let client = db.runtime().get().await.unwrap();
+    let client = db.runtime_pool().get().await.unwrap();
     // Plain queries, no scoped transaction: no app.tenant_id at all.
     let n: i64 = client
         .query_one("SELECT count(*) FROM notes", &[])
@@ -156,7 +156,7 @@ async fn scoped_transaction_sees_only_its_tenant() {
     assert!(err.is_ok());
     tx.commit().await.unwrap();
     let c = superuser(&cfg).await;
-    let rt = db.runtime().get().await.unwrap();
+    let rt = db.runtime_pool().get().await.unwrap();
     let e = rt
         .batch_execute(
             "BEGIN; SELECT set_config('app.tenant_id', 'aa', true);
@@ -356,7 +356,7 @@ fn short_timeouts() -> TenancyConfig {
 }
 
 async fn assert_clean(db: &Database) {
-    let c = db.runtime().get().await.unwrap();
+    let c = db.runtime_pool().get().await.unwrap();
     // SAVEPOINT fails outside a transaction block: if it succeeds, the connection came back
     // from the pool inside someone's transaction.
     let e = c.batch_execute("SAVEPOINT probe").await.unwrap_err();
@@ -450,7 +450,7 @@ async fn a_scoped_read_costs_one_round_trip() {
         scoped.push(counter.turns.load(Ordering::SeqCst) - before);
     }
     // A bare prepared query on the same connection, for comparison.
-    let client = db.runtime().get().await.unwrap();
+    let client = db.runtime_pool().get().await.unwrap();
     let stmt = client
         .prepare("SELECT body FROM notes WHERE tenant_id = $1 AND id = $2")
         .await
@@ -615,7 +615,7 @@ async fn schema_tenants_keep_a_prepared_statement_each() {
         }
     }
     // The one runtime connection holds a statement per schema.
-    let rt = db.runtime().get().await.unwrap();
+    let rt = db.runtime_pool().get().await.unwrap();
     let rows = rt
         .query(
             "SELECT statement FROM pg_prepared_statements WHERE statement LIKE 'SELECT body%'",
@@ -647,7 +647,7 @@ async fn runtime_connections_are_replaced_after_their_lifetime() {
     .await
     .unwrap();
     let backend = || async {
-        let rt = db.runtime().get().await.unwrap();
+        let rt = db.runtime_pool().get().await.unwrap();
         let pid: i32 = rt
             .query_one("SELECT pg_backend_pid()", &[])
             .await

@@ -129,7 +129,7 @@ pub fn token(settings: &Settings, tenant: &str, ttl: &str, scope: Option<&str>) 
         eprintln!("tenantry: set TENANTRY_JWT_HS256_SECRET (or [jwt] hs256_secret) to mint tokens");
         return exit::USAGE;
     }
-    match tenantry::auth::jwt::JwtVerifier::new(settings.jwt.clone())
+    match tenantry::auth::JwtVerifier::new(settings.jwt.clone())
         .and_then(|v| v.mint_hs256(&tenant, ttl, scope))
     {
         Ok(t) => {

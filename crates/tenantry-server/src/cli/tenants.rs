@@ -12,7 +12,7 @@ use tenantry::cache::TenantCache;
 use tenantry::catalog::{ApiKeyInfo, CatalogError, TenantPatch};
 use tenantry::db::Database;
 use tenantry::http::Problem;
-use tenantry::ratelimit::redis::RedisLimiter;
+use tenantry::ratelimit::RedisLimiter;
 use tenantry::{Catalog, Slug, Tenant, TenantId, TenantStatus};
 use uuid::Uuid;
 

@@ -8,8 +8,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tenantry::db::DbError;
-use tenantry::http::written::Object;
-use tenantry::http::{FieldError, Problem, WriteJson, Written};
+use tenantry::http::{FieldError, Problem, Written};
 use tenantry::{Json, Query, TenantContext};
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -19,33 +18,21 @@ use super::users::ResourceId;
 use crate::state::AppState;
 use crate::validate;
 
-/// An order of a tenant.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Order {
-    pub id: Uuid,
-    pub user_id: Uuid,
-    pub amount_cents: i64,
-    pub currency: String,
-    pub status: String,
-    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
-    pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Responses write orders themselves ([`tenantry::http::written`]); the `Serialize` derive is
-/// the reference the tests hold this to, and what the order cache stores.
-impl WriteJson for Order {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        Object::new(out)
-            .field("id", &self.id)
-            .field("user_id", &self.user_id)
-            .field("amount_cents", &self.amount_cents)
-            .field("currency", &self.currency)
-            .field("status", &self.status)
-            .field("created_at", &self.created_at)
-            .field("updated_at", &self.updated_at)
-            .end()
+tenantry::json_object! {
+    /// An order of a tenant. Responses write it with its [`WriteJson`](tenantry::http::WriteJson)
+    /// (made from the same field list); the `Serialize` derive is the reference the tests hold
+    /// that to, and what the order cache stores.
+    #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+    pub struct Order {
+        pub id: Uuid,
+        pub user_id: Uuid,
+        pub amount_cents: i64,
+        pub currency: String,
+        pub status: String,
+        #[serde(serialize_with = "tenantry::http::serialize_timestamp")]
+        pub created_at: DateTime<Utc>,
+        #[serde(serialize_with = "tenantry::http::serialize_timestamp")]
+        pub updated_at: DateTime<Utc>,
     }
 }
 
@@ -336,6 +323,8 @@ mod tests {
                 }
             })
     }
+
+    use tenantry::http::WriteJson;
 
     proptest! {
         /// The body a client gets is what the `Serialize` derive would have written.

@@ -2,7 +2,7 @@
 //! `{"items": [...], "next_cursor": ... | null}`.
 
 use serde::{Deserialize, Serialize};
-use tenantry::http::written::Object;
+use tenantry::http::Object;
 use tenantry::http::{FieldError, Problem, WriteJson};
 use uuid::Uuid;
 

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tenantry::tenant::RateLimitOverride;
+use tenantry::RateLimitOverride;
 use tenantry::{Json, TenantContext};
 
 use crate::state::AppState;
@@ -36,7 +36,7 @@ pub struct TenantView {
     #[schema(value_type = tenantry::Isolation)]
     pub isolation: &'static str,
     pub rate_limit: Option<RateLimitOverride>,
-    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
+    #[serde(serialize_with = "tenantry::http::serialize_timestamp")]
     pub created_at: DateTime<Utc>,
     pub limits: Limits,
     pub usage: Option<CurrentUsage>,

@@ -5,8 +5,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tenantry::db::DbError;
-use tenantry::http::written::Object;
-use tenantry::http::{ErrorCode, FieldError, Problem, WriteJson, Written};
+use tenantry::http::{ErrorCode, FieldError, Problem, Written};
 use tenantry::{Json, Query, TenantContext};
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -14,31 +13,20 @@ use uuid::Uuid;
 use super::page::{uuid_page, Page, PageQuery};
 use crate::validate;
 
-/// A user of a tenant.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct User {
-    pub id: Uuid,
-    pub email: String,
-    pub name: String,
-    pub role: String,
-    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
-    pub created_at: DateTime<Utc>,
-    #[serde(serialize_with = "tenantry::http::timestamp::serialize")]
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Responses write users themselves ([`tenantry::http::written`]); the `Serialize` derive is
-/// the reference the tests hold this to.
-impl WriteJson for User {
-    fn write_json(&self, out: &mut Vec<u8>) {
-        Object::new(out)
-            .field("id", &self.id)
-            .field("email", &self.email)
-            .field("name", &self.name)
-            .field("role", &self.role)
-            .field("created_at", &self.created_at)
-            .field("updated_at", &self.updated_at)
-            .end()
+tenantry::json_object! {
+    /// A user of a tenant. Responses write it with its [`WriteJson`](tenantry::http::WriteJson)
+    /// (made from the same field list); the `Serialize` derive is the reference the tests hold
+    /// that to.
+    #[derive(Debug, Serialize, utoipa::ToSchema)]
+    pub struct User {
+        pub id: Uuid,
+        pub email: String,
+        pub name: String,
+        pub role: String,
+        #[serde(serialize_with = "tenantry::http::serialize_timestamp")]
+        pub created_at: DateTime<Utc>,
+        #[serde(serialize_with = "tenantry::http::serialize_timestamp")]
+        pub updated_at: DateTime<Utc>,
     }
 }
 
@@ -260,6 +248,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    use tenantry::http::WriteJson;
 
     proptest! {
         /// The body a client gets is what the `Serialize` derive would have written.

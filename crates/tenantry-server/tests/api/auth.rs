@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tenantry::auth::jwt::JwtConfig;
+use tenantry::auth::JwtConfig;
 
 use crate::helpers::{fresh_database, settings, spawn_with, TestApp, ADMIN};
 

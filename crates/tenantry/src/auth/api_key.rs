@@ -28,22 +28,23 @@ const PREFIX_LEN: usize = 12;
 const SECRET_LEN: usize = 40;
 const CHECK_LEN: usize = 6;
 /// Total length of a well-formed key.
-pub const KEY_LEN: usize = 3 + PREFIX_LEN + 1 + SECRET_LEN + CHECK_LEN;
+pub(crate) const KEY_LEN: usize = 3 + PREFIX_LEN + 1 + SECRET_LEN + CHECK_LEN;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// Why a string is not a usable key (before any lookup).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum KeyFormatError {
+pub(crate) enum KeyFormatError {
     #[error("not an API key")]
     Malformed,
+    #[cfg(test)]
     #[error("API key checksum mismatch (typo?)")]
     Checksum,
 }
 
 /// The deployment's key checksum: the MAC key, and the prefixes of keys issued before it.
 #[derive(Clone)]
-pub struct KeyCheck {
+pub(crate) struct KeyCheck {
     mac: [u8; 16],
     legacy: HashSet<String>,
 }
@@ -59,7 +60,7 @@ impl std::fmt::Debug for KeyCheck {
 impl KeyCheck {
     /// A checksum keyed by `secret` (at least 16 bytes of the operating system's randomness;
     /// the MAC key is derived from it).
-    pub fn new(secret: &[u8]) -> Self {
+    pub(crate) fn new(secret: &[u8]) -> Self {
         let digest = Sha256::digest([b"tenantry key check\0".as_slice(), secret].concat());
         let mut mac = [0u8; 16];
         mac.copy_from_slice(&digest[..16]);
@@ -70,7 +71,7 @@ impl KeyCheck {
     }
 
     /// Also accepts the CRC-32 checksum for these prefixes (keys issued before the keyed one).
-    pub fn with_legacy(mut self, prefixes: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn with_legacy(mut self, prefixes: impl IntoIterator<Item = String>) -> Self {
         self.legacy = prefixes.into_iter().collect();
         self
     }
@@ -85,7 +86,7 @@ impl KeyCheck {
 
 /// A freshly generated key: the full text (shown once) and what the catalog stores.
 #[derive(Debug, Clone)]
-pub struct NewKey {
+pub(crate) struct NewKey {
     pub key: String,
     pub prefix: String,
     pub hash: [u8; 32],
@@ -93,7 +94,7 @@ pub struct NewKey {
 
 /// A syntactically valid key presented by a client.
 #[derive(Debug, Clone, Copy)]
-pub struct PresentedKey<'a> {
+pub(crate) struct PresentedKey<'a> {
     text: &'a str,
     prefix: &'a str,
     secret: &'a str,
@@ -101,7 +102,7 @@ pub struct PresentedKey<'a> {
 
 impl NewKey {
     /// A new key, checksummed with the deployment's key check.
-    pub fn generate(check: &KeyCheck) -> Self {
+    pub(crate) fn generate(check: &KeyCheck) -> Self {
         let mut rng = rand::rng();
         let prefix = Alphanumeric.sample_string(&mut rng, PREFIX_LEN);
         let secret = Alphanumeric.sample_string(&mut rng, SECRET_LEN);
@@ -117,16 +118,13 @@ impl NewKey {
             prefix,
         }
     }
-
-    /// The display form of the prefix (`tk_` + lookup id).
-    pub fn display_prefix(&self) -> String {
-        format!("tk_{}", self.prefix)
-    }
 }
 
 impl<'a> PresentedKey<'a> {
-    /// Parses and checksums a key. No allocation, no lookup.
-    pub fn parse(s: &'a str, check: &KeyCheck) -> Result<Self, KeyFormatError> {
+    /// Parses and checksums a key, as resolution does in two steps (the checksum only when
+    /// the prefix is not cached).
+    #[cfg(test)]
+    pub(crate) fn parse(s: &'a str, check: &KeyCheck) -> Result<Self, KeyFormatError> {
         let key = Self::parse_format(s)?;
         if key.checksum_ok(check) {
             Ok(key)
@@ -138,7 +136,7 @@ impl<'a> PresentedKey<'a> {
     /// Parses a key's format alone. Its checksum must then be checked
     /// ([`checksum_ok`](Self::checksum_ok)) before anything is looked up for it; a caller that
     /// finds the prefix already cached may skip it, because the stored hash decides then.
-    pub fn parse_format(s: &'a str) -> Result<Self, KeyFormatError> {
+    pub(crate) fn parse_format(s: &'a str) -> Result<Self, KeyFormatError> {
         let b = s.as_bytes();
         if b.len() != KEY_LEN
             || !s.starts_with("tk_")
@@ -157,19 +155,19 @@ impl<'a> PresentedKey<'a> {
 
     /// Whether the key's checksum is the deployment's (or, for a key issued before the keyed
     /// checksum, its CRC-32 one).
-    pub fn checksum_ok(&self, check: &KeyCheck) -> bool {
+    pub(crate) fn checksum_ok(&self, check: &KeyCheck) -> bool {
         let (body, digits) = self.text.split_at(KEY_LEN - CHECK_LEN);
         let keyed = bool::from(check.digits(body).ct_eq(digits.as_bytes()));
         keyed || (crc_digits(body) == digits.as_bytes() && check.legacy.contains(self.prefix))
     }
 
     /// The lookup id.
-    pub fn prefix(&self) -> &'a str {
+    pub(crate) fn prefix(&self) -> &'a str {
         self.prefix
     }
 
     /// Compares the secret with a stored hash in constant time.
-    pub fn matches(&self, stored: &[u8]) -> bool {
+    pub(crate) fn matches(&self, stored: &[u8]) -> bool {
         let h = hash_secret(self.secret);
         stored.len() == h.len() && bool::from(h.as_slice().ct_eq(stored))
     }

@@ -28,7 +28,7 @@ use serde_json::{Map, Value};
 use crate::tenant::Slug;
 
 /// The largest token accepted.
-pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+pub(crate) const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// JWT settings.
 #[derive(Debug, Clone)]

@@ -1,7 +1,9 @@
 //! Credentials: who is calling, and what they may do.
 
-pub mod api_key;
-pub mod jwt;
+pub(crate) mod api_key;
+pub(crate) mod jwt;
+
+pub use jwt::{JwtConfig, JwtError, JwtIdentity, JwtVerifier};
 
 use serde::{Deserialize, Serialize};
 

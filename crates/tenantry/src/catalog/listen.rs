@@ -23,7 +23,7 @@ impl Catalog {
     /// Runs forever: LISTENs for invalidations on a dedicated control connection.
     ///
     /// When the connection drops, notifications may be missed, so the whole cache is cleared
-    /// as soon as LISTEN is re-established, or after [`STALE_AFTER`] without it, whichever
+    /// as soon as LISTEN is re-established, or after five seconds without it, whichever
     /// comes first. Not at the moment of the drop: if the database itself is down, the warm
     /// cache keeps answering what needs no database (a 429 for a tenant over its limit) instead
     /// of turning every request into a 503.

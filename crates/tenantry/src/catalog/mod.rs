@@ -17,9 +17,9 @@
 //! - `keys`: API key writes and lists;
 //! - `front`: the per-thread map in front of the caches.
 
-mod front;
 mod keys;
 mod listen;
+mod per_thread_front;
 mod tenants;
 
 use std::sync::Arc;
@@ -36,13 +36,13 @@ use crate::db::{Database, DbError};
 use crate::placement::Isolation;
 use crate::placement::Placement;
 use crate::tenant::{RateLimitOverride, Slug, StorageState, Tenant, TenantId, TenantStatus};
-use front::Front;
+use per_thread_front::Front;
 
 /// How long the cache is trusted without a working LISTEN connection.
-pub const STALE_AFTER: Duration = Duration::from_secs(5);
+pub(crate) const STALE_AFTER: Duration = Duration::from_secs(5);
 
 /// The notification channel for cache invalidation.
-pub const CHANNEL: &str = "tenantry_catalog";
+pub(crate) const CHANNEL: &str = "tenantry_catalog";
 
 /// What the resolution path needs to know about a key.
 #[derive(Debug, Clone)]
@@ -120,7 +120,7 @@ pub struct Catalog {
     db: Database,
     tenants: Cache<Slug, Option<Arc<Tenant>>>,
     keys: Cache<String, Option<Arc<KeyRecord>>>,
-    /// In front of `tenants` and `keys` for the request path's hits ([`front`]).
+    /// In front of `tenants` and `keys` for the request path's hits ([`per_thread_front`]).
     hot_tenants: Arc<Front<Slug, Tenant>>,
     hot_keys: Arc<Front<String, KeyRecord>>,
     /// A pause after each cache load has read the catalog and before it returns, for tests
@@ -342,7 +342,7 @@ impl Catalog {
     }
 
     // Each invalidation evicts from the cache first and then stales its front, in that order
-    // (see [`front`]).
+    // (see [`per_thread_front`]).
 
     pub async fn invalidate_tenant(&self, slug: &Slug) {
         self.tenants.invalidate(slug).await;

@@ -9,28 +9,33 @@
 //!   does. [`Database::connect`] refuses to start otherwise.
 //!
 //! The files here are the request path's side (pools, the scoped transaction, its
-//! single-statement form, errors, LISTEN); [`control`] is the control plane's (roles,
-//! migrations, provisioning, fleet migrations, the doctor), re-exported here under its old
-//! paths (`db::provision`, `db::doctor`, ...).
+//! single-statement form, errors, LISTEN); the `control` folder is the control plane's (roles,
+//! migrations, provisioning, fleet migrations, the doctor), of which applications see
+//! [`provision`], [`fleet`] and [`doctor`].
 
-pub mod control;
-mod error;
-pub mod notify;
-pub mod pools;
-mod scoped;
-mod single_statement;
+pub(crate) mod control;
+pub(crate) mod error;
+pub(crate) mod notify;
+pub(crate) mod pools;
+pub(crate) mod scoped;
+pub(crate) mod single_statement;
 
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::NoTls;
 
-pub use crate::placement::Placement;
-pub use control::{doctor, fleet, migrate, provision, roles};
+use crate::placement::Placement;
+#[cfg(feature = "internals")]
+pub use crate::placement::{database_name, schema_name};
+pub use control::{doctor, fleet, provision};
+pub(crate) use control::{migrate, roles};
 pub use error::DbError;
 pub use migrate::TenantMigration;
+#[cfg(feature = "internals")]
+pub use pools::RawConn;
 pub use pools::{BudgetSettings, TenantPools};
-pub use roles::RoleNames;
+pub use roles::{quote_ident, RoleNames};
 #[cfg(feature = "internals")]
 pub use scoped::SCOPE_SCHEMA_SQL;
 pub use scoped::{Params, ScopedTx, TenantDb};
@@ -41,9 +46,9 @@ pub use single_statement::single_statement_form;
 const BOOTSTRAP_LOCK: i64 = 727263000;
 
 /// The schema that holds the shared-placement tenant tables.
-pub const SHARED_SCHEMA: &str = "shared";
+pub(crate) const SHARED_SCHEMA: &str = "shared";
 /// The schema that holds the control-plane catalog.
-pub const CONTROL_SCHEMA: &str = "tenantry";
+pub(crate) const CONTROL_SCHEMA: &str = "tenantry";
 
 /// Pool sizes and timeouts.
 #[derive(Debug, Clone)]
@@ -290,11 +295,19 @@ impl Database {
     /// not tenant traffic, such as catalog reads, runs there). A connection taken from it
     /// directly has no tenant context, so forced RLS shows it no tenant row: tenant tables are
     /// reached through [`crate::TenantContext::db`].
-    pub fn runtime(&self) -> &Pool {
+    pub(crate) fn runtime(&self) -> &Pool {
         &self.runtime
     }
 
+    /// The runtime pool itself, for tests and benchmarks that must see what a raw
+    /// connection of the tenant role can do.
+    #[cfg(feature = "internals")]
+    pub fn runtime_pool(&self) -> &Pool {
+        self.runtime()
+    }
+
     /// Every lane of the runtime pool ([`PoolSettings::runtime_lanes`]).
+    #[cfg(feature = "internals")]
     pub fn runtime_lanes(&self) -> &[Pool] {
         &self.inner.lanes
     }

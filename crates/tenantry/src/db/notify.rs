@@ -7,7 +7,7 @@ use super::DbError;
 
 /// A live subscription: the payloads of notifications on one channel, until the connection
 /// ends (then the stream ends and the caller reconnects, assuming it missed some).
-pub struct Subscription {
+pub(crate) struct Subscription {
     /// Keeps the connection open; dropping it ends the subscription.
     _client: tokio_postgres::Client,
     stream: std::pin::Pin<Box<dyn Stream<Item = String> + Send>>,
@@ -15,7 +15,10 @@ pub struct Subscription {
 
 impl Subscription {
     /// Connects and LISTENs; returns once LISTEN has taken effect.
-    pub async fn open(config: &tokio_postgres::Config, channel: &str) -> Result<Self, DbError> {
+    pub(crate) async fn open(
+        config: &tokio_postgres::Config,
+        channel: &str,
+    ) -> Result<Self, DbError> {
         let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
         let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
         let sql = format!("LISTEN {channel}");
@@ -49,7 +52,7 @@ impl Subscription {
     }
 
     /// The next notification's payload; `None` when the connection is gone.
-    pub async fn next(&mut self) -> Option<String> {
+    pub(crate) async fn next(&mut self) -> Option<String> {
         self.stream.next().await
     }
 }

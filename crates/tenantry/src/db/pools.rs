@@ -54,7 +54,7 @@ impl Default for BudgetSettings {
 }
 
 /// A connection plus the budget permit it holds while open.
-pub struct Budgeted {
+pub(crate) struct Budgeted {
     client: ClientWrapper,
     _permit: OwnedSemaphorePermit,
 }
@@ -66,16 +66,28 @@ impl std::ops::Deref for Budgeted {
     }
 }
 
+/// A raw tenant-database connection ([`TenantPools::get`]); it holds its budget permit.
+#[cfg(feature = "internals")]
+pub struct RawConn(TenantConn);
+
+#[cfg(feature = "internals")]
+impl std::ops::Deref for RawConn {
+    type Target = ClientWrapper;
+    fn deref(&self) -> &ClientWrapper {
+        &self.0.client
+    }
+}
+
 /// Why a budgeted connection could not be had.
 #[derive(Debug, thiserror::Error)]
-pub enum BudgetError {
+pub(crate) enum BudgetError {
     #[error("connection budget exhausted")]
     Exhausted,
     #[error(transparent)]
     Pg(#[from] tokio_postgres::Error),
 }
 
-pub struct BudgetedManager {
+pub(crate) struct BudgetedManager {
     inner: deadpool_postgres::Manager,
     budget: Arc<Semaphore>,
     wait: Duration,
@@ -127,11 +139,11 @@ impl managed::Manager for BudgetedManager {
     }
 }
 
-pub type TenantPool = managed::Pool<BudgetedManager>;
-pub type TenantConn = managed::Object<BudgetedManager>;
+pub(crate) type TenantPool = managed::Pool<BudgetedManager>;
+pub(crate) type TenantConn = managed::Object<BudgetedManager>;
 
 /// (server, database)
-pub type PoolKey = (String, String);
+pub(crate) type PoolKey = (String, String);
 
 /// All tenant-database pools.
 #[derive(Clone)]
@@ -139,7 +151,7 @@ pub struct TenantPools {
     inner: Arc<Inner>,
 }
 
-pub struct Inner {
+pub(crate) struct Inner {
     settings: BudgetSettings,
     budget: Arc<Semaphore>,
     /// Base runtime connection settings per server (user and password of the runtime role).
@@ -158,7 +170,7 @@ struct Lru {
 }
 
 impl TenantPools {
-    pub fn new(settings: BudgetSettings, statement_timeout: Duration) -> Self {
+    pub(crate) fn new(settings: BudgetSettings, statement_timeout: Duration) -> Self {
         let per_tenant = settings.per_tenant;
         Self {
             inner: Arc::new(Inner {
@@ -173,12 +185,23 @@ impl TenantPools {
     }
 
     /// Registers (or replaces) a server's runtime connection settings.
-    pub fn set_server(&self, name: &str, runtime: tokio_postgres::Config) {
+    pub(crate) fn set_server(&self, name: &str, runtime: tokio_postgres::Config) {
         lock(&self.inner.servers).insert(name.to_owned(), runtime);
     }
 
     /// A connection to a tenant database, opening its pool if needed.
-    pub async fn get(&self, server: &str, database: &str) -> Result<TenantConn, DbError> {
+    /// A raw connection of the tenant role to `database` on `server`, under the budget, with
+    /// no tenant context: for a benchmark's floor, never for tenant data.
+    #[cfg(feature = "internals")]
+    pub async fn get(&self, server: &str, database: &str) -> Result<RawConn, DbError> {
+        self.checkout(server, database).await.map(RawConn)
+    }
+
+    pub(crate) async fn checkout(
+        &self,
+        server: &str,
+        database: &str,
+    ) -> Result<TenantConn, DbError> {
         let pool = self.pool(server, database)?;
         pool.get().await.map_err(|e| match e {
             managed::PoolError::Backend(BudgetError::Pg(e)) => DbError::from(e),
@@ -273,7 +296,7 @@ impl TenantPools {
     }
 
     /// Closes a tenant database's pool (before dropping the database, or after a move).
-    pub fn close(&self, server: &str, database: &str) {
+    pub(crate) fn close(&self, server: &str, database: &str) {
         let key = (server.to_owned(), database.to_owned());
         let mut lru = lock(&self.inner.pools);
         if let Some((pool, _)) = lru.map.remove(&key) {

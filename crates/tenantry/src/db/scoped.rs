@@ -49,6 +49,7 @@ const SCOPE_SQL: &str =
 /// The same for a schema tenant ($3: its quoted schema). Reachable with the `internals`
 /// feature for the same reason as `single_statement_form`: the benchmark's schema floor sends
 /// it.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub const SCOPE_SCHEMA_SQL: &str = "SELECT set_config('app.tenant_id', $1, true), \
      set_config('statement_timeout', $2, true), set_config('search_path', $3, true)";
 
@@ -159,7 +160,7 @@ impl<'a> TenantDb<'a> {
                 (Conn::Runtime(lane.get().await?), path, Some(permit))
             }
             Placement::Database { server, database } => (
-                Conn::TenantDatabase(self.db.tenant_pools().get(server, database).await?),
+                Conn::TenantDatabase(self.db.tenant_pools().checkout(server, database).await?),
                 None,
                 None,
             ),

@@ -58,8 +58,8 @@ pub(super) fn is_scoped(sql: &str) -> bool {
 pub(super) fn single_statement(sql: &'static str) -> Form {
     /// Keyed by the statement's address and length (statements are `&'static str`, so there
     /// are as many as the program has).
-    static FORMS: std::sync::LazyLock<crate::Kept<(usize, usize), Form>> =
-        std::sync::LazyLock::new(|| crate::Kept::new(usize::MAX));
+    static FORMS: std::sync::LazyLock<crate::memo::Memo<(usize, usize), Form>> =
+        std::sync::LazyLock::new(|| crate::memo::Memo::new(usize::MAX));
     FORMS.get_or_keep((sql.as_ptr() as usize, sql.len()), || Form {
         scoped: is_scoped(sql),
         single: single_statement_form(sql).map(|s| &*Box::leak(s.into_boxed_str())),
@@ -80,6 +80,7 @@ pub(super) struct Form {
 /// Reachable with the `internals` feature, so that a tool can send exactly the statement the
 /// library sends: the benchmark's floor (a hand-written handler with only the database's safety
 /// net) uses it, so the floor cannot drift from what it measures.
+#[cfg_attr(not(feature = "internals"), allow(unreachable_pub))]
 pub fn single_statement_form(sql: &str) -> Option<String> {
     let head = sql.trim_start();
     let starts = |word: &str| {

@@ -53,13 +53,13 @@ where
                 Problem::new(ErrorCode::MalformedBody, "could not read the request body")
             }
         })?;
-        parse(&bytes).map(Json)
+        parse_json(&bytes).map(Json)
     }
 }
 
 /// Parses JSON: syntax errors are 400 `malformed_body`; well-formed JSON of the wrong shape is
 /// 422 `validation_failed` naming the field.
-pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(de) {
         Ok(v) => Ok(v),

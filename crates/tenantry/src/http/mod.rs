@@ -1,20 +1,21 @@
 //! The HTTP edge: tower layers, extractors and problem+json errors.
 
-pub mod json;
-pub mod layer;
-pub mod problem;
-pub mod request_id;
-pub mod timestamp;
-pub mod written;
+pub(crate) mod json;
+pub(crate) mod json_writer;
+pub(crate) mod layer;
+pub(crate) mod problem;
+pub(crate) mod request_id;
+pub(crate) mod rfc3339;
 
 use axum::extract::FromRequestParts;
 use http::request::Parts;
 
-pub use json::{Json, Query, BODY_LIMIT};
-pub use layer::TenancyLayer;
+pub use json::{parse_json, Json, Query, BODY_LIMIT};
+pub use json_writer::{Object, WriteJson, Written};
+pub use layer::{scope, Scoped, TenancyLayer, TenancyService};
 pub use problem::{ErrorCode, FieldError, Problem};
-pub use request_id::{RequestId, RequestIdLayer};
-pub use written::{WriteJson, Written};
+pub use request_id::{RequestId, RequestIdLayer, RequestIdService, X_REQUEST_ID};
+pub use rfc3339::serialize as serialize_timestamp;
 
 use crate::context::TenantContext;
 use crate::resolve::ResolveError;

@@ -239,8 +239,8 @@ impl Problem {
 /// (a tenant over its limit, an unknown route, a bad key) cost no rendering. Keyed by the
 /// literal's address; at most `KEPT` bodies, so details leaked at run time cannot grow it.
 fn kept_body(code: ErrorCode, detail: &'static str, render: impl FnOnce() -> Vec<u8>) -> Bytes {
-    static BODIES: std::sync::LazyLock<crate::Kept<(ErrorCode, usize, usize), Bytes>> =
-        std::sync::LazyLock::new(|| crate::Kept::new(KEPT));
+    static BODIES: std::sync::LazyLock<crate::memo::Memo<(ErrorCode, usize, usize), Bytes>> =
+        std::sync::LazyLock::new(|| crate::memo::Memo::new(KEPT));
     const KEPT: usize = 256;
     BODIES.get_or_keep((code, detail.as_ptr() as usize, detail.len()), || {
         Bytes::from(render())

@@ -15,7 +15,8 @@
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+// tokio's Instant is std's, except that tests can pause and advance it.
+use tokio::time::Instant;
 
 use crate::FastMap;
 
@@ -133,15 +134,15 @@ mod tests {
         assert_eq!(f.blocked(b), None);
     }
 
-    #[test]
-    fn failures_are_earned_back() {
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_earned_back() {
         let f = AuthFailures::new(FailureLimit {
             burst: 1,
             per_second: 1000.0,
         });
         let a: IpAddr = "::1".parse().unwrap();
         f.record(a);
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::advance(Duration::from_millis(5)).await;
         assert_eq!(f.blocked(a), None);
         f.sweep();
         assert_eq!(f.tracked.load(Ordering::Relaxed), 0);

@@ -16,7 +16,8 @@
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
-use std::time::Instant;
+// tokio's Instant is std's, except that tests can pause and advance it.
+use tokio::time::Instant;
 
 use super::{Decision, Quota, Usage};
 use crate::tenant::TenantId;
@@ -273,8 +274,8 @@ mod tests {
         assert_eq!(l.len(), 2);
     }
 
-    #[test]
-    fn usage_counts_the_windows_decisions_and_outlives_the_bucket() {
+    #[tokio::test(start_paused = true)]
+    async fn usage_counts_the_windows_decisions_and_outlives_the_bucket() {
         let l = RateLimiter::new();
         let t = TenantId::parse("acme").unwrap();
         let quota = q(2, 3600);
@@ -289,15 +290,15 @@ mod tests {
         let fast = q(u32::MAX, 3600);
         let other = TenantId::parse("other").unwrap();
         l.check(&other, &fast);
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::advance(Duration::from_millis(5)).await;
         l.sweep();
         assert_eq!(l.usage(&other, &fast).allowed, 1);
         assert_eq!(l.usage(&t, &quota).allowed, 2);
         assert_eq!(l.len(), 1, "only acme's bucket is still running");
     }
 
-    #[test]
-    fn sweep_bounds_memory() {
+    #[tokio::test(start_paused = true)]
+    async fn sweep_bounds_memory() {
         let l = RateLimiter::new();
         let quota = Quota {
             name: "t".into(),
@@ -308,7 +309,7 @@ mod tests {
         for i in 0..1000 {
             l.check(&TenantId::parse(&format!("t{i}")).unwrap(), &quota);
         }
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::advance(Duration::from_millis(5)).await;
         l.sweep();
         assert_eq!(l.len(), 0);
     }

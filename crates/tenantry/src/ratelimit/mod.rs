@@ -1,24 +1,29 @@
 //! Per-tenant rate limits (GCRA, by plan) on one node or across nodes, plus the noisy-neighbour
 //! limits that are not about request rate: concurrent requests and database connections.
 //!
-//! - [`local`]: the in-process keyed GCRA limiter (also the fallback).
-//! - [`redis`]: the same GCRA as one atomic Redis script on the Redis server's clock, so the
-//!   limit holds across nodes.
-//! - [`concurrency`]: per-tenant caps on requests in flight and on database connections.
+//! - [`RateLimiter`]: the in-process keyed GCRA limiter (also the fallback).
+//! - [`RedisLimiter`]: the same GCRA as one atomic Redis script on the Redis server's clock, so
+//!   the limit holds across nodes.
+//! - [`TenantSemaphores`]: per-tenant caps on requests in flight and on database connections.
+//! - [`AuthFailures`]: failed authentications per client address, refused before a credential
+//!   is verified.
 //!
 //! When Redis fails the limiter falls back to the local one (with a warning and a metric) or,
 //! if configured fail-closed, refuses with 503; it tries Redis again after a short pause and
 //! recovers by itself.
 
-pub mod auth_failures;
-pub mod concurrency;
-pub mod local;
-pub mod redis;
+pub(crate) mod auth_failures;
+pub(crate) mod concurrency;
+pub(crate) mod local;
+pub(crate) mod redis;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use auth_failures::{AuthFailures, FailureLimit};
+pub use concurrency::TenantSemaphores;
 pub use local::RateLimiter;
+pub use redis::RedisLimiter;
 
 use crate::tenant::TenantId;
 

@@ -9,11 +9,11 @@ use http::HeaderMap;
 use super::ResolveError;
 
 /// The largest credential accepted; anything longer is refused before parsing.
-pub const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
+pub(crate) const MAX_CREDENTIAL_LEN: usize = 8 * 1024;
 
 /// A credential as presented (not yet verified).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Credential<'a> {
+pub(crate) enum Credential<'a> {
     /// A `tk_…` key.
     ApiKey(&'a str),
     /// Any other bearer token (a JWT, when JWT auth is configured).
@@ -21,7 +21,7 @@ pub enum Credential<'a> {
 }
 
 /// The request's credential, if any.
-pub fn from_headers(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ResolveError> {
+pub(crate) fn from_headers(headers: &HeaderMap) -> Result<Option<Credential<'_>>, ResolveError> {
     // Looked up by `HeaderName`: a `&str` name is parsed and lower-cased on every lookup.
     static X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
     let auth = single(headers, &http::header::AUTHORIZATION, "Authorization")?;

@@ -8,7 +8,10 @@ use crate::tenant::Slug;
 /// The header name.
 pub const X_TENANT_ID: &str = "x-tenant-id";
 
-pub fn hints(headers: &HeaderMap, out: &mut Vec<(HintSource, Slug)>) -> Result<(), ResolveError> {
+pub(crate) fn hints(
+    headers: &HeaderMap,
+    out: &mut Vec<(HintSource, Slug)>,
+) -> Result<(), ResolveError> {
     // By `HeaderName`: a `&str` name is parsed and lower-cased on every lookup.
     static NAME: http::HeaderName = http::HeaderName::from_static(X_TENANT_ID);
     for v in headers.get_all(&NAME) {

@@ -13,11 +13,14 @@
 //!
 //! Each hint source is its own module so apps can enable the ones they use.
 
-pub mod credential;
-pub mod header;
-pub mod path;
-pub mod proxy;
-pub mod subdomain;
+pub(crate) mod credential;
+pub(crate) mod header;
+pub(crate) mod path;
+pub(crate) mod proxy;
+pub(crate) mod subdomain;
+
+pub use header::X_TENANT_ID;
+pub use proxy::Cidr;
 
 use crate::tenant::Slug;
 
@@ -122,7 +125,7 @@ impl Default for ResolverConfig {
 }
 
 /// All tenant hints of a request, each validated. Empty when the request names no tenant.
-pub fn hints(
+pub(crate) fn hints(
     parts: &http::request::Parts,
     cfg: &ResolverConfig,
 ) -> Result<Vec<(HintSource, Slug)>, ResolveError> {
@@ -142,7 +145,7 @@ pub fn hints(
 }
 
 /// Checks that every hint names `tenant`.
-pub fn check_hints(hints: &[(HintSource, Slug)], tenant: &Slug) -> Result<(), ResolveError> {
+pub(crate) fn check_hints(hints: &[(HintSource, Slug)], tenant: &Slug) -> Result<(), ResolveError> {
     match hints.iter().find(|(_, t)| t != tenant) {
         Some((src, _)) => Err(ResolveError::Mismatch(src.as_str())),
         None => Ok(()),
@@ -150,7 +153,7 @@ pub fn check_hints(hints: &[(HintSource, Slug)], tenant: &Slug) -> Result<(), Re
 }
 
 /// The subdomain hint alone (the forwarded host when the peer is a trusted proxy).
-pub fn subdomain_hint(
+pub(crate) fn subdomain_hint(
     parts: &http::request::Parts,
     cfg: &ResolverConfig,
 ) -> Result<Option<Slug>, ResolveError> {

@@ -4,7 +4,7 @@ use super::ResolveError;
 use crate::tenant::Slug;
 
 /// The tenant named by the segment after `prefix`, if the path starts with it.
-pub fn hint(path: &str, prefix: &str) -> Result<Option<Slug>, ResolveError> {
+pub(crate) fn hint(path: &str, prefix: &str) -> Result<Option<Slug>, ResolveError> {
     let Some(rest) = path.strip_prefix(prefix) else {
         return Ok(None);
     };

@@ -73,7 +73,7 @@ impl Cidr {
 /// The client's address: the TCP peer's, or, when the peer is a trusted proxy, the last
 /// `X-Forwarded-For` entry (the address the proxy itself saw; earlier entries came from the
 /// client and prove nothing). `None` without a peer address (a test calling a service directly).
-pub fn client_addr(parts: &Parts, trusted: &[Cidr]) -> Option<IpAddr> {
+pub(crate) fn client_addr(parts: &Parts, trusted: &[Cidr]) -> Option<IpAddr> {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
@@ -95,7 +95,7 @@ pub fn client_addr(parts: &Parts, trusted: &[Cidr]) -> Option<IpAddr> {
 }
 
 /// The host to resolve subdomains from: the forwarded one if the peer is trusted, else `Host`.
-pub fn effective_host<'a>(parts: &'a Parts, trusted: &[Cidr]) -> Option<&'a str> {
+pub(crate) fn effective_host<'a>(parts: &'a Parts, trusted: &[Cidr]) -> Option<&'a str> {
     if !trusted.is_empty() {
         let peer = parts
             .extensions

@@ -17,7 +17,7 @@ const WHAT: &str = "subdomain";
 
 /// The tenant named by the host, if the host is a subdomain of `base`: the `Host` header's
 /// (or `forwarded`, a trusted proxy's forwarded host, in its place) and the request target's.
-pub fn hint(
+pub(crate) fn hint(
     parts: &Parts,
     forwarded: Option<&str>,
     base: &str,
@@ -53,7 +53,11 @@ pub fn hint(
 }
 
 /// Parses a `Host` value against the base domain.
-pub fn from_host(host: &str, base: &str, ignored: &[String]) -> Result<Option<Slug>, ResolveError> {
+pub(crate) fn from_host(
+    host: &str,
+    base: &str,
+    ignored: &[String],
+) -> Result<Option<Slug>, ResolveError> {
     if !host.is_ascii() {
         return Err(ResolveError::BadHeader("the Host header is not ASCII"));
     }

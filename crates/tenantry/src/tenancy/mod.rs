@@ -47,7 +47,7 @@ pub struct TenancyConfig {
     pub fail_mode: FailMode,
     /// How long a request over its tenant's concurrency cap waits before 429.
     pub concurrency_wait: Duration,
-    /// Failed authentications a client address may make ([`crate::ratelimit::auth_failures`]).
+    /// Failed authentications a client address may make ([`crate::ratelimit::AuthFailures`]).
     pub auth_failures: FailureLimit,
 }
 

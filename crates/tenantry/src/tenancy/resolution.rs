@@ -8,7 +8,7 @@ impl Tenancy {
     /// Resolves a request to a tenant context, applying every rule in [`crate::resolve`].
     ///
     /// A client address that has failed to authenticate too often is refused before its
-    /// credential is verified ([`crate::ratelimit::auth_failures`]).
+    /// credential is verified ([`crate::ratelimit::AuthFailures`]).
     pub async fn resolve(&self, parts: &Parts) -> Result<TenantContext, ResolveError> {
         let failures = &self.inner.auth_failures;
         let client =

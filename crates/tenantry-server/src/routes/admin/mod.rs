@@ -30,8 +30,8 @@ use tenantry::catalog::{ApiKeyInfo, CatalogError, NewTenant, TenantPatch};
 use tenantry::db::provision;
 use tenantry::http::{ErrorCode, FieldError, Problem, RequestId};
 use tenantry::lifecycle;
-use tenantry::tenancy::AdminContextError;
-use tenantry::tenant::RateLimitOverride;
+use tenantry::AdminContextError;
+use tenantry::RateLimitOverride;
 use tenantry::{Isolation, Json, Query, Slug, Tenant, TenantStatus};
 
 use super::page::{self, Page};

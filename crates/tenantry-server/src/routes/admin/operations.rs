@@ -29,7 +29,7 @@ pub async fn start_migration(
     let body: StartMigration = if body.iter().all(u8::is_ascii_whitespace) {
         StartMigration::default()
     } else {
-        tenantry::http::json::parse(&body)?
+        tenantry::http::parse_json(&body)?
     };
     let parallelism = body.parallelism.unwrap_or(4);
     if !(1..=64).contains(&parallelism) {

@@ -24,13 +24,13 @@ pub struct TenantMigration {
 
 /// The RLS expression every tenant table carries, for both USING and WITH CHECK. With no
 /// setting (NULL) or a reset one (`''`) it compares to NULL: no row is visible or writable.
-pub const POLICY_EXPR: &str =
+pub(crate) const POLICY_EXPR: &str =
     "(tenant_id = (SELECT NULLIF(current_setting('app.tenant_id', true), '')))";
 
 /// The name of that policy on every tenant table.
-pub const POLICY_NAME: &str = "tenant_isolation";
+pub(crate) const POLICY_NAME: &str = "tenant_isolation";
 
-pub const LOCK_KEY: i64 = 727263002;
+pub(crate) const LOCK_KEY: i64 = 727263002;
 
 /// Control-plane catalog migrations. `{app}` and `{owner}` are replaced by the quoted runtime
 /// and owner roles.
@@ -230,7 +230,7 @@ const CONTROL: &[(i32, &str, &str)] = &[
 ];
 
 /// The ledger of applied versions, one per database (keyed by scope inside it).
-pub fn ledger_ddl(roles: &RoleNames) -> String {
+pub(crate) fn ledger_ddl(roles: &RoleNames) -> String {
     let owner = quote_ident(&roles.owner);
     format!(
         "CREATE TABLE IF NOT EXISTS {CONTROL_SCHEMA}.migrations (
@@ -245,7 +245,7 @@ pub fn ledger_ddl(roles: &RoleNames) -> String {
 }
 
 /// Applies pending control-plane migrations.
-pub async fn control_plane(client: &mut Object, roles: &RoleNames) -> Result<(), DbError> {
+pub(crate) async fn control_plane(client: &mut Object, roles: &RoleNames) -> Result<(), DbError> {
     client
         .batch_execute(&format!(
             "BEGIN; SELECT pg_advisory_xact_lock({LOCK_KEY}); {} COMMIT;",
@@ -268,7 +268,7 @@ pub async fn control_plane(client: &mut Object, roles: &RoleNames) -> Result<(),
 }
 
 /// Applies pending tenant migrations to the shared-placement schema.
-pub async fn shared_tables(
+pub(crate) async fn shared_tables(
     client: &mut Object,
     roles: &RoleNames,
     migrations: &[TenantMigration],
@@ -302,7 +302,7 @@ async fn apply(
 }
 
 /// Tenant migrations as (version, name, sql) steps.
-pub fn steps(migrations: &[TenantMigration]) -> Vec<(i32, &'static str, String)> {
+pub(crate) fn steps(migrations: &[TenantMigration]) -> Vec<(i32, &'static str, String)> {
     migrations
         .iter()
         .map(|m| (m.version, m.name, m.sql.to_owned()))
@@ -311,7 +311,7 @@ pub fn steps(migrations: &[TenantMigration]) -> Vec<(i32, &'static str, String)>
 
 /// Applies, inside the caller's transaction, the steps the ledger (of this database, under
 /// `scope`) does not list yet. Returns the versions applied.
-pub async fn apply_in(
+pub(crate) async fn apply_in(
     tx: &tokio_postgres::Transaction<'_>,
     roles: &RoleNames,
     scope: &str,
@@ -363,7 +363,7 @@ pub async fn apply_in(
 
 /// Makes every table in `schema` a proper tenant table: it must have `tenant_id`, and gets RLS
 /// enabled and forced with the standard policy (created if missing).
-pub async fn secure_schema(
+pub(crate) async fn secure_schema(
     tx: &tokio_postgres::Transaction<'_>,
     schema: &str,
 ) -> Result<(), DbError> {
@@ -406,7 +406,7 @@ pub async fn secure_schema(
 
 /// The runtime role may use the schema and read and write rows in its tables, and nothing
 /// else: no CREATE, no TRUNCATE, no REFERENCES, no TRIGGER.
-pub fn grants_sql(roles: &RoleNames, schema: &str) -> String {
+pub(crate) fn grants_sql(roles: &RoleNames, schema: &str) -> String {
     let s = quote_ident(schema);
     let app = quote_ident(&roles.runtime);
     format!(

@@ -7,6 +7,6 @@
 
 pub mod doctor;
 pub mod fleet;
-pub mod migrate;
+pub(crate) mod migrate;
 pub mod provision;
-pub mod roles;
+pub(crate) mod roles;

@@ -28,7 +28,7 @@ use crate::tenant::{Slug, Tenant, TenantId};
 const TEMPLATE_LOCK: i64 = 727263003;
 
 /// Loads the catalog's servers into the pool manager (at start-up and after a change).
-pub async fn load_servers(db: &Database) -> Result<(), DbError> {
+pub(crate) async fn load_servers(db: &Database) -> Result<(), DbError> {
     for (name, url) in servers(db).await? {
         let cfg = runtime_config_for(db, &url)?;
         db.tenant_pools().set_server(&name, cfg);
@@ -151,7 +151,7 @@ pub async fn server_names(db: &Database) -> Result<Vec<String>, DbError> {
 }
 
 /// Creates a tenant's storage (idempotent). Returns the migration version it is at.
-pub async fn create_storage(
+pub(crate) async fn create_storage(
     db: &Database,
     slug: &Slug,
     placement: &Placement,
@@ -256,7 +256,7 @@ async fn ensure_template(db: &Database, admin: &tokio_postgres::Config) -> Resul
 
 /// Brings a tenant database (or the template) to the newest migration: schemas, ledger, tables,
 /// forced RLS, grants. Idempotent. Returns the versions applied.
-pub async fn prepare_tenant_database(
+pub(crate) async fn prepare_tenant_database(
     client: &mut tokio_postgres::Client,
     db: &Database,
 ) -> Result<Vec<i32>, DbError> {
@@ -291,7 +291,7 @@ pub async fn prepare_tenant_database(
 }
 
 /// Removes a tenant's storage (idempotent: removing what is already gone succeeds).
-pub async fn drop_storage(db: &Database, tenant: &Tenant) -> Result<(), DbError> {
+pub(crate) async fn drop_storage(db: &Database, tenant: &Tenant) -> Result<(), DbError> {
     match &tenant.placement {
         Placement::Shared => delete_shared_rows(db, &tenant.id).await,
         Placement::Schema { schema } => {

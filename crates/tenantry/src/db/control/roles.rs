@@ -53,7 +53,7 @@ pub fn quote_ident(s: &str) -> String {
 ///
 /// Runs as the control role. Creating a role races with other nodes (or other databases of the
 /// same cluster) doing the same, so each creation swallows `duplicate_object`.
-pub async fn bootstrap(client: &Object, roles: &RoleNames) -> Result<String, DbError> {
+pub(crate) async fn bootstrap(client: &Object, roles: &RoleNames) -> Result<String, DbError> {
     let owner = quote_ident(&roles.owner);
     let app = quote_ident(&roles.runtime);
     create_roles(client, roles).await?;
@@ -61,7 +61,7 @@ pub async fn bootstrap(client: &Object, roles: &RoleNames) -> Result<String, DbE
 }
 
 /// Creates the owner and runtime roles on a server if missing.
-pub async fn create_roles(
+pub(crate) async fn create_roles(
     client: &tokio_postgres::Client,
     roles: &RoleNames,
 ) -> Result<(), DbError> {
@@ -151,13 +151,13 @@ async fn bootstrap_schemas(
 
 /// The SCRAM-SHA-256 verifier of a password, as `ALTER ROLE … PASSWORD` accepts it. Only
 /// base64 and `$:` characters, so it can be quoted without escaping.
-pub fn scram_verifier(password: &str) -> String {
+pub(crate) fn scram_verifier(password: &str) -> String {
     postgres_protocol::password::scram_sha_256(password.as_bytes())
 }
 
 /// Refuses a runtime role that could see past RLS: a superuser, a BYPASSRLS role, a role that
 /// owns (or can become the owner of) anything, or one that may create objects in our schemas.
-pub async fn check_runtime_role(client: &Object, roles: &RoleNames) -> Result<(), DbError> {
+pub(crate) async fn check_runtime_role(client: &Object, roles: &RoleNames) -> Result<(), DbError> {
     let row = client
         .query_one(
             "SELECT current_user::text, r.rolsuper, r.rolbypassrls,

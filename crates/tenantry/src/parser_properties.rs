@@ -1,10 +1,10 @@
 //! Property tests over the parsers that face the network: the Host header, tenant slugs and API
 //! keys. None may panic on any input, and none may accept anything outside its grammar.
 
+use crate::auth::api_key::{KeyCheck, NewKey, PresentedKey, KEY_LEN};
+use crate::resolve::subdomain::from_host;
+use crate::Slug;
 use proptest::prelude::*;
-use tenantry::auth::api_key::{KeyCheck, NewKey, PresentedKey, KEY_LEN};
-use tenantry::resolve::subdomain::from_host;
-use tenantry::Slug;
 
 fn check() -> KeyCheck {
     KeyCheck::new(b"the property tests' deployment secret")

@@ -3,7 +3,7 @@
 //! through `core::fmt`. chrono formats through `collect_str` and its formatting machinery, a
 //! large part of a response's cost when every resource carries two timestamps.
 //!
-//! Use as `#[serde(serialize_with = "tenantry::http::timestamp::serialize")]`.
+//! Use as `#[serde(serialize_with = "tenantry::http::serialize_timestamp")]`.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde::{Serialize, Serializer};
@@ -20,7 +20,7 @@ pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
-/// `t` as a JSON string, for [`super::written`].
+/// `t` as a JSON string, for [`super::json_writer`].
 pub(crate) fn write_json(t: &DateTime<Utc>, out: &mut Vec<u8>) {
     let mut buf = [0u8; MAX_LEN];
     match write(t, &mut buf) {

@@ -103,7 +103,7 @@ impl WriteJson for i64 {
 
 impl WriteJson for DateTime<Utc> {
     fn write_json(&self, out: &mut Vec<u8>) {
-        super::timestamp::write_json(self, out)
+        super::rfc3339::write_json(self, out)
     }
 }
 
@@ -139,6 +139,46 @@ impl<'a> Object<'a> {
     }
 }
 
+/// Declares a struct and its [`WriteJson`] from one field list, so the written JSON and the
+/// struct cannot disagree on fields: every field is written, in order, under its Rust name
+/// (what serde's derive writes without renames). Attributes (`derive`s, serde's, docs) pass
+/// through to the struct.
+///
+/// ```
+/// tenantry::json_object! {
+///     #[derive(serde::Serialize)]
+///     pub struct Note {
+///         pub id: uuid::Uuid,
+///         pub body: String,
+///     }
+/// }
+/// let mut out = Vec::new();
+/// tenantry::http::WriteJson::write_json(&Note { id: uuid::Uuid::nil(), body: "hi".into() }, &mut out);
+/// assert_eq!(out, br#"{"id":"00000000-0000-0000-0000-000000000000","body":"hi"}"#);
+/// ```
+#[macro_export]
+macro_rules! json_object {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $ty:ty ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        $vis struct $name {
+            $( $(#[$fmeta])* $fvis $field: $ty ),*
+        }
+
+        impl $crate::http::WriteJson for $name {
+            fn write_json(&self, out: &mut ::std::vec::Vec<u8>) {
+                $crate::http::Object::new(out)
+                    $( .field(::core::stringify!($field), &self.$field) )*
+                    .end()
+            }
+        }
+    };
+}
+
 /// The bytes serde_json escapes: control characters, `"` and `\`.
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
@@ -146,7 +186,7 @@ fn needs_escape(b: u8) -> bool {
 
 /// A JSON string with serde_json's escapes (`\b \t \n \f \r \" \\`, other control characters
 /// as `\u00xx`), copying the runs between escapes whole.
-pub fn string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
@@ -199,7 +239,7 @@ mod tests {
         id: Uuid,
         n: i64,
         text: String,
-        #[serde(serialize_with = "crate::http::timestamp::serialize")]
+        #[serde(serialize_with = "crate::http::serialize_timestamp")]
         at: DateTime<Utc>,
         maybe: Option<String>,
         list: Vec<String>,
