@@ -36,6 +36,9 @@ pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(admin::usage))
         .routes(routes!(admin::start_migration))
         .routes(routes!(admin::get_operation))
+        .routes(routes!(admin::backup_tenant))
+        .routes(routes!(admin::download_archive))
+        .routes(routes!(admin::restore_tenant))
         .merge(admin_data);
     if let Some(state) = state {
         admin_plane = admin_plane.layer(middleware::from_fn_with_state(

@@ -14,7 +14,7 @@
 
 use crate::audit::Actor;
 use crate::catalog::{Catalog, CatalogError, NewTenant};
-use crate::db::{provision, DbError};
+use crate::db::{provision, Database, DbError};
 use crate::placement::Placement;
 use crate::tenant::{Slug, Tenant};
 
@@ -25,20 +25,7 @@ pub async fn create(
     actor: &Actor,
 ) -> Result<Tenant, CatalogError> {
     let db = catalog.database();
-    let prefix = db.roles().owner.trim_end_matches("_owner").to_owned();
-    let placement = Placement::for_new(
-        new.isolation,
-        new.slug.as_str(),
-        &prefix,
-        new.server.as_deref(),
-    );
-    if let Placement::Database { server, .. } = &placement {
-        if !provision::server_names(db).await?.contains(server) {
-            return Err(CatalogError::Db(DbError::Config(format!(
-                "unknown database server {server:?}"
-            ))));
-        }
-    }
+    let placement = placement_for(db, new).await?;
     let tenant = catalog.create_tenant(new, &placement, actor).await?;
     let version = provision::create_storage(db, &new.slug, &tenant.placement).await?;
     match catalog.mark_ready(&tenant.id, version).await? {
@@ -53,6 +40,28 @@ pub async fn create(
             Err(CatalogError::DeletedWhileProvisioning(new.slug.clone()))
         }
     }
+}
+
+/// Where a new tenant's storage goes; a `database` tenant's server must be registered.
+pub(crate) async fn placement_for(
+    db: &Database,
+    new: &NewTenant,
+) -> Result<Placement, CatalogError> {
+    let prefix = db.roles().owner.trim_end_matches("_owner").to_owned();
+    let placement = Placement::for_new(
+        new.isolation,
+        new.slug.as_str(),
+        &prefix,
+        new.server.as_deref(),
+    );
+    if let Placement::Database { server, .. } = &placement {
+        if !provision::server_names(db).await?.contains(server) {
+            return Err(CatalogError::Db(DbError::Config(format!(
+                "unknown database server {server:?}"
+            ))));
+        }
+    }
+    Ok(placement)
 }
 
 /// Deletes a tenant: its keys, jobs and queue, its storage, its catalog row (its id stays in

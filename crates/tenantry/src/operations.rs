@@ -1,12 +1,21 @@
-//! Long-running admin operations (fleet migrations, moves) and their progress, kept in the
-//! catalog so any node can answer `GET /admin/v1/operations/{id}`.
+//! Long-running admin operations (fleet migrations, backups, restores) and their progress, kept
+//! in the catalog so any node can answer `GET /admin/v1/operations/{id}`, and a backup's
+//! archive, kept there too so any node can serve it.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
+use std::path::PathBuf;
+
+use bytes::Bytes;
+
+use crate::audit::Actor;
+use crate::catalog::{Catalog, CatalogError, NewTenant};
+use crate::db::archive::{self, ArchiveError};
 use crate::db::fleet::{self, MigrateOptions};
 use crate::db::{Database, DbError};
+use crate::tenant::Slug;
 
 /// An operation as the admin plane shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -16,13 +25,15 @@ pub struct Operation {
     pub kind: String,
     pub tenant: Option<String>,
     pub state: String,
+    /// What a running operation is doing now (`archiving`, `storing`, `restoring`, ...).
+    pub phase: String,
     pub progress: f32,
     pub detail: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const COLS: &str = "id, kind, tenant_id, state, progress, detail, created_at, updated_at";
+const COLS: &str = "id, kind, tenant_id, state, progress, detail, created_at, updated_at, phase";
 
 fn from_row(r: &tokio_postgres::Row) -> Operation {
     Operation {
@@ -34,6 +45,7 @@ fn from_row(r: &tokio_postgres::Row) -> Operation {
         detail: r.get(5),
         created_at: r.get(6),
         updated_at: r.get(7),
+        phase: r.get(8),
     }
 }
 
@@ -49,12 +61,17 @@ pub async fn get(db: &Database, id: Uuid) -> Result<Option<Operation>, DbError> 
 }
 
 async fn update(db: &Database, id: Uuid, state: &str, progress: f32, detail: &str) {
+    set_phase(db, id, state, "", progress, detail).await
+}
+
+async fn set_phase(db: &Database, id: Uuid, state: &str, phase: &str, progress: f32, detail: &str) {
     let r = async {
         let c = db.control().get().await?;
         c.execute(
-            "UPDATE tenantry.operations SET state = $2, progress = $3, detail = $4, updated_at = now()
+            "UPDATE tenantry.operations
+             SET state = $2, phase = $3, progress = $4, detail = $5, updated_at = now()
              WHERE id = $1",
-            &[&id, &state, &progress, &detail],
+            &[&id, &state, &phase, &progress, &detail],
         )
         .await?;
         Ok::<_, DbError>(())
@@ -125,6 +142,182 @@ pub async fn start_migration(db: &Database, opts: MigrateOptions) -> Result<Oper
             }
             Err(e) => update(&db, id, "failed", 0.0, &e.to_string()).await,
         }
+    });
+    Ok(op)
+}
+
+/// Archives are kept in the catalog in pieces of this size.
+const ARCHIVE_PIECE: usize = 1024 * 1024;
+
+async fn insert(db: &Database, kind: &str, tenant: &str) -> Result<Operation, DbError> {
+    let c = db.control().get().await?;
+    let row = c
+        .query_one(
+            &format!(
+                "INSERT INTO tenantry.operations (id, kind, tenant_id, state) VALUES ($1, $2, $3, 'queued')
+                 RETURNING {COLS}"
+            ),
+            &[&Uuid::now_v7(), &kind, &tenant],
+        )
+        .await?;
+    Ok(from_row(&row))
+}
+
+/// A scratch file for an archive, removed when dropped.
+pub struct ScratchFile(PathBuf);
+
+impl ScratchFile {
+    /// A new, empty scratch file's path (the file is made by whoever writes it).
+    pub fn new() -> Self {
+        Self(std::env::temp_dir().join(format!(
+            "tenantry-archive-{}.tenant",
+            Uuid::new_v4().simple()
+        )))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Default for ScratchFile {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Starts writing `slug`'s archive in the background ([`archive::backup`]); once the operation
+/// succeeded, [`archive_pieces`] reads it back. The archive is kept under the tenant's id, so
+/// deleting the tenant removes it.
+pub async fn start_backup(catalog: &Catalog, slug: &Slug) -> Result<Operation, CatalogError> {
+    let tenant = catalog
+        .get_tenant(slug)
+        .await?
+        .ok_or(CatalogError::TenantNotFound)?;
+    let db = catalog.database().clone();
+    let op = insert(&db, "backup", slug.as_str()).await?;
+    let (id, catalog, slug) = (op.id, catalog.clone(), slug.clone());
+    tokio::spawn(async move {
+        set_phase(&db, id, "running", "archiving", 0.1, "").await;
+        let file = ScratchFile::new();
+        let result = async {
+            let out = std::fs::File::create(file.path()).map_err(ArchiveError::Io)?;
+            let manifest = archive::backup(&catalog, &slug, std::io::BufWriter::new(out)).await?;
+            set_phase(&db, id, "running", "storing", 0.8, "").await;
+            let bytes = store_archive(&db, id, &tenant.id, file.path()).await?;
+            let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
+            Ok::<_, ArchiveError>(format!(
+                "{rows} rows in {} tables, {bytes} bytes, schema version {}",
+                manifest.tables.len(),
+                manifest.schema_version
+            ))
+        }
+        .await;
+        match result {
+            Ok(detail) => update(&db, id, "succeeded", 1.0, &detail).await,
+            Err(e) => update(&db, id, "failed", 0.0, &e.to_string()).await,
+        }
+    });
+    Ok(op)
+}
+
+/// Copies the archive at `path` into the catalog, in one transaction that holds the tenant's
+/// row: a tenant deleted meanwhile keeps no archive (its deletion removes what is stored, or
+/// this finds it no longer ready). Returns the archive's size.
+async fn store_archive(
+    db: &Database,
+    id: Uuid,
+    tenant: &crate::TenantId,
+    path: &std::path::Path,
+) -> Result<u64, ArchiveError> {
+    use std::io::Read;
+    let mut client = db.control().get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await?;
+    let ready = tx
+        .query_opt(
+            "SELECT 1 FROM tenantry.tenants WHERE id = $1 AND state = 'ready' FOR SHARE",
+            &[&tenant.as_str()],
+        )
+        .await?;
+    if ready.is_none() {
+        return Err(ArchiveError::TenantNotFound);
+    }
+    let mut file = std::fs::File::open(path).map_err(ArchiveError::Io)?;
+    let mut total = 0u64;
+    let mut seq = 0i32;
+    loop {
+        let mut piece = Vec::with_capacity(ARCHIVE_PIECE);
+        (&mut file)
+            .take(ARCHIVE_PIECE as u64)
+            .read_to_end(&mut piece)
+            .map_err(ArchiveError::Io)?;
+        if piece.is_empty() {
+            break;
+        }
+        total += piece.len() as u64;
+        tx.execute(
+            "INSERT INTO tenantry.operation_archives (operation_id, tenant_id, seq, data)
+             VALUES ($1, $2, $3, $4)",
+            &[&id, &tenant.as_str(), &seq, &piece],
+        )
+        .await?;
+        seq += 1;
+    }
+    tx.commit().await?;
+    Ok(total)
+}
+
+/// The archive of a succeeded backup operation, piece by piece (`None` if there is none: no
+/// such operation, not a backup, not finished, or its tenant was deleted).
+pub async fn archive_pieces(db: &Database, id: Uuid) -> Result<Option<Vec<Bytes>>, DbError> {
+    let c = db.control().get().await?;
+    let rows = c
+        .query(
+            "SELECT a.data FROM tenantry.operation_archives a
+             JOIN tenantry.operations o ON o.id = a.operation_id
+             WHERE a.operation_id = $1 AND o.kind = 'backup' AND o.state = 'succeeded'
+             ORDER BY a.seq",
+            &[&id],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(
+        rows.iter()
+            .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0)))
+            .collect(),
+    ))
+}
+
+/// Starts creating tenant `new` from the archive in `file` in the background
+/// ([`archive::restore`]); the file is removed when it is done. Check the archive first
+/// ([`archive::verify`]) to answer a damaged one at once.
+pub async fn start_restore(
+    catalog: &Catalog,
+    file: ScratchFile,
+    new: NewTenant,
+    actor: Actor,
+) -> Result<Operation, DbError> {
+    let db = catalog.database().clone();
+    let op = insert(&db, "restore", new.slug.as_str()).await?;
+    let (id, catalog) = (op.id, catalog.clone());
+    tokio::spawn(async move {
+        set_phase(&db, id, "running", "restoring", 0.1, "").await;
+        match archive::restore(&catalog, file.path(), &new, &actor).await {
+            Ok(t) => {
+                let detail = format!("restored as {} ({})", t.slug, t.isolation.as_str());
+                update(&db, id, "succeeded", 1.0, &detail).await
+            }
+            Err(e) => update(&db, id, "failed", 0.0, &e.to_string()).await,
+        }
+        drop(file);
     });
     Ok(op)
 }

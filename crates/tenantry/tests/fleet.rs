@@ -5,7 +5,7 @@ mod support;
 use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
 use tenantry::db::fleet::{self, MigrateOptions};
-use tenantry::db::{doctor, Database, PoolSettings, RoleNames, TenantMigration};
+use tenantry::db::{doctor, Database, TenantMigration};
 use tenantry::{Catalog, Isolation, Slug};
 use tokio_postgres::NoTls;
 
@@ -32,15 +32,7 @@ async fn fresh() -> (tokio_postgres::Config, String) {
 }
 
 async fn open(cfg: &tokio_postgres::Config, name: &str, m: &'static [TenantMigration]) -> Database {
-    Database::connect(
-        cfg.clone(),
-        None,
-        &RoleNames::from_prefix(name).unwrap(),
-        m,
-        &PoolSettings::default(),
-    )
-    .await
-    .unwrap()
+    support::open(cfg, name, m).await
 }
 
 async fn tenant(db: &Database, slug: &str, isolation: Isolation) {

@@ -10,6 +10,7 @@ use tenantry::audit::Actor;
 use tenantry::auth::Scope;
 use tenantry::cache::TenantCache;
 use tenantry::catalog::{ApiKeyInfo, CatalogError, TenantPatch};
+use tenantry::db::archive::{self, ArchiveError};
 use tenantry::db::Database;
 use tenantry::http::Problem;
 use tenantry::ratelimit::RedisLimiter;
@@ -65,6 +66,39 @@ pub enum TenantsCommand {
     Resume {
         /// The tenant's slug.
         slug: String,
+    },
+    /// Write one portable archive of a tenant's rows (every tenant table, one consistent
+    /// snapshot, gzip), while the tenant keeps being served.
+    Backup {
+        /// The tenant's slug.
+        slug: String,
+        /// The archive file to write (`-` for stdout).
+        #[arg(short = 'o', long)]
+        output: String,
+    },
+    /// Create a new tenant from an archive, in any placement, migrated forward if the archive
+    /// is older. A corrupted or newer archive is refused before anything is created.
+    Restore {
+        /// The archive file.
+        archive: std::path::PathBuf,
+        /// The new tenant's slug.
+        #[arg(long)]
+        slug: String,
+        /// Where its data lives.
+        #[arg(long, default_value = "shared", value_parser = ["shared", "schema", "database"])]
+        isolation: String,
+        /// For `database` tenants: a registered server (default: the control plane's own).
+        #[arg(long)]
+        server: Option<String>,
+        /// Display name (default: the archived tenant's).
+        #[arg(long)]
+        name: Option<String>,
+        /// A plan from the configuration (default: the archived tenant's).
+        #[arg(long)]
+        plan: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Deprovision a tenant: keys, rows, schema or database, catalog entry. Irreversible.
     Delete {
@@ -143,6 +177,18 @@ impl From<CatalogError> for Failure {
             CatalogError::TenantNotFound => Failure(exit::FAILED, "no such tenant".into()),
             e @ CatalogError::DeletedWhileProvisioning(_) => Failure(exit::FAILED, e.to_string()),
             CatalogError::Db(e) => Failure(exit::FAILED, e.to_string()),
+        }
+    }
+}
+
+impl From<ArchiveError> for Failure {
+    fn from(e: ArchiveError) -> Self {
+        match e {
+            ArchiveError::Catalog(e) => e.into(),
+            e @ (ArchiveError::Corrupt(_)
+            | ArchiveError::UnsupportedFormat(_)
+            | ArchiveError::NewerSchema { .. }) => Failure(exit::USAGE, e.to_string()),
+            e => Failure(exit::FAILED, e.to_string()),
         }
     }
 }
@@ -330,6 +376,54 @@ async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Res
             let s = slug(&s)?;
             set_status(&catalog, &s, TenantStatus::Active).await?;
             eprintln!("resumed tenant {s}");
+        }
+        TenantsCommand::Backup { slug: s, output } => {
+            let s = slug(&s)?;
+            let manifest = if output == "-" {
+                archive::backup(&catalog, &s, std::io::stdout().lock()).await?
+            } else {
+                let file = std::fs::File::create(&output)
+                    .map_err(|e| Failure(exit::FAILED, format!("{output}: {e}")))?;
+                archive::backup(&catalog, &s, std::io::BufWriter::new(file)).await?
+            };
+            let rows: u64 = manifest.tables.iter().map(|t| t.rows).sum();
+            eprintln!(
+                "backed up tenant {s}: {rows} rows in {} tables, schema version {}",
+                manifest.tables.len(),
+                manifest.schema_version
+            );
+        }
+        TenantsCommand::Restore {
+            archive: path,
+            slug: s,
+            isolation,
+            server,
+            name,
+            plan,
+            json,
+        } => {
+            let manifest = archive::verify(&path)?;
+            let tenancy = tenancy(settings, db)?;
+            let new = crate::routes::admin::new_tenant(
+                &tenancy,
+                &s,
+                name.unwrap_or(manifest.tenant.name),
+                plan.unwrap_or(manifest.tenant.plan),
+                &isolation,
+                server,
+            )
+            .await?;
+            let t = archive::restore(&catalog, &path, &new, &actor()).await?;
+            if json {
+                print_json(&t);
+            } else {
+                eprintln!(
+                    "restored tenant {} ({}) from {}",
+                    t.slug,
+                    t.isolation.as_str(),
+                    path.display()
+                );
+            }
         }
         TenantsCommand::Delete { slug: s, yes } => {
             let s = slug(&s)?;

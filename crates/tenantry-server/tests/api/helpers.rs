@@ -306,3 +306,43 @@ pub async fn into_res(r: reqwest::Response) -> Res {
         body,
     }
 }
+
+impl TestApp {
+    /// Polls an admin operation until it is no longer queued or running (at most 30 s);
+    /// returns it.
+    pub async fn finished(&self, id: &str) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self
+                .admin(Method::GET, &format!("/admin/v1/operations/{id}"), None)
+                .await;
+            let body = r.ok(200).clone();
+            if body["state"] != "queued" && body["state"] != "running" {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "operation did not finish: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The tenant's orders as (id, amount), sorted: what must be equal after a copy.
+    pub async fn order_amounts(&self, key: &str) -> Vec<(String, i64)> {
+        let page = self.with_key(key, Method::GET, "/v1/orders", None).await;
+        let mut orders: Vec<(String, i64)> = page.ok(200)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o["id"].as_str().unwrap().to_owned(),
+                    o["amount_cents"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        orders.sort();
+        orders
+    }
+}

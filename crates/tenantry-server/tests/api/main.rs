@@ -2,6 +2,7 @@
 //! HTTP to it. One test binary (one link, shared helpers), many modules.
 
 mod admin;
+mod archives;
 mod auth;
 mod cache;
 mod cli;

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
@@ -124,23 +124,9 @@ async fn a_fleet_migration_is_an_admin_operation() {
     let op = r.ok(202).clone();
     assert_eq!(op["kind"], "migrate");
     let id = op["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = app
-            .admin(Method::GET, &format!("/admin/v1/operations/{id}"), None)
-            .await;
-        let body = r.ok(200).clone();
-        if body["state"] == "succeeded" {
-            assert_eq!(body["progress"], 1.0);
-            break;
-        }
-        assert_ne!(body["state"], "failed", "{body}");
-        assert!(
-            Instant::now() < deadline,
-            "operation did not finish: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = app.finished(&id).await;
+    assert_eq!(body["state"], "succeeded", "{body}");
+    assert_eq!(body["progress"], 1.0);
     app.admin(
         Method::GET,
         &format!("/admin/v1/operations/{}", uuid::Uuid::now_v7()),

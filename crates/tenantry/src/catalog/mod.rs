@@ -364,7 +364,14 @@ impl Catalog {
 
 /// Removes a tenant's jobs and its queue row. A job that is running finds its row gone when it
 /// records its outcome, which is then discarded (completion is fenced by the row).
-async fn remove_jobs(tx: &tokio_postgres::Transaction<'_>, id: &TenantId) -> Result<(), DbError> {
+/// What a tenant owns in the control database besides its keys: jobs, its queue row, the
+/// archives of its backups.
+async fn remove_owned(tx: &tokio_postgres::Transaction<'_>, id: &TenantId) -> Result<(), DbError> {
+    tx.execute(
+        "DELETE FROM tenantry.operation_archives WHERE tenant_id = $1",
+        &[&id.as_str()],
+    )
+    .await?;
     tx.execute(
         "DELETE FROM tenantry.jobs WHERE tenant_id = $1",
         &[&id.as_str()],

@@ -3,7 +3,7 @@
 //! every node's listener applies.
 
 use super::{
-    notify, remove_jobs, tenant_from_row, Catalog, CatalogError, NewTenant, TenantPatch,
+    notify, remove_owned, tenant_from_row, Catalog, CatalogError, NewTenant, TenantPatch,
     TENANT_COLS,
 };
 use crate::audit::{self, Actor};
@@ -177,7 +177,7 @@ impl Catalog {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        remove_jobs(&tx, &tenant.id).await?;
+        remove_owned(&tx, &tenant.id).await?;
         audit::record_in(&tx, actor, Some(slug), "tenant.delete", slug.as_str()).await?;
         notify(&tx, &format!("tenant:{slug}")).await?;
         for p in &prefixes {
@@ -207,7 +207,7 @@ impl Catalog {
             &[&tenant.id.as_str()],
         )
         .await?;
-        remove_jobs(&tx, &tenant.id).await?;
+        remove_owned(&tx, &tenant.id).await?;
         notify(&tx, &format!("tenant:{}", tenant.slug)).await?;
         tx.commit().await?;
         self.invalidate_tenant(&tenant.slug).await;

@@ -3,6 +3,7 @@
 //! the admin token check (every route needs it; every action is audited), the acting admin,
 //! the tenant in the path, and the audited tenant context.
 
+mod archives;
 mod audit_log;
 mod keys;
 mod operations;
@@ -10,6 +11,7 @@ mod servers;
 mod tenants;
 mod usage;
 
+pub use archives::*;
 pub use audit_log::*;
 pub use keys::*;
 pub use operations::*;

@@ -13,8 +13,8 @@
 //! - schema grants: CREATE for the runtime role anywhere, or tenant schemas open to PUBLIC;
 //! - a catalog tenant without storage, or storage without a catalog tenant;
 //! - residue of deleted tenants: rows keyed by a tenant id that no catalog tenant has (in the
-//!   shared tables, in the job queue) or, in a tenant's own schema or database, rows keyed by
-//!   another tenant's id. Everything is keyed by ids that are never reused, so residue is never
+//!   shared tables, in the job queue, in backup archives) or, in a tenant's own schema or
+//!   database, rows keyed by another tenant's id. Everything is keyed by ids that are never reused, so residue is never
 //!   visible to a later tenant; it is reported so that it can be removed.
 
 use std::collections::BTreeSet;
@@ -208,7 +208,7 @@ async fn residue_in_shared(c: &tokio_postgres::Client) -> Result<Vec<Finding>, D
             )
         })
         .collect();
-    for t in ["jobs", "job_queues"] {
+    for t in ["jobs", "job_queues", "operation_archives"] {
         places.push((
             format!("{CONTROL_SCHEMA}.{t}"),
             format!("{CONTROL_SCHEMA}.{t}"),

@@ -227,6 +227,31 @@ const CONTROL: &[(i32, &str, &str)] = &[
     UPDATE api_keys SET keyed_check = false;
     "#,
     ),
+    (
+        5,
+        "archives",
+        r#"
+    -- Operations on one tenant (backups, restores, moves) and their phase.
+    ALTER TABLE operations DROP CONSTRAINT operations_kind_check,
+        ADD CONSTRAINT operations_kind_check
+            CHECK (kind IN ('move', 'migrate', 'backup', 'restore', 'drain'));
+    ALTER TABLE operations DROP CONSTRAINT operations_state_check,
+        ADD CONSTRAINT operations_state_check
+            CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled'));
+    ALTER TABLE operations ADD COLUMN phase text NOT NULL DEFAULT '';
+    -- A backup operation's archive, for any node to serve. It holds the tenant's data, so it
+    -- is keyed by the tenant's id and goes when the tenant goes.
+    CREATE TABLE operation_archives (
+        operation_id  uuid NOT NULL REFERENCES operations (id) ON DELETE CASCADE,
+        tenant_id     text NOT NULL,
+        seq           integer NOT NULL,
+        data          bytea NOT NULL,
+        PRIMARY KEY (operation_id, seq)
+    );
+    CREATE INDEX operation_archives_tenant_idx ON operation_archives (tenant_id);
+    REVOKE ALL ON operation_archives FROM {app};
+    "#,
+    ),
 ];
 
 /// The ledger of applied versions, one per database (keyed by scope inside it).

@@ -5,6 +5,7 @@
 //! runs on the control role; the request path's side (pools, the scoped transaction) is the
 //! rest of [`crate::db`].
 
+pub mod archive;
 pub mod doctor;
 pub mod fleet;
 pub(crate) mod migrate;
