@@ -172,10 +172,9 @@ where
 }
 
 /// The IETF draft headers (`RateLimit-Policy`, `RateLimit`) and the older trio. On every
-/// tenant-plane response, so names are static, the policy's value is kept per thread, and the
-/// four values that change are written into one buffer with `itoa` and handed out as slices of
-/// it: two allocations (the buffer and its shared handle) where building each value on its own
-/// makes five or more, each through `core::fmt`.
+/// tenant-plane response, so names are static, and the values are written with `itoa` (the
+/// four that change into one buffer, handed out as slices of it) rather than each through
+/// `core::fmt` into an allocation of its own.
 pub(crate) fn rate_headers(h: &mut HeaderMap, policy: &str, d: &Decision) {
     use http::header::HeaderName;
     static POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
