@@ -532,6 +532,7 @@ pub fn serve_args(db_url: &str, prefix: &str, admin: &str, order_cache: Option<&
         runtime_lanes: None,
         order_cache: order_cache.map(str::to_owned),
         job_lease_ms: None,
+        move_grace_ms: None,
         redis_url: None,
         rate_limit_fail_mode: None,
         jwt_hs256_secret: None,

@@ -200,6 +200,7 @@ impl Application {
             admin: crate::state::AdminTokens::new(tokens),
             cache: cache.clone(),
             order_cache: settings.order_cache,
+            move_grace: settings.move_grace,
             metrics: Metrics::new(),
             metrics_token: settings.metrics_token.clone(),
             job_depth: JobDepth::default(),

@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// How long a job claim lasts without a heartbeat, in milliseconds (default 30000).
     #[arg(long, env = "TENANTRY_JOB_LEASE_MS")]
     pub job_lease_ms: Option<u64>,
+    /// How long a moved tenant's old storage is kept after the flip, in milliseconds, so every
+    /// node has seen the new placement before it goes (default 10000).
+    #[arg(long, env = "TENANTRY_MOVE_GRACE_MS")]
+    pub move_grace_ms: Option<u64>,
     /// Redis for rate limits shared across nodes (unset: per-node limits).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -189,6 +193,8 @@ pub struct Settings {
     pub order_cache: bool,
     /// How long a job claim lasts without a heartbeat.
     pub job_lease: Duration,
+    /// How long a moved tenant's old storage is kept after the flip.
+    pub move_grace: Duration,
 }
 
 impl std::fmt::Debug for Settings {
@@ -337,6 +343,9 @@ impl Settings {
                 .unwrap_or(4),
             runtime_lanes: args.runtime_lanes.or(file.runtime_lanes).unwrap_or(1),
             job_lease: Duration::from_millis(args.job_lease_ms.unwrap_or(30_000).max(100)),
+            move_grace: args
+                .move_grace_ms
+                .map_or(tenantry::db::moves::GRACE, Duration::from_millis),
             tenant_db_budget: (
                 args.tenant_db_budget
                     .or(file.tenant_db_budget)

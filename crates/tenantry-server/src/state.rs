@@ -28,6 +28,8 @@ pub struct AppStateInner {
     pub cache: TenantCache,
     /// Whether order reads go through the cache.
     pub order_cache: bool,
+    /// How long a moved tenant's old storage is kept after the flip.
+    pub move_grace: std::time::Duration,
     pub metrics: Metrics,
     /// The bearer token for `GET /metrics` besides the admin tokens.
     pub metrics_token: Option<String>,

@@ -39,6 +39,7 @@ pub fn surface(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .routes(routes!(admin::backup_tenant))
         .routes(routes!(admin::download_archive))
         .routes(routes!(admin::restore_tenant))
+        .routes(routes!(admin::move_tenant))
         .merge(admin_data);
     if let Some(state) = state {
         admin_plane = admin_plane.layer(middleware::from_fn_with_state(

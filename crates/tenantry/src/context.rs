@@ -54,6 +54,20 @@ impl TenantContext {
         }
     }
 
+    /// The same request's context for the tenant as the catalog now records it (after a move
+    /// to another placement). The in-flight slot stays with `self`, which the caller keeps.
+    pub(crate) fn moved(&self, tenant: Arc<Tenant>) -> TenantContext {
+        let i = &self.inner;
+        Self::new(
+            tenant,
+            i.principal.clone(),
+            i.db.clone(),
+            i.rate,
+            i.limits.clone(),
+            None,
+        )
+    }
+
     /// The tenant's rows in the control plane's own tables (its jobs), on the runtime role
     /// under forced RLS keyed by the tenant, with the tenant's share of connections: the same
     /// guarantees as [`Self::db`], in the control database whatever the tenant's placement.

@@ -14,6 +14,7 @@ use crate::audit::Actor;
 use crate::catalog::{Catalog, CatalogError, NewTenant};
 use crate::db::archive::{self, ArchiveError};
 use crate::db::fleet::{self, MigrateOptions};
+use crate::db::moves::{self, MoveTarget};
 use crate::db::{Database, DbError};
 use crate::tenant::Slug;
 
@@ -318,6 +319,45 @@ pub async fn start_restore(
             Err(e) => update(&db, id, "failed", 0.0, &e.to_string()).await,
         }
         drop(file);
+    });
+    Ok(op)
+}
+
+/// Starts moving `slug` to `target` in the background ([`moves::relocate`]), its phases and
+/// progress recorded on the operation as they happen.
+pub async fn start_move(
+    catalog: &Catalog,
+    slug: &Slug,
+    target: MoveTarget,
+    grace: std::time::Duration,
+) -> Result<Operation, CatalogError> {
+    if catalog.get_tenant(slug).await?.is_none() {
+        return Err(CatalogError::TenantNotFound);
+    }
+    let db = catalog.database().clone();
+    let op = insert(&db, "move", slug.as_str()).await?;
+    let (id, catalog, slug) = (op.id, catalog.clone(), slug.clone());
+    tokio::spawn(async move {
+        // Progress goes through a channel so that its writes land in order.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(moves::Phase, f32)>();
+        let writer = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                while let Some((phase, done)) = rx.recv().await {
+                    set_phase(&db, id, "running", phase.as_str(), done, "").await;
+                }
+            })
+        };
+        let result = moves::relocate(&catalog, &slug, &target, grace, |phase, done| {
+            let _ = tx.send((phase, done));
+        })
+        .await;
+        drop(tx);
+        let _ = writer.await;
+        match result {
+            Ok(r) => set_phase(&db, id, "succeeded", "done", 1.0, &r.summary()).await,
+            Err(e) => set_phase(&db, id, "failed", "", 0.0, &e.to_string()).await,
+        }
     });
     Ok(op)
 }

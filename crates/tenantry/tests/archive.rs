@@ -7,29 +7,12 @@ mod support;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
 use tenantry::db::archive::{self, ArchiveError};
 use tenantry::db::TenantMigration;
-use tenantry::{Catalog, Isolation, Placement, Slug, Tenant};
-use tokio_postgres::NoTls;
+use tenantry::{Catalog, Isolation, Slug, Tenant};
 
-const V1: TenantMigration = TenantMigration {
-    version: 1,
-    name: "users_and_notes",
-    sql: "CREATE TABLE users (
-              tenant_id text NOT NULL CHECK (tenant_id <> ''),
-              id int NOT NULL,
-              name text NOT NULL,
-              PRIMARY KEY (tenant_id, id));
-          CREATE TABLE notes (
-              tenant_id text NOT NULL CHECK (tenant_id <> ''),
-              id int NOT NULL,
-              user_id int NOT NULL,
-              body text,
-              PRIMARY KEY (tenant_id, id),
-              FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id))",
-};
+const V1: TenantMigration = support::USERS_AND_NOTES;
 const V2: TenantMigration = TenantMigration {
     version: 2,
     name: "notes_archived",
@@ -37,13 +20,6 @@ const V2: TenantMigration = TenantMigration {
 };
 static ONLY_V1: &[TenantMigration] = &[V1];
 static BOTH: &[TenantMigration] = &[V1, V2];
-
-fn actor() -> Actor {
-    Actor {
-        name: "test".into(),
-        request_id: "t".into(),
-    }
-}
 
 async fn open(cfg: &tokio_postgres::Config, name: &str, m: &'static [TenantMigration]) -> Catalog {
     Catalog::new(support::open(cfg, name, m).await)
@@ -60,34 +36,15 @@ fn new_tenant(slug: &str, isolation: Isolation) -> NewTenant {
 }
 
 async fn create(catalog: &Catalog, slug: &str, isolation: Isolation) -> Tenant {
-    tenantry::lifecycle::create(catalog, &new_tenant(slug, isolation), &actor())
+    tenantry::lifecycle::create(catalog, &new_tenant(slug, isolation), &support::actor())
         .await
         .unwrap()
-}
-
-/// A superuser connection to the database that holds `tenant`'s tables, and their schema.
-async fn storage(
-    cfg: &tokio_postgres::Config,
-    tenant: &Tenant,
-) -> (tokio_postgres::Client, String) {
-    let mut cfg = cfg.clone();
-    let schema = match &tenant.placement {
-        Placement::Shared => "shared".to_owned(),
-        Placement::Schema { schema } => schema.clone(),
-        Placement::Database { database, .. } => {
-            cfg.dbname(database);
-            "shared".to_owned()
-        }
-    };
-    let (client, conn) = cfg.connect(NoTls).await.unwrap();
-    tokio::spawn(conn);
-    (client, format!("\"{schema}\""))
 }
 
 /// Rows that COPY's text format must escape: newlines, tabs, backslashes, `\.` alone on a
 /// line, NULL, and text that is not ASCII.
 async fn fill(cfg: &tokio_postgres::Config, tenant: &Tenant, users: i32, notes: i32) {
-    let (c, s) = storage(cfg, tenant).await;
+    let (c, s) = support::storage(cfg, &tenant.placement).await;
     let id = tenant.id.as_str();
     c.execute(
         &format!(
@@ -117,7 +74,7 @@ async fn fill(cfg: &tokio_postgres::Config, tenant: &Tenant, users: i32, notes: 
 
 /// Every row of `tenant`, without its tenant id, in order: what must survive a round trip.
 async fn rows(cfg: &tokio_postgres::Config, tenant: &Tenant) -> (Vec<(i32, String)>, Vec<String>) {
-    let (c, s) = storage(cfg, tenant).await;
+    let (c, s) = support::storage(cfg, &tenant.placement).await;
     let id = tenant.id.as_str();
     let users = c
         .query(
@@ -169,7 +126,13 @@ async fn restore(
     slug: &str,
     isolation: Isolation,
 ) -> Result<Tenant, ArchiveError> {
-    archive::restore(catalog, path, &new_tenant(slug, isolation), &actor()).await
+    archive::restore(
+        catalog,
+        path,
+        &new_tenant(slug, isolation),
+        &support::actor(),
+    )
+    .await
 }
 
 #[tokio::test]

@@ -2,11 +2,9 @@
 
 mod support;
 
-use tenantry::audit::Actor;
-use tenantry::catalog::NewTenant;
 use tenantry::db::fleet::{self, MigrateOptions};
 use tenantry::db::{doctor, Database, TenantMigration};
-use tenantry::{Catalog, Isolation, Slug};
+use tenantry::{Catalog, Isolation};
 use tokio_postgres::NoTls;
 
 const V1: TenantMigration = TenantMigration {
@@ -36,20 +34,7 @@ async fn open(cfg: &tokio_postgres::Config, name: &str, m: &'static [TenantMigra
 }
 
 async fn tenant(db: &Database, slug: &str, isolation: Isolation) {
-    let actor = Actor {
-        name: "test".into(),
-        request_id: "t".into(),
-    };
-    let new = NewTenant {
-        slug: Slug::parse(slug).unwrap(),
-        name: slug.into(),
-        plan: "free".into(),
-        isolation,
-        server: None,
-    };
-    tenantry::lifecycle::create(&Catalog::new(db.clone()), &new, &actor)
-        .await
-        .unwrap();
+    support::create(&Catalog::new(db.clone()), slug, isolation).await;
 }
 
 async fn sql(cfg: &tokio_postgres::Config) -> tokio_postgres::Client {

@@ -5,17 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use tenantry::audit::Actor;
 use tenantry::catalog::NewTenant;
 use tenantry::resolve::ResolveError;
 use tenantry::{Catalog, Isolation, Slug, Tenancy, TenancyConfig};
-
-fn actor() -> Actor {
-    Actor {
-        name: "test".into(),
-        request_id: "test".into(),
-    }
-}
 
 async fn tenancy() -> Tenancy {
     let db = support::fresh_library().await;
@@ -48,12 +40,18 @@ fn request(key: &str) -> http::request::Parts {
 async fn a_key_revoked_during_its_first_lookup_is_not_cached_as_live() {
     let tenancy = tenancy().await;
     let catalog = tenancy.catalog();
-    tenantry::lifecycle::create(catalog, &new_tenant("racy"), &actor())
+    tenantry::lifecycle::create(catalog, &new_tenant("racy"), &support::actor())
         .await
         .unwrap();
     let slug = Slug::parse("racy").unwrap();
     let (info, key) = catalog
-        .create_key(&slug, "k", &[tenantry::auth::Scope::Read], None, &actor())
+        .create_key(
+            &slug,
+            "k",
+            &[tenantry::auth::Scope::Read],
+            None,
+            &support::actor(),
+        )
         .await
         .unwrap();
     catalog.inject_load_delay(Duration::from_millis(400));
@@ -64,7 +62,7 @@ async fn a_key_revoked_during_its_first_lookup_is_not_cached_as_live() {
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     catalog
-        .revoke_key(&slug, info.id, &actor())
+        .revoke_key(&slug, info.id, &support::actor())
         .await
         .unwrap()
         .unwrap();
@@ -85,11 +83,11 @@ async fn a_tenant_deleted_during_provisioning_is_never_marked_ready() {
     let new = new_tenant("doomed");
     let placement = tenantry::Placement::Shared;
     let t = catalog
-        .create_tenant(&new, &placement, &actor())
+        .create_tenant(&new, &placement, &support::actor())
         .await
         .unwrap();
     catalog
-        .begin_delete(&new.slug, &actor())
+        .begin_delete(&new.slug, &support::actor())
         .await
         .unwrap()
         .unwrap();
@@ -98,7 +96,7 @@ async fn a_tenant_deleted_during_provisioning_is_never_marked_ready() {
     assert_eq!(now.storage_state, tenantry::StorageState::Deleting);
     // A ready tenant is not "re-readied" either.
     catalog.finish_delete(&now).await.unwrap();
-    let again = tenantry::lifecycle::create(catalog, &new, &actor())
+    let again = tenantry::lifecycle::create(catalog, &new, &support::actor())
         .await
         .unwrap();
     assert_ne!(again.id, t.id, "a new tenant, a new id");

@@ -6,15 +6,19 @@
 
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
+use std::io::IsTerminal;
 use tenantry::audit::Actor;
 use tenantry::auth::Scope;
 use tenantry::cache::TenantCache;
 use tenantry::catalog::{ApiKeyInfo, CatalogError, TenantPatch};
+
+use indicatif::{ProgressBar, ProgressStyle};
 use tenantry::db::archive::{self, ArchiveError};
+use tenantry::db::moves::{self, MoveError, MoveTarget};
 use tenantry::db::Database;
 use tenantry::http::Problem;
 use tenantry::ratelimit::RedisLimiter;
-use tenantry::{Catalog, Slug, Tenant, TenantId, TenantStatus};
+use tenantry::{Catalog, Isolation, Slug, Tenant, TenantId, TenantStatus};
 use uuid::Uuid;
 
 use super::exit;
@@ -66,6 +70,18 @@ pub enum TenantsCommand {
     Resume {
         /// The tenant's slug.
         slug: String,
+    },
+    /// Move a tenant to another placement while it is served: its rows are copied and
+    /// verified, every node switches to the new placement, the old storage goes.
+    Move {
+        /// The tenant's slug.
+        slug: String,
+        /// Where its data is to live.
+        #[arg(long, value_parser = ["shared", "schema", "database"])]
+        isolation: String,
+        /// For `database`: a registered server (default: the control plane's own).
+        #[arg(long)]
+        server: Option<String>,
     },
     /// Write one portable archive of a tenant's rows (every tenant table, one consistent
     /// snapshot, gzip), while the tenant keeps being served.
@@ -376,6 +392,49 @@ async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Res
             let s = slug(&s)?;
             set_status(&catalog, &s, TenantStatus::Active).await?;
             eprintln!("resumed tenant {s}");
+        }
+        TenantsCommand::Move {
+            slug: s,
+            isolation,
+            server,
+        } => {
+            let s = slug(&s)?;
+            let target = MoveTarget {
+                isolation: Isolation::parse(&isolation).ok_or_else(|| {
+                    Failure(exit::USAGE, format!("unknown isolation {isolation}"))
+                })?,
+                server,
+            };
+            let tty = std::io::stderr().is_terminal();
+            let bar = ProgressBar::hidden();
+            if tty {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                bar.set_style(
+                    ProgressStyle::with_template("{bar:40} {percent:>3}% {msg} [{elapsed}]")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                bar.set_length(100);
+            }
+            let result =
+                moves::relocate(&catalog, &s, &target, settings.move_grace, |phase, done| {
+                    if tty {
+                        bar.set_message(phase.as_str());
+                        bar.set_position((done * 100.0) as u64);
+                    } else {
+                        eprintln!("{}: {:.0}%", phase.as_str(), done * 100.0);
+                    }
+                })
+                .await;
+            bar.finish_and_clear();
+            let r = result.map_err(|e| match e {
+                MoveError::TenantNotFound => Failure::from(CatalogError::TenantNotFound),
+                e @ (MoveError::AlreadyThere | MoveError::UnknownServer(_)) => {
+                    Failure(exit::USAGE, e.to_string())
+                }
+                e => Failure(exit::FAILED, e.to_string()),
+            })?;
+            flush_cache(settings, db, &r.tenant.id, false).await;
+            eprintln!("tenant {s} {}", r.summary());
         }
         TenantsCommand::Backup { slug: s, output } => {
             let s = slug(&s)?;

@@ -51,6 +51,7 @@ pub fn settings(db_name: &str, db_url: &str) -> Settings {
         runtime_lanes: 1,
         order_cache: true,
         job_lease: std::time::Duration::from_secs(2),
+        move_grace: std::time::Duration::from_millis(200),
     }
 }
 

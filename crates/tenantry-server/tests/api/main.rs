@@ -14,6 +14,7 @@ mod isolation;
 mod jobs;
 mod lifecycle;
 mod limits;
+mod moves;
 mod openapi;
 mod operations;
 mod ops;

@@ -22,6 +22,8 @@ mod listen;
 mod per_thread_front;
 mod tenants;
 
+pub(crate) use tenants::record_move;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -306,3 +306,36 @@ impl Catalog {
         Ok(tenant_from_row(&row))
     }
 }
+
+/// Records, in `tx` on the control database, that `tenant` now lives in `placement` (at tenant
+/// schema `version`), and tells every node in the same commit (the invalidation path of a
+/// suspension). Only a ready tenant with that id moves.
+pub(crate) async fn record_move(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: &Tenant,
+    placement: &Placement,
+    version: i32,
+) -> Result<(), DbError> {
+    let (server, storage) = placement.columns();
+    let moved = tx
+        .execute(
+            "UPDATE tenantry.tenants
+             SET isolation = $2, server = $3, storage = $4, schema_version = $5, updated_at = now()
+             WHERE id = $1 AND state = 'ready'",
+            &[
+                &tenant.id.as_str(),
+                &placement.isolation().as_str(),
+                &server,
+                &storage,
+                &version,
+            ],
+        )
+        .await?;
+    if moved != 1 {
+        return Err(DbError::Config(format!(
+            "tenant {} is no longer ready to move (deleted meanwhile?)",
+            tenant.slug
+        )));
+    }
+    super::notify(tx, &format!("tenant:{}", tenant.slug)).await
+}

@@ -20,6 +20,10 @@ pub enum DbError {
     /// The statement ran past its timeout.
     #[error("statement timed out")]
     Timeout,
+    /// A write reached a placement the tenant has moved out of (the write fence refused it);
+    /// it belongs in the tenant's new placement.
+    #[error("the tenant has moved to another placement")]
+    TenantMoved,
     /// A statement without the tenant filter reached the scoped transaction: a programming
     /// error, caught before anything is sent.
     #[error("statement lacks `tenant_id = $1`: {0}")]
@@ -66,6 +70,9 @@ impl From<tokio_postgres::Error> for DbError {
             // I/O errors and the like: the connection is gone.
             return DbError::Unavailable(e.to_string());
         };
+        if db.code().code() == crate::db::control::fence::MOVED_SQLSTATE {
+            return DbError::TenantMoved;
+        }
         let constraint = || db.constraint().unwrap_or_default().to_owned();
         match *db.code() {
             SqlState::UNIQUE_VIOLATION => DbError::Unique {
@@ -105,6 +112,9 @@ impl From<deadpool_postgres::PoolError> for DbError {
 impl DbError {
     /// Whether the cause is outside the request (retry later) rather than in it.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, DbError::Unavailable(_) | DbError::Timeout)
+        matches!(
+            self,
+            DbError::Unavailable(_) | DbError::Timeout | DbError::TenantMoved
+        )
     }
 }

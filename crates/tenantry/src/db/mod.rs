@@ -28,7 +28,7 @@ use tokio_postgres::NoTls;
 use crate::placement::Placement;
 #[cfg(feature = "internals")]
 pub use crate::placement::{database_name, schema_name};
-pub use control::{archive, doctor, fleet, provision};
+pub use control::{archive, doctor, fleet, moves, provision};
 pub(crate) use control::{migrate, roles};
 pub use error::DbError;
 pub use migrate::TenantMigration;

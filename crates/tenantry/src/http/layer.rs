@@ -124,10 +124,10 @@ pub async fn scope<F, Fut, E>(
     tenancy: &Tenancy,
     public: bool,
     req: Request<Body>,
-    inner: F,
+    mut inner: F,
 ) -> Result<(Response, Scoped), E>
 where
-    F: FnOnce(Request<Body>) -> Fut,
+    F: FnMut(Request<Body>) -> Fut,
     Fut: Future<Output = Result<Response, E>>,
 {
     let (mut parts, body) = req.into_parts();
@@ -139,8 +139,12 @@ where
     match resolved {
         Ok(ctx) => {
             tracing::Span::current().record("tenant_id", ctx.slug().as_str());
-            parts.extensions.insert(ctx.clone());
-            let mut res = inner(Request::from_parts(parts, body)).await?;
+            let mut res = if parts.method.is_safe() {
+                parts.extensions.insert(ctx.clone());
+                inner(Request::from_parts(parts, body)).await?
+            } else {
+                super::moved::write(tenancy, &ctx, parts, body, &mut inner).await?
+            };
             if let Some((policy, d)) = ctx.rate_decision() {
                 rate_headers(res.headers_mut(), policy, &d);
             }

@@ -3,6 +3,7 @@
 pub(crate) mod json;
 pub(crate) mod json_writer;
 pub(crate) mod layer;
+pub(crate) mod moved;
 pub(crate) mod problem;
 pub(crate) mod request_id;
 pub(crate) mod rfc3339;

@@ -140,6 +140,9 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
     /// Seconds, sent as `Retry-After` (429 and 503).
     pub retry_after: Option<u64>,
+    /// A write refused because the tenant moved to another placement: the tenancy layer
+    /// retries the request there ([`super::moved`]).
+    pub(crate) moved: bool,
 }
 
 /// The `type` of every problem is this followed by its code.
@@ -164,6 +167,7 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            moved: false,
         }
     }
 
@@ -264,6 +268,9 @@ impl IntoResponse for Problem {
         }
         // Lets outer layers (metrics, logs) see the code without parsing the body.
         res.extensions_mut().insert(self.code);
+        if self.moved {
+            res.extensions_mut().insert(super::moved::Moved);
+        }
         res
     }
 }
@@ -273,6 +280,14 @@ impl From<crate::db::DbError> for Problem {
         use crate::db::DbError;
         match e {
             DbError::Unavailable(_) | DbError::Timeout => Problem::unavailable(&e),
+            DbError::TenantMoved => Problem {
+                moved: true,
+                ..Problem::new(
+                    ErrorCode::Unavailable,
+                    "the tenant is moving to another placement; retry shortly",
+                )
+                .with_retry_after(1)
+            },
             DbError::Unique { .. } => Problem::new(ErrorCode::Conflict, "already exists"),
             DbError::ForeignKey { .. } | DbError::Check { .. } => {
                 Problem::validation(vec![FieldError::new("body", "violates a constraint")])

@@ -6,6 +6,7 @@
 mod archives;
 mod audit_log;
 mod keys;
+mod moves;
 mod operations;
 mod servers;
 mod tenants;
@@ -14,6 +15,7 @@ mod usage;
 pub use archives::*;
 pub use audit_log::*;
 pub use keys::*;
+pub use moves::*;
 pub use operations::*;
 pub use servers::*;
 pub use tenants::*;

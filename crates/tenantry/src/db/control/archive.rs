@@ -40,15 +40,15 @@ use chrono::{DateTime, Utc};
 use futures_util::{pin_mut, SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio_postgres::{IsolationLevel, NoTls, Transaction};
+use tokio_postgres::{IsolationLevel, Transaction};
 
 use super::migrate::{apply_in, steps};
-use super::provision::{admin_config_pub, create_storage};
+use super::provision::create_storage;
 use super::roles::quote_ident;
+use super::tenant_rows::{act_for, column_list, copy_rows, literal, open, row_count, tables, Side};
 use crate::audit::Actor;
 use crate::catalog::{Catalog, CatalogError, NewTenant};
-use crate::db::{Database, DbError, SHARED_SCHEMA};
-use crate::placement::Placement;
+use crate::db::{Database, DbError};
 use crate::tenant::{Slug, StorageState, Tenant, TenantId};
 
 /// The first line of every archive.
@@ -131,142 +131,8 @@ impl From<tokio_postgres::Error> for ArchiveError {
     }
 }
 
-/// A connection to where a placement's tenant tables are, as the control plane connects.
-enum Conn {
-    Pooled(deadpool_postgres::Object),
-    Direct(tokio_postgres::Client),
-}
-
-impl Conn {
-    fn client(&mut self) -> &mut tokio_postgres::Client {
-        match self {
-            Conn::Pooled(o) => o,
-            Conn::Direct(c) => c,
-        }
-    }
-}
-
-/// A connection to `placement`'s database, and the schema its tenant tables are in.
-async fn open(db: &Database, placement: &Placement) -> Result<(Conn, String), DbError> {
-    match placement {
-        Placement::Shared => Ok((
-            Conn::Pooled(db.control().get().await?),
-            SHARED_SCHEMA.into(),
-        )),
-        Placement::Schema { schema } => {
-            Ok((Conn::Pooled(db.control().get().await?), schema.clone()))
-        }
-        Placement::Database { server, database } => {
-            let mut cfg = admin_config_pub(db, server).await?;
-            cfg.dbname(database);
-            let (client, conn) = cfg.connect(NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "archive connection ended");
-                }
-            });
-            Ok((Conn::Direct(client), SHARED_SCHEMA.into()))
-        }
-    }
-}
-
-/// Makes `tx` act for `tenant` as the owner role: forced RLS shows it only the tenant's rows.
-async fn act_for(tx: &Transaction<'_>, db: &Database, tenant: &str) -> Result<(), DbError> {
-    tx.batch_execute(&format!(
-        "SET LOCAL ROLE {}",
-        quote_ident(&db.roles().owner)
-    ))
-    .await?;
-    tx.execute("SELECT set_config('app.tenant_id', $1, true)", &[&tenant])
-        .await?;
-    Ok(())
-}
-
-/// A table of a schema: its columns in order, and its primary key's.
-struct Table {
-    name: String,
-    columns: Vec<String>,
-    key: Vec<String>,
-}
-
-/// The tenant tables of `schema`, parents before the tables that reference them.
-async fn tables(tx: &Transaction<'_>, schema: &str) -> Result<Vec<Table>, DbError> {
-    let rows = tx
-        .query(
-            "SELECT c.relname::text,
-                    ARRAY(SELECT a.attname::text FROM pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-                            AND a.attgenerated = ''
-                          ORDER BY a.attnum),
-                    ARRAY(SELECT a.attname::text
-                          FROM pg_index i
-                          CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n)
-                          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-                          WHERE i.indrelid = c.oid AND i.indisprimary
-                          ORDER BY k.n),
-                    ARRAY(SELECT DISTINCT r.relname::text FROM pg_constraint f
-                          JOIN pg_class r ON r.oid = f.confrelid
-                          WHERE f.conrelid = c.oid AND f.contype = 'f' AND r.oid <> c.oid
-                            AND r.relnamespace = c.relnamespace)
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND NOT c.relispartition
-             ORDER BY c.relname",
-            &[&schema],
-        )
-        .await?;
-    let mut pending: Vec<(Table, Vec<String>)> = rows
-        .iter()
-        .map(|r| {
-            (
-                Table {
-                    name: r.get(0),
-                    columns: r.get(1),
-                    key: r.get(2),
-                },
-                r.get(3),
-            )
-        })
-        .collect();
-    let mut ordered: Vec<Table> = Vec::with_capacity(pending.len());
-    while !pending.is_empty() {
-        let before = pending.len();
-        let mut i = 0;
-        while i < pending.len() {
-            let ready = pending[i]
-                .1
-                .iter()
-                .all(|parent| ordered.iter().any(|t| &t.name == parent));
-            if ready {
-                ordered.push(pending.remove(i).0);
-            } else {
-                i += 1;
-            }
-        }
-        if pending.len() == before {
-            return Err(DbError::Config(format!(
-                "the tenant tables of {schema} reference each other in a cycle"
-            )));
-        }
-    }
-    Ok(ordered)
-}
-
-fn column_list(columns: &[String]) -> String {
-    columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A tenant id as an SQL literal. Ids are `[a-z0-9-]` ([`TenantId::parse`]), so this is only
-/// the quotes; doubling any quote keeps it a literal whatever it holds.
-fn literal(id: &TenantId) -> String {
-    format!("'{}'", id.as_str().replace('\'', "''"))
 }
 
 /// Writes an archive of `slug`'s rows to `out` (gzip) and returns its manifest.
@@ -677,51 +543,16 @@ async fn fill(
                 table.name
             )));
         }
-        let select: Vec<String> = source
-            .columns
-            .iter()
-            .map(|c| {
-                if c == "tenant_id" {
-                    format!("{} AS tenant_id", literal(&tenant.id))
-                } else {
-                    quote_ident(c)
-                }
-            })
-            .collect();
-        let out = scratch_tx
-            .copy_out(&format!(
-                "COPY (SELECT {} FROM {}.{}) TO STDOUT",
-                select.join(", "),
-                quote_ident(scratch),
-                quote_ident(&source.name)
-            ))
-            .await?;
-        // COPY FROM cannot load a table under RLS: the rows go to a temporary table first,
-        // and from there into the tenant's table by INSERT, which the policy checks.
-        let target = format!("{}.{}", quote_ident(&schema), quote_ident(&table.name));
-        let columns = column_list(&source.columns);
-        tx.batch_execute(&format!(
-            "CREATE TEMPORARY TABLE tenantry_restore (LIKE {target} INCLUDING DEFAULTS)
-             ON COMMIT DROP"
-        ))
-        .await?;
-        let sink = tx
-            .copy_in::<_, Bytes>(&format!("COPY tenantry_restore ({columns}) FROM STDIN"))
-            .await?;
-        pin_mut!(out);
-        pin_mut!(sink);
-        while let Some(chunk) = out.next().await {
-            sink.send(chunk?).await?;
-        }
-        sink.as_mut().finish().await?;
-        tx.batch_execute(&format!(
-            "INSERT INTO {target} ({columns}) SELECT {columns} FROM tenantry_restore;
-             DROP TABLE tenantry_restore"
-        ))
+        copy_rows(
+            Side::new(scratch_tx, scratch, archived_id),
+            Side::new(&tx, &schema, &tenant.id),
+            &source.name,
+            &source.columns,
+        )
         .await?;
         let (want, got) = (
-            row_count(scratch_tx, scratch, &source.name, archived_id).await?,
-            row_count(&tx, &schema, &table.name, &tenant.id).await?,
+            row_count(&Side::new(scratch_tx, scratch, archived_id), &source.name).await?,
+            row_count(&Side::new(&tx, &schema, &tenant.id), &table.name).await?,
         );
         if want != got {
             return Err(ArchiveError::Mismatch(format!(
@@ -732,23 +563,4 @@ async fn fill(
     }
     tx.commit().await?;
     Ok(())
-}
-
-async fn row_count(
-    tx: &Transaction<'_>,
-    schema: &str,
-    table: &str,
-    tenant: &TenantId,
-) -> Result<i64, DbError> {
-    Ok(tx
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {}.{} WHERE tenant_id = $1",
-                quote_ident(schema),
-                quote_ident(table)
-            ),
-            &[&tenant.as_str()],
-        )
-        .await?
-        .get(0))
 }

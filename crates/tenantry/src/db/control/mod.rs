@@ -7,7 +7,10 @@
 
 pub mod archive;
 pub mod doctor;
+pub(crate) mod fence;
 pub mod fleet;
 pub(crate) mod migrate;
+pub mod moves;
 pub mod provision;
 pub(crate) mod roles;
+pub(crate) mod tenant_rows;

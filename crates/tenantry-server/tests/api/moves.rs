@@ -1,0 +1,266 @@
+//! Moving a tenant through the admin plane and the CLI while clients read and write it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{spawn_app, TestApp};
+
+/// Reads and writes `key`'s tenant until `stop`: (reads that failed, ids of acknowledged
+/// orders, writes answered 503 with Retry-After, any other answers).
+async fn traffic(
+    app: Arc<TestApp>,
+    key: String,
+    user: String,
+    stop: Arc<AtomicBool>,
+) -> (usize, Vec<String>, usize, Vec<String>) {
+    let (mut failed_reads, mut acknowledged, mut retry, mut other) = (0, Vec::new(), 0, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let r = app
+            .with_key(&key, Method::GET, "/v1/orders?limit=5", None)
+            .await;
+        if r.status != 200 {
+            failed_reads += 1;
+        }
+        let w = app
+            .with_key(
+                &key,
+                Method::POST,
+                "/v1/orders",
+                Some(json!({"user_id": user, "amount_cents": 1, "currency": "EUR"})),
+            )
+            .await;
+        match w.status.as_u16() {
+            201 => acknowledged.push(w.body["id"].as_str().unwrap().to_owned()),
+            503 if w.headers.contains_key("retry-after") => retry += 1,
+            s => other.push(format!("{s} {}", w.body)),
+        }
+    }
+    (failed_reads, acknowledged, retry, other)
+}
+
+#[tokio::test]
+async fn a_tenant_moves_between_placements_while_it_is_served() {
+    let app = Arc::new(spawn_app().await);
+    let key = app.tenant_in("alpha", "shared").await;
+    let user = app.user(&key, "ann@example.com").await;
+    for amount in 1..=20 {
+        app.order(&key, &user, amount).await;
+    }
+    // A neighbour whose data no move touches.
+    let other = app.tenant_in("beta", "shared").await;
+    let beta_user = app.user(&other, "bob@example.com").await;
+    app.order(&other, &beta_user, 77).await;
+    let beta_before = app.order_amounts(&other).await;
+
+    for to in ["database", "schema", "shared"] {
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn(traffic(
+            app.clone(),
+            key.clone(),
+            user.clone(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let op = app
+            .admin(
+                Method::POST,
+                "/admin/v1/tenants/alpha/move",
+                Some(json!({"isolation": to})),
+            )
+            .await;
+        let op = op.ok(202).clone();
+        assert_eq!(op["kind"], "move");
+        let done = app.finished(op["id"].as_str().unwrap()).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+        assert_eq!(done["phase"], "done");
+        assert!(
+            done["detail"].as_str().unwrap().contains("by copy"),
+            "{done}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(true, Ordering::Relaxed);
+        let (failed_reads, acknowledged, refused, other_answers) = load.await.unwrap();
+        assert_eq!(failed_reads, 0, "reads never fail (-> {to})");
+        assert_eq!(
+            refused, 0,
+            "writes wait for the move, they are not refused (-> {to})"
+        );
+        assert!(!acknowledged.is_empty());
+        assert!(other_answers.is_empty(), "-> {to}: {other_answers:?}");
+        let me = app.with_key(&key, Method::GET, "/v1/tenant", None).await;
+        assert_eq!(me.ok(200)["isolation"], to);
+        // Every acknowledged write is in the new placement, once.
+        for id in &acknowledged {
+            app.with_key(&key, Method::GET, &format!("/v1/orders/{id}"), None)
+                .await
+                .ok(200);
+        }
+    }
+    assert_eq!(
+        app.order_amounts(&other).await,
+        beta_before,
+        "the neighbour is untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_move_is_refused_when_it_cannot_be_made() {
+    let app = spawn_app().await;
+    app.tenant_in("alpha", "schema").await;
+    let cases = [
+        (json!({"isolation": "moon"}), 422, "validation_failed"),
+        (json!({"isolation": "schema"}), 409, "conflict"),
+        (
+            json!({"isolation": "database", "server": "nowhere"}),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({"isolation": "shared", "server": "default"}),
+            422,
+            "validation_failed",
+        ),
+        (
+            json!({"isolation": "shared", "extra": 1}),
+            422,
+            "validation_failed",
+        ),
+    ];
+    for (body, status, code) in cases {
+        app.admin(
+            Method::POST,
+            "/admin/v1/tenants/alpha/move",
+            Some(body.clone()),
+        )
+        .await
+        .problem(status, code);
+    }
+    app.admin(
+        Method::POST,
+        "/admin/v1/tenants/nosuch/move",
+        Some(json!({"isolation": "shared"})),
+    )
+    .await
+    .problem(404, "tenant_not_found");
+}
+
+/// A database tenant moves to a second PostgreSQL server and back to shared tables, with the
+/// CLI's move on the way; two names for one server are refused rather than copied onto
+/// themselves.
+#[tokio::test]
+async fn a_database_tenant_moves_to_another_server() {
+    let second = crate::cluster::PrivateCluster::start().await;
+    let app = spawn_app().await;
+    app.admin(
+        Method::POST,
+        "/admin/v1/servers",
+        Some(json!({"name": "second", "url": second.url()})),
+    )
+    .await
+    .ok(201);
+    let key = app.tenant_in("alpha", "database").await;
+    let user = app.user(&key, "ann@example.com").await;
+    for amount in 1..=5 {
+        app.order(&key, &user, amount).await;
+    }
+    let before = app.order_amounts(&key).await;
+
+    let op = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/alpha/move",
+            Some(json!({"isolation": "database", "server": "second"})),
+        )
+        .await;
+    let done = app.finished(op.ok(202)["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let t = app
+        .admin(Method::GET, "/admin/v1/tenants/alpha", None)
+        .await;
+    assert_eq!(t.ok(200)["server"], "second");
+    assert_eq!(app.order_amounts(&key).await, before);
+    // The rows live on the second server now, and no longer on the first.
+    let (c, conn) = tokio_postgres::connect(&second.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let there: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE '%t_alpha'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(there, 1);
+    let sql = app.sql().await;
+    let here: i64 = sql
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&format!("{}_t_alpha", app.db_name)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        here, 0,
+        "the old database is dropped after the grace period"
+    );
+
+    // A second name for the first server: a move there would copy the tenant onto itself.
+    app.admin(
+        Method::POST,
+        "/admin/v1/servers",
+        Some(json!({"name": "alias", "url": format!("{}/postgres", crate::helpers::base_url())})),
+    )
+    .await
+    .ok(201);
+    let key_b = app.tenant_in("beta", "database").await;
+    let user_b = app.user(&key_b, "bob@example.com").await;
+    app.order(&key_b, &user_b, 42).await;
+    let op = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/beta/move",
+            Some(json!({"isolation": "database", "server": "alias"})),
+        )
+        .await;
+    let done = app.finished(op.ok(202)["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert!(
+        done["detail"]
+            .as_str()
+            .unwrap()
+            .contains("under another name"),
+        "{done}"
+    );
+    assert_eq!(
+        app.order_amounts(&key_b).await.len(),
+        1,
+        "beta is untouched"
+    );
+
+    // The CLI moves alpha back into the shared tables.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(["tenants", "move", "alpha", "--isolation", "shared"])
+        .env("DATABASE_URL", &app.db_url)
+        .env("TENANTRY_ROLE_PREFIX", &app.db_name)
+        .env("TENANTRY_MOVE_GRACE_MS", "100")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("tenant alpha moved from database to shared"),
+        "{err}"
+    );
+    assert_eq!(app.order_amounts(&key).await, before);
+    let me = app.with_key(&key, Method::GET, "/v1/tenant", None).await;
+    assert_eq!(me.ok(200)["isolation"], "shared");
+}
