@@ -110,6 +110,16 @@ enum Command {
         #[command(subcommand)]
         command: cli::tenants::KeysCommand,
     },
+    /// Drain a database server: move its tenants to another, online.
+    Servers {
+        #[command(
+            flatten,
+            next_help_heading = "Settings (flags > environment > tenantry.toml)"
+        )]
+        db: ServeArgs,
+        #[command(subcommand)]
+        command: cli::tenants::ServersCommand,
+    },
     /// Print the OpenAPI 3.1 document (the same as GET /openapi.json) and exit.
     Openapi,
     /// Mint a development JWT for a tenant with the configured HS256 secret.
@@ -177,7 +187,8 @@ fn main() -> std::process::ExitCode {
         }
         | Command::Token { db: a, .. }
         | Command::Tenants { db: a, .. }
-        | Command::Keys { db: a, .. } => a,
+        | Command::Keys { db: a, .. }
+        | Command::Servers { db: a, .. } => a,
         Command::Openapi => unreachable!("handled above"),
     };
     let settings = match Settings::load(args) {
@@ -212,6 +223,10 @@ fn main() -> std::process::ExitCode {
         Command::Keys { command, .. } => one_shot(rt.block_on(cli::tenants::run(
             &settings,
             cli::tenants::Admin::Keys(command),
+        ))),
+        Command::Servers { command, .. } => one_shot(rt.block_on(cli::tenants::run(
+            &settings,
+            cli::tenants::Admin::Servers(command),
         ))),
         Command::Config { .. } | Command::Openapi => std::process::ExitCode::from(cli::exit::OK),
         Command::Worker { .. } => one_shot(rt.block_on(async move {

@@ -150,7 +150,7 @@ pub async fn start_migration(db: &Database, opts: MigrateOptions) -> Result<Oper
 /// Archives are kept in the catalog in pieces of this size.
 const ARCHIVE_PIECE: usize = 1024 * 1024;
 
-async fn insert(db: &Database, kind: &str, tenant: &str) -> Result<Operation, DbError> {
+async fn insert(db: &Database, kind: &str, tenant: Option<&str>) -> Result<Operation, DbError> {
     let c = db.control().get().await?;
     let row = c
         .query_one(
@@ -202,7 +202,7 @@ pub async fn start_backup(catalog: &Catalog, slug: &Slug) -> Result<Operation, C
         .await?
         .ok_or(CatalogError::TenantNotFound)?;
     let db = catalog.database().clone();
-    let op = insert(&db, "backup", slug.as_str()).await?;
+    let op = insert(&db, "backup", Some(slug.as_str())).await?;
     let (id, catalog, slug) = (op.id, catalog.clone(), slug.clone());
     tokio::spawn(async move {
         set_phase(&db, id, "running", "archiving", 0.1, "").await;
@@ -307,7 +307,7 @@ pub async fn start_restore(
     actor: Actor,
 ) -> Result<Operation, DbError> {
     let db = catalog.database().clone();
-    let op = insert(&db, "restore", new.slug.as_str()).await?;
+    let op = insert(&db, "restore", Some(new.slug.as_str())).await?;
     let (id, catalog) = (op.id, catalog.clone());
     tokio::spawn(async move {
         set_phase(&db, id, "running", "restoring", 0.1, "").await;
@@ -335,7 +335,7 @@ pub async fn start_move(
         return Err(CatalogError::TenantNotFound);
     }
     let db = catalog.database().clone();
-    let op = insert(&db, "move", slug.as_str()).await?;
+    let op = insert(&db, "move", Some(slug.as_str())).await?;
     let (id, catalog, slug) = (op.id, catalog.clone(), slug.clone());
     tokio::spawn(async move {
         // Progress goes through a channel so that its writes land in order.
@@ -348,14 +348,117 @@ pub async fn start_move(
                 }
             })
         };
-        let result = moves::relocate(&catalog, &slug, &target, grace, |phase, done| {
-            let _ = tx.send((phase, done));
-        })
+        let result = moves::relocate(
+            &catalog,
+            &slug,
+            &target,
+            grace,
+            |phase, done| {
+                let _ = tx.send((phase, done));
+            },
+            |phase| may_proceed(&db, id, phase),
+        )
         .await;
         drop(tx);
         let _ = writer.await;
         match result {
             Ok(r) => set_phase(&db, id, "succeeded", "done", 1.0, &r.summary()).await,
+            Err(moves::MoveError::Cancelled) => {
+                set_phase(&db, id, "cancelled", "", 0.0, "cancelled before the flip").await
+            }
+            Err(e) => set_phase(&db, id, "failed", "", 0.0, &e.to_string()).await,
+        }
+    });
+    Ok(op)
+}
+
+/// Whether operation `id` may go on into `phase`: not if a cancellation was requested. The
+/// answer for the flip claims it in the same row update that a cancellation needs
+/// ([`cancel`]), so one of the two wins.
+async fn may_proceed(db: &Database, id: Uuid, phase: moves::Phase) -> bool {
+    let r = async {
+        let c = db.control().get().await?;
+        let n = c
+            .execute(
+                "UPDATE tenantry.operations SET phase = $2, updated_at = now()
+                 WHERE id = $1 AND NOT cancel_requested",
+                &[&id, &phase.as_str()],
+            )
+            .await?;
+        Ok::<_, DbError>(n == 1)
+    }
+    .await;
+    // If the catalog cannot be read, going on is safe: nothing else decides the flip.
+    r.unwrap_or(true)
+}
+
+/// What became of a request to cancel an operation.
+#[derive(Debug, Clone)]
+pub enum Cancel {
+    /// The operation stops before its flip (or between tenants, for a drain).
+    Requested(Operation),
+    /// It has flipped or finished, or is not a move or drain: nothing to cancel.
+    TooLate(Operation),
+    NotFound,
+}
+
+/// Asks a move or drain to stop before it flips.
+pub async fn cancel(db: &Database, id: Uuid) -> Result<Cancel, DbError> {
+    let c = db.control().get().await?;
+    let row = c
+        .query_opt(
+            &format!(
+                "UPDATE tenantry.operations SET cancel_requested = true, updated_at = now()
+                 WHERE id = $1 AND kind IN ('move', 'drain') AND state IN ('queued', 'running')
+                   AND phase NOT IN ('flipping', 'cleaning', 'done')
+                 RETURNING {COLS}"
+            ),
+            &[&id],
+        )
+        .await?;
+    Ok(match row {
+        Some(r) => Cancel::Requested(from_row(&r)),
+        None => match get(db, id).await? {
+            Some(op) => Cancel::TooLate(op),
+            None => Cancel::NotFound,
+        },
+    })
+}
+
+/// Starts moving every database tenant off server `from` to server `to` in the background, one
+/// tenant at a time ([`moves::relocate`] each), as one operation of kind `drain`. A cancellation
+/// stops it between tenants (or before a tenant's flip); one tenant's failure is reported and
+/// the others go on.
+pub async fn start_drain(
+    catalog: &Catalog,
+    from: &str,
+    to: &str,
+    grace: std::time::Duration,
+) -> Result<Operation, DbError> {
+    let db = catalog.database().clone();
+    let op = insert(&db, "drain", None).await?;
+    let (id, catalog, from, to) = (op.id, catalog.clone(), from.to_owned(), to.to_owned());
+    tokio::spawn(async move {
+        let result = moves::drain(
+            &catalog,
+            &from,
+            &to,
+            grace,
+            |_, _| {},
+            |phase| may_proceed(&db, id, phase),
+        )
+        .await;
+        match result {
+            Ok(r) => {
+                let state = if r.cancelled {
+                    "cancelled"
+                } else if r.failed.is_empty() {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                set_phase(&db, id, state, "done", 1.0, &r.summary()).await
+            }
             Err(e) => set_phase(&db, id, "failed", "", 0.0, &e.to_string()).await,
         }
     });

@@ -100,6 +100,7 @@ async fn relocate_after(
         },
         grace,
         |_, _| {},
+        |_| std::future::ready(true),
     )
     .await
 }
@@ -372,6 +373,55 @@ async fn a_write_to_the_placement_a_tenant_left_is_refused() {
     support::write(
         &new,
         "INSERT INTO users (tenant_id, id, name) VALUES ($1, 1, 'here')",
+    )
+    .await
+    .unwrap();
+}
+
+/// A move cancelled at its last chance, the flip, leaves the tenant where it was, whole, and
+/// removes the storage it made.
+#[tokio::test]
+async fn a_move_cancelled_before_the_flip_changes_nothing() {
+    let (cfg, tenancy) = setup().await;
+    let tenant = create(&tenancy, "undecided", Isolation::Shared).await;
+    fill(&cfg, &tenant, 3, 40).await;
+    let before = rows(&cfg, &tenant, &tenant.placement).await;
+    let r = moves::relocate(
+        tenancy.catalog(),
+        &tenant.slug,
+        &MoveTarget {
+            isolation: Isolation::Schema,
+            server: None,
+        },
+        Duration::ZERO,
+        |_, _| {},
+        |phase| std::future::ready(phase != moves::Phase::Flipping),
+    )
+    .await;
+    assert!(matches!(r, Err(MoveError::Cancelled)), "{r:?}");
+    let still = tenancy
+        .catalog()
+        .get_tenant(&tenant.slug)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.placement, tenant.placement);
+    assert_eq!(rows(&cfg, &still, &still.placement).await, before);
+    let target = Placement::Schema {
+        schema: "t_undecided".into(),
+    };
+    assert!(
+        !storage_exists(&cfg, &target).await,
+        "the target schema is removed"
+    );
+    // Its writes were never fenced out: it writes where it is.
+    let ctx = tenancy
+        .admin_context(&tenant.slug, &support::actor(), "test", "write")
+        .await
+        .unwrap();
+    support::write(
+        &ctx,
+        "INSERT INTO users (tenant_id, id, name) VALUES ($1, 100, 'still here')",
     )
     .await
     .unwrap();

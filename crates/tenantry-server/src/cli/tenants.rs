@@ -127,6 +127,18 @@ pub enum TenantsCommand {
 }
 
 #[derive(Subcommand)]
+pub enum ServersCommand {
+    /// Move every database tenant off a server, one at a time and each online.
+    Drain {
+        /// The server to drain.
+        name: String,
+        /// The server that takes its tenants.
+        #[arg(long, default_value = "default")]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum KeysCommand {
     /// Create an API key. Prints only the key on stdout (shown this once; stored hashed).
     Create {
@@ -415,16 +427,22 @@ async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Res
                 );
                 bar.set_length(100);
             }
-            let result =
-                moves::relocate(&catalog, &s, &target, settings.move_grace, |phase, done| {
+            let result = moves::relocate(
+                &catalog,
+                &s,
+                &target,
+                settings.move_grace,
+                |phase, done| {
                     if tty {
                         bar.set_message(phase.as_str());
                         bar.set_position((done * 100.0) as u64);
                     } else {
                         eprintln!("{}: {:.0}%", phase.as_str(), done * 100.0);
                     }
-                })
-                .await;
+                },
+                |_| std::future::ready(true),
+            )
+            .await;
             bar.finish_and_clear();
             let r = result.map_err(|e| match e {
                 MoveError::TenantNotFound => Failure::from(CatalogError::TenantNotFound),
@@ -497,6 +515,35 @@ async fn tenants(settings: &Settings, db: &Database, cmd: TenantsCommand) -> Res
             };
             flush_cache(settings, db, &gone.id, true).await;
             eprintln!("deleted tenant {s}");
+        }
+    }
+    Ok(())
+}
+
+async fn servers(settings: &Settings, db: &Database, cmd: ServersCommand) -> Result<(), Failure> {
+    let catalog = Catalog::new(db.clone());
+    match cmd {
+        ServersCommand::Drain { name, to } => {
+            let known = tenantry::db::provision::server_names(db).await?;
+            if !known.contains(&name) || !known.contains(&to) || name == to {
+                return Err(Failure(
+                    exit::USAGE,
+                    format!("drain needs two different registered servers (have {known:?})"),
+                ));
+            }
+            let report = moves::drain(
+                &catalog,
+                &name,
+                &to,
+                settings.move_grace,
+                |done, total| eprintln!("{done}/{total} tenants"),
+                |_| std::future::ready(true),
+            )
+            .await?;
+            eprintln!("{}", report.summary());
+            if !report.failed.is_empty() {
+                return Err(Failure(exit::FAILED, "some tenants were not moved".into()));
+            }
         }
     }
     Ok(())
@@ -594,10 +641,11 @@ async fn keys(db: &Database, cmd: KeysCommand) -> Result<(), Failure> {
     Ok(())
 }
 
-/// What `tenants` or `keys` should do.
+/// What `tenants`, `keys` or `servers` should do.
 pub enum Admin {
     Tenants(TenantsCommand),
     Keys(KeysCommand),
+    Servers(ServersCommand),
 }
 
 /// Runs a `tenants` or `keys` subcommand; returns the exit code.
@@ -606,6 +654,7 @@ pub async fn run(settings: &Settings, cmd: Admin) -> Result<u8, StartError> {
     let result = match cmd {
         Admin::Tenants(c) => tenants(settings, &db, c).await,
         Admin::Keys(c) => keys(&db, c).await,
+        Admin::Servers(c) => servers(settings, &db, c).await,
     };
     if let Some(pg) = local {
         pg.stop();

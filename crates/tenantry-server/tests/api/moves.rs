@@ -264,3 +264,179 @@ async fn a_database_tenant_moves_to_another_server() {
     let me = app.with_key(&key, Method::GET, "/v1/tenant", None).await;
     assert_eq!(me.ok(200)["isolation"], "shared");
 }
+
+/// A move is cancelled while it copies: it ends `cancelled`, the tenant stays where it was and
+/// keeps being served; a finished move or another kind of operation cannot be cancelled.
+#[tokio::test]
+async fn a_move_cancelled_while_it_copies_leaves_the_tenant_where_it_was() {
+    let app = spawn_app().await;
+    let key = app.tenant_in("big", "schema").await;
+    let user = app.user(&key, "ann@example.com").await;
+    let (sql, schema) = app.sql_for("big").await;
+    let id: String = sql
+        .query_one("SELECT id FROM tenantry.tenants WHERE slug = 'big'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    sql.execute(
+        &format!(
+            "INSERT INTO {schema}.orders (tenant_id, id, user_id, amount_cents, currency, status)
+             SELECT $1, gen_random_uuid(), $2::text::uuid, g, 'EUR', 'paid'
+             FROM generate_series(1, 300000) g"
+        ),
+        &[&id, &user],
+    )
+    .await
+    .unwrap();
+    let op = app
+        .admin(
+            Method::POST,
+            "/admin/v1/tenants/big/move",
+            Some(json!({"isolation": "shared"})),
+        )
+        .await;
+    let op_id = op.ok(202)["id"].as_str().unwrap().to_owned();
+    // Wait until it copies, then cancel.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = app
+            .admin(Method::GET, &format!("/admin/v1/operations/{op_id}"), None)
+            .await;
+        if r.ok(200)["phase"] == "copying" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    app.admin(
+        Method::DELETE,
+        &format!("/admin/v1/operations/{op_id}"),
+        None,
+    )
+    .await
+    .ok(202);
+    let done = app.finished(&op_id).await;
+    assert_eq!(done["state"], "cancelled", "{done}");
+    let me = app.with_key(&key, Method::GET, "/v1/tenant", None).await;
+    assert_eq!(me.ok(200)["isolation"], "schema");
+    app.order(&key, &user, 1).await;
+    let left: i64 = app
+        .sql()
+        .await
+        .query_one(
+            "SELECT count(*) FROM shared.orders WHERE tenant_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "nothing of it is left in the shared tables");
+
+    // Too late, or not a move: 409; no such operation: 404.
+    app.admin(
+        Method::DELETE,
+        &format!("/admin/v1/operations/{op_id}"),
+        None,
+    )
+    .await
+    .problem(409, "conflict");
+    let m = app.admin(Method::POST, "/admin/v1/migrations", None).await;
+    let m = m.ok(202)["id"].as_str().unwrap().to_owned();
+    app.admin(Method::DELETE, &format!("/admin/v1/operations/{m}"), None)
+        .await
+        .problem(409, "conflict");
+    app.admin(
+        Method::DELETE,
+        &format!("/admin/v1/operations/{}", uuid::Uuid::now_v7()),
+        None,
+    )
+    .await
+    .problem(404, "not_found");
+}
+
+/// Draining a server moves every database tenant on it to another, over HTTP and from the CLI.
+#[tokio::test]
+async fn draining_a_server_moves_its_tenants_off_it() {
+    let second = crate::cluster::PrivateCluster::start().await;
+    let app = spawn_app().await;
+    app.admin(
+        Method::POST,
+        "/admin/v1/servers",
+        Some(json!({"name": "second", "url": second.url()})),
+    )
+    .await
+    .ok(201);
+    let mut keys = Vec::new();
+    for slug in ["one", "two"] {
+        let key = app
+            .tenant_with(
+                slug,
+                json!({"slug": slug, "name": slug, "plan": "pro", "isolation": "database",
+                       "server": "second"}),
+            )
+            .await;
+        let user = app.user(&key, "ann@example.com").await;
+        app.order(&key, &user, 3).await;
+        let before = app.order_amounts(&key).await;
+        keys.push((slug, key, before));
+    }
+    let server_of = |slug: &'static str| {
+        let app = &app;
+        async move {
+            let t = app
+                .admin(Method::GET, &format!("/admin/v1/tenants/{slug}"), None)
+                .await;
+            t.ok(200)["server"].as_str().unwrap_or("default").to_owned()
+        }
+    };
+
+    app.admin(Method::POST, "/admin/v1/servers/nowhere/drain", None)
+        .await
+        .problem(404, "not_found");
+    app.admin(
+        Method::POST,
+        "/admin/v1/servers/second/drain",
+        Some(json!({"to": "second"})),
+    )
+    .await
+    .problem(422, "validation_failed");
+    let op = app
+        .admin(Method::POST, "/admin/v1/servers/second/drain", None)
+        .await;
+    let op = op.ok(202).clone();
+    assert_eq!(op["kind"], "drain");
+    let done = app.finished(op["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(
+        done["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 2 database tenants moved from second to default"),
+        "{done}"
+    );
+    for (slug, key, before) in &keys {
+        assert_eq!(server_of(slug).await, "default");
+        assert_eq!(&app.order_amounts(key).await, before);
+    }
+
+    // And back, from the shell.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
+        .args(["servers", "drain", "default", "--to", "second"])
+        .env("DATABASE_URL", &app.db_url)
+        .env("TENANTRY_ROLE_PREFIX", &app.db_name)
+        .env("TENANTRY_MOVE_GRACE_MS", "100")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("2 of 2 database tenants moved from default to second"),
+        "{err}"
+    );
+    for (slug, key, before) in &keys {
+        assert_eq!(server_of(slug).await, "second");
+        assert_eq!(&app.order_amounts(key).await, before);
+    }
+}

@@ -67,3 +67,43 @@ pub async fn get_operation(
         .map(Json)
         .ok_or_else(|| Problem::new(ErrorCode::NotFound, "no such operation"))
 }
+
+#[utoipa::path(delete, path = "/admin/v1/operations/{id}", tag = "admin", operation_id = "cancel_operation",
+    summary = "Cancel a move or drain that has not flipped yet",
+    description = "A move stops before its flip and the tenant stays where it was (a drain stops between tenants). Poll the operation: it ends `cancelled`. Once a move is flipping, it finishes.",
+    params(("id" = uuid::Uuid, Path, description = "The operation's id.")),
+    responses(
+        (status = 202, description = "Cancellation requested.", body = tenantry::operations::Operation),
+        (status = 404, description = "`not_found`: no such operation."),
+        (status = 409, description = "`conflict`: not a move or drain, or it has flipped or finished."),
+    ))]
+pub async fn cancel_operation(
+    State(state): State<AppState>,
+    crate::routes::users::ResourceId(id): crate::routes::users::ResourceId,
+    AdminActor(actor): AdminActor,
+) -> Result<(StatusCode, Json<tenantry::operations::Operation>), Problem> {
+    use tenantry::operations::Cancel;
+    let db = state.tenancy.catalog().database();
+    match tenantry::operations::cancel(db, id).await? {
+        Cancel::Requested(op) => {
+            let tenant = op.tenant.as_deref().and_then(|t| Slug::parse(t).ok());
+            audit::record(
+                db,
+                &actor,
+                tenant.as_ref(),
+                "operation.cancel",
+                &id.to_string(),
+            )
+            .await?;
+            Ok((StatusCode::ACCEPTED, Json(op)))
+        }
+        Cancel::TooLate(op) => Err(Problem::new(
+            ErrorCode::Conflict,
+            format!(
+                "the {} operation cannot be cancelled now (state {}, phase {:?})",
+                op.kind, op.state, op.phase
+            ),
+        )),
+        Cancel::NotFound => Err(Problem::new(ErrorCode::NotFound, "no such operation")),
+    }
+}

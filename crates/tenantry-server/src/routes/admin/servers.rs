@@ -55,3 +55,53 @@ pub async fn list_servers(
         next_cursor: None,
     }))
 }
+
+/// Where a drain moves a server's tenants.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// The server that takes the tenants (default: the control plane's own, `default`).
+    #[schema(required = false)]
+    to: Option<String>,
+}
+
+#[utoipa::path(post, path = "/admin/v1/servers/{name}/drain", tag = "admin", operation_id = "drain_server",
+    summary = "Move every database tenant off a server",
+    description = "Starts an operation that moves the server's database tenants, one at a time and each online (as `POST /admin/v1/tenants/{tenant}/move`), to another server. The body is optional. Cancel it with `DELETE /admin/v1/operations/{id}`: it stops between tenants.",
+    params(("name" = String, Path, description = "The server to drain.")),
+    request_body(content = Option<DrainRequest>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Started.", body = tenantry::operations::Operation),
+        (status = 404, description = "`not_found`: no such server."),
+        (status = 422, description = "`validation_failed`: an unknown target server, or the server itself."),
+    ))]
+pub async fn drain_server(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    AdminActor(actor): AdminActor,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<tenantry::operations::Operation>), Problem> {
+    let body: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        tenantry::http::parse_json(&body)?
+    };
+    let catalog = state.tenancy.catalog();
+    let db = catalog.database();
+    let servers = provision::server_names(db).await?;
+    if !servers.contains(&name) {
+        return Err(Problem::new(ErrorCode::NotFound, "no such server"));
+    }
+    let to = body
+        .to
+        .unwrap_or_else(|| tenantry::DEFAULT_SERVER.to_owned());
+    if !servers.contains(&to) || to == name {
+        return Err(Problem::validation(vec![FieldError::new(
+            "to",
+            "must be another registered server",
+        )]));
+    }
+    let op = tenantry::operations::start_drain(catalog, &name, &to, state.move_grace).await?;
+    audit::record(db, &actor, None, "server.drain", &name).await?;
+    Ok((StatusCode::ACCEPTED, Json(op)))
+}

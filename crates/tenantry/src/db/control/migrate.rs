@@ -238,7 +238,8 @@ const CONTROL: &[(i32, &str, &str)] = &[
     ALTER TABLE operations DROP CONSTRAINT operations_state_check,
         ADD CONSTRAINT operations_state_check
             CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled'));
-    ALTER TABLE operations ADD COLUMN phase text NOT NULL DEFAULT '';
+    ALTER TABLE operations ADD COLUMN phase text NOT NULL DEFAULT '',
+        ADD COLUMN cancel_requested boolean NOT NULL DEFAULT false;
     -- A backup operation's archive, for any node to serve. It holds the tenant's data, so it
     -- is keyed by the tenant's id and goes when the tenant goes.
     CREATE TABLE operation_archives (

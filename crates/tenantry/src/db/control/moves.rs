@@ -105,6 +105,8 @@ pub enum MoveError {
     AlreadyThere,
     #[error("the target server is the source's own database under another name")]
     SameStorage,
+    #[error("cancelled before the flip; the tenant stays where it was")]
+    Cancelled,
     #[error("unknown database server {0:?}")]
     UnknownServer(String),
     #[error(
@@ -131,13 +133,17 @@ impl From<tokio_postgres::Error> for MoveError {
 pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Moves `slug` to `target`, reporting each phase and the fraction done. `grace` is how long
-/// the old storage is kept after the flip ([`GRACE`] by default).
-pub async fn relocate(
+/// the old storage is kept after the flip ([`GRACE`] by default). `proceed` is asked before
+/// the copy, after each table and before the flip whether the move may go on: `false` cancels
+/// it (the tenant stays where it was); its answer for [`Phase::Flipping`] is final, so a
+/// cancellation is either seen there or too late.
+pub async fn relocate<Go: std::future::Future<Output = bool>>(
     catalog: &Catalog,
     slug: &Slug,
     target: &MoveTarget,
     grace: Duration,
     progress: impl Fn(Phase, f32),
+    proceed: impl Fn(Phase) -> Go,
 ) -> Result<MoveReport, MoveError> {
     let db = catalog.database();
     progress(Phase::Preparing, 0.0);
@@ -231,6 +237,9 @@ pub async fn relocate(
         }
         fence::clear_moved(&target_tx, tenant.id.as_str(), &target_schema).await?;
         for (i, table) in source_tables.iter().enumerate() {
+            if !proceed(Phase::Copying).await {
+                return Err(MoveError::Cancelled);
+            }
             let Some(to) = target_tables.iter().find(|t| t.name == table.name) else {
                 return Err(MoveError::Mismatch(format!(
                     "table {} has no counterpart in the target",
@@ -272,6 +281,9 @@ pub async fn relocate(
             rows += want.0 as u64;
         }
 
+        if !proceed(Phase::Flipping).await {
+            return Err(MoveError::Cancelled);
+        }
         progress(Phase::Flipping, 0.9);
         committing.store(true, Ordering::Relaxed);
         target_tx.commit().await?;
@@ -327,4 +339,87 @@ pub async fn relocate(
         write_hold,
         method: "copy",
     })
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Default)]
+pub struct DrainReport {
+    pub from: String,
+    pub to: String,
+    /// Database tenants that were on the server.
+    pub total: usize,
+    pub moved: usize,
+    /// Tenants that could not be moved, and why (they stay where they were).
+    pub failed: Vec<(Slug, String)>,
+    /// Whether a cancellation stopped it.
+    pub cancelled: bool,
+}
+
+impl DrainReport {
+    /// One line for an operator.
+    pub fn summary(&self) -> String {
+        let failed: Vec<String> = self
+            .failed
+            .iter()
+            .map(|(slug, e)| format!("{slug}: {e}"))
+            .collect();
+        format!(
+            "{} of {} database tenants moved from {} to {}, {} failed{}{}{}",
+            self.moved,
+            self.total,
+            self.from,
+            self.to,
+            failed.len(),
+            if failed.is_empty() { "" } else { ": " },
+            failed.join("; "),
+            if self.cancelled { " (cancelled)" } else { "" }
+        )
+    }
+}
+
+/// Moves every database tenant on server `from` to server `to`, one at a time, each as
+/// [`relocate`] does. `progress` hears (tenants done, tenants in all) before each; `proceed`
+/// steers each move as in [`relocate`], and a cancellation stops the drain. One tenant's
+/// failure is reported and the others go on.
+pub async fn drain<Go: std::future::Future<Output = bool>>(
+    catalog: &Catalog,
+    from: &str,
+    to: &str,
+    grace: Duration,
+    progress: impl Fn(usize, usize),
+    proceed: impl Fn(Phase) -> Go,
+) -> Result<DrainReport, DbError> {
+    let mut on_server = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = catalog.list_tenants(500, after.as_deref()).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.slug.as_str().to_owned());
+        on_server.extend(page.into_iter().filter(
+            |t| matches!(&t.placement, Placement::Database { server, .. } if server == from),
+        ));
+    }
+    let mut report = DrainReport {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        total: on_server.len(),
+        ..Default::default()
+    };
+    let target = MoveTarget {
+        isolation: Isolation::Database,
+        server: Some(to.to_owned()),
+    };
+    for (i, tenant) in on_server.iter().enumerate() {
+        progress(i, report.total);
+        match relocate(catalog, &tenant.slug, &target, grace, |_, _| {}, &proceed).await {
+            Ok(_) => report.moved += 1,
+            Err(MoveError::Cancelled) => {
+                report.cancelled = true;
+                break;
+            }
+            Err(e) => report.failed.push((tenant.slug.clone(), e.to_string())),
+        }
+    }
+    progress(report.moved + report.failed.len(), report.total);
+    Ok(report)
 }
