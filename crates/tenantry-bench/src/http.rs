@@ -555,6 +555,9 @@ pub struct Tuning {
     /// Connections to tenant databases in total (`tenant_db_budget`); the server's default
     /// when `None`.
     pub tenant_db_budget: Option<usize>,
+    /// How long a moved tenant's old storage is kept (`move_grace`); the server's default when
+    /// `None`.
+    pub move_grace: Option<Duration>,
 }
 
 impl Default for Tuning {
@@ -562,6 +565,7 @@ impl Default for Tuning {
         Self {
             lanes: 1,
             tenant_db_budget: None,
+            move_grace: None,
         }
     }
 }
@@ -596,6 +600,9 @@ impl Server {
         );
         let mut settings = Settings::load(&args).expect("settings");
         settings.runtime_lanes = tuning.lanes;
+        if let Some(grace) = tuning.move_grace {
+            settings.move_grace = grace;
+        }
         if let Some(total) = tuning.tenant_db_budget {
             settings.tenant_db_budget.0 = total;
             settings.tenant_db_budget.1 = settings.tenant_db_budget.1.min(total);
@@ -633,6 +640,11 @@ impl Server {
     /// server creates (tenant databases, roles).
     pub(crate) fn db_name(&self) -> &str {
         self.db_url.rsplit('/').next().unwrap_or_default()
+    }
+
+    /// The server's catalog, for scenarios that call the library's control plane directly.
+    pub(crate) fn catalog(&self) -> tenantry::Catalog {
+        tenantry::Catalog::new(self.db.clone())
     }
 
     /// The server's runtime role (its role prefix is its database's name).

@@ -8,6 +8,7 @@ pub mod forged;
 pub mod http;
 pub mod jobs;
 pub mod limits;
+pub mod mobility;
 pub mod placements;
 pub mod report;
 pub mod stats;

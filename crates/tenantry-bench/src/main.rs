@@ -136,6 +136,19 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },
+    /// A large tenant moved shared -> database -> schema while it and four others are under
+    /// load, then its backup and restore.
+    Move {
+        /// Orders of the moved tenant.
+        #[arg(long, default_value_t = 200_000)]
+        orders: usize,
+        /// Users of the moved tenant.
+        #[arg(long, default_value_t = 20_000)]
+        users: usize,
+        /// Connections: half on the moved tenant, half on the others.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+    },
     /// A quiet tenant's latency alone and while a noisy tenant floods slow queries.
     NoisyNeighbour {
         /// Seconds per phase.
@@ -293,6 +306,7 @@ async fn main() {
                 &tenantry_bench::http::Tuning {
                     lanes,
                     tenant_db_budget,
+                    move_grace: None,
                 },
             )
             .await;
@@ -363,6 +377,19 @@ async fn main() {
                 "forged-keys",
                 &format!("seconds={secs} rounds={rounds} clients={clients} smoke={smoke}"),
                 &[t],
+            );
+        }
+        Scenario::Move {
+            orders,
+            users,
+            clients,
+        } => {
+            let (orders, users) = if smoke { (2_000, 200) } else { (orders, users) };
+            let tables = tenantry_bench::mobility::moves(users, orders, clients).await;
+            report::publish(
+                "move",
+                &format!("orders={orders} users={users} clients={clients} smoke={smoke}"),
+                &tables,
             );
         }
         Scenario::NoisyNeighbour { seconds } => {

@@ -65,6 +65,7 @@ async fn http_scenarios_run() {
     let tuning = tenantry_bench::http::Tuning {
         lanes: 2,
         tenant_db_budget: Some(2),
+        move_grace: None,
     };
     let t = tenantry_bench::http::read_by_id(1, d, 1, 2, &all, &tuning).await;
     // baseline, shared floor, shared, schema floor, schema, database floor, database.
@@ -104,4 +105,17 @@ async fn workload_scenarios_run() {
     )
     .await;
     assert_eq!(t.rows.len(), 6);
+}
+
+#[tokio::test]
+async fn move_scenario_runs() {
+    let tables = tenantry_bench::mobility::moves(200, 2_000, 4).await;
+    assert_eq!(tables.len(), 2);
+    let moves = &tables[0];
+    assert_eq!(moves.rows.len(), 2, "{:?}", moves.rows);
+    for row in &moves.rows {
+        assert_eq!(row.len(), 8, "every move succeeded: {row:?}");
+        assert_eq!(row[6], "0", "no order lost or doubled: {row:?}");
+        assert_eq!(row[5], "0 / 0", "no request failed: {row:?}");
+    }
 }
