@@ -426,3 +426,96 @@ async fn a_move_cancelled_before_the_flip_changes_nothing() {
     .await
     .unwrap();
 }
+
+/// A move that stops dead at a phase (its future dropped, its connections gone: what a killed
+/// server leaves) leaves the tenant served where it was, and running it again finishes it with
+/// every row once.
+#[tokio::test]
+async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_again() {
+    let (cfg, tenancy) = setup().await;
+    for (i, (from, to)) in [
+        (Isolation::Shared, Isolation::Database),
+        (Isolation::Database, Isolation::Schema),
+        (Isolation::Schema, Isolation::Shared),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (j, stop_at) in [moves::Phase::Copying, moves::Phase::Flipping]
+            .into_iter()
+            .enumerate()
+        {
+            let slug = format!("killed-{i}-{j}");
+            let tenant = create(&tenancy, &slug, from).await;
+            fill(&cfg, &tenant, 4, 120).await;
+            let before = rows(&cfg, &tenant, &tenant.placement).await;
+            // The mover hangs where it asks at `stop_at` (at Copying: after the first table),
+            // and is dropped there.
+            let asked = std::sync::atomic::AtomicUsize::new(0);
+            let hung = tokio::sync::Notify::new();
+            let target = MoveTarget {
+                isolation: to,
+                server: None,
+            };
+            let mover = moves::relocate(
+                tenancy.catalog(),
+                &tenant.slug,
+                &target,
+                Duration::ZERO,
+                |_, _| {},
+                |phase| {
+                    let hang = phase == stop_at
+                        && (stop_at != moves::Phase::Copying
+                            || asked.fetch_add(1, Ordering::SeqCst) == 1);
+                    let hung = &hung;
+                    async move {
+                        if hang {
+                            hung.notify_one();
+                            std::future::pending::<()>().await;
+                        }
+                        true
+                    }
+                },
+            );
+            tokio::select! {
+                r = mover => panic!("{from:?} -> {to:?} did not stop at {stop_at:?}: {r:?}"),
+                () = hung.notified() => {}
+            }
+            // Served where it was, whole, and writable there.
+            let still = tenancy
+                .catalog()
+                .get_tenant(&tenant.slug)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(still.placement, tenant.placement, "{from:?} at {stop_at:?}");
+            assert_eq!(rows(&cfg, &still, &still.placement).await, before);
+            let ctx = tenancy
+                .admin_context(&tenant.slug, &support::actor(), "test", "write")
+                .await
+                .unwrap();
+            support::write(
+                &ctx,
+                "INSERT INTO notes (tenant_id, id, user_id, body) VALUES ($1, 5000, 1, 'after')",
+            )
+            .await
+            .unwrap();
+            let before = rows(&cfg, &still, &still.placement).await;
+            // Again, to the end.
+            let report = relocate(&tenancy, &slug, to).await.unwrap();
+            assert_eq!(report.rows, 125);
+            let moved = tenancy
+                .catalog()
+                .get_tenant(&tenant.slug)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(moved.isolation, to);
+            assert_eq!(
+                rows(&cfg, &moved, &moved.placement).await,
+                before,
+                "{from:?} -> {to:?}"
+            );
+        }
+    }
+}
