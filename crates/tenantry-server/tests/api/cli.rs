@@ -9,11 +9,12 @@ use serde_json::Value;
 use crate::helpers::{spawn_app, Res, TestApp};
 
 /// Runs the CLI against the app's database; returns (exit code, stdout, stderr).
-async fn tenantry(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+pub(crate) async fn tenantry(app: &TestApp, args: &[&str]) -> (i32, String, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
         .args(args)
         .env("DATABASE_URL", &app.db_url)
         .env("TENANTRY_ROLE_PREFIX", &app.db_name)
+        .env("TENANTRY_MOVE_GRACE_MS", "100")
         .env("USER", "ops-alice")
         .env("RUST_LOG", "warn")
         .output()

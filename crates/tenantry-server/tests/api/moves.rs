@@ -148,11 +148,8 @@ async fn a_move_is_refused_when_it_cannot_be_made() {
     .problem(404, "tenant_not_found");
 }
 
-/// A database tenant moves to a second PostgreSQL server and back to shared tables, with the
-/// CLI's move on the way; two names for one server are refused rather than copied onto
-/// themselves.
-#[tokio::test]
-async fn a_database_tenant_moves_to_another_server() {
+/// The server under test, with a second PostgreSQL cluster registered as server `second`.
+async fn with_second_server() -> (crate::cluster::PrivateCluster, TestApp) {
     let second = crate::cluster::PrivateCluster::start().await;
     let app = spawn_app().await;
     app.admin(
@@ -162,6 +159,15 @@ async fn a_database_tenant_moves_to_another_server() {
     )
     .await
     .ok(201);
+    (second, app)
+}
+
+/// A database tenant moves to a second PostgreSQL server and back to shared tables, with the
+/// CLI's move on the way; two names for one server are refused rather than copied onto
+/// themselves.
+#[tokio::test]
+async fn a_database_tenant_moves_to_another_server() {
+    let (second, app) = with_second_server().await;
     let key = app.tenant_in("alpha", "database").await;
     let user = app.user(&key, "ann@example.com").await;
     for amount in 1..=5 {
@@ -245,17 +251,9 @@ async fn a_database_tenant_moves_to_another_server() {
     );
 
     // The CLI moves alpha back into the shared tables.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(["tenants", "move", "alpha", "--isolation", "shared"])
-        .env("DATABASE_URL", &app.db_url)
-        .env("TENANTRY_ROLE_PREFIX", &app.db_name)
-        .env("TENANTRY_MOVE_GRACE_MS", "100")
-        .env("RUST_LOG", "warn")
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (code, _, err) =
+        crate::cli::tenantry(&app, &["tenants", "move", "alpha", "--isolation", "shared"]).await;
+    assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("tenant alpha moved from database to shared"),
         "{err}"
@@ -357,15 +355,8 @@ async fn a_move_cancelled_while_it_copies_leaves_the_tenant_where_it_was() {
 /// Draining a server moves every database tenant on it to another, over HTTP and from the CLI.
 #[tokio::test]
 async fn draining_a_server_moves_its_tenants_off_it() {
-    let second = crate::cluster::PrivateCluster::start().await;
-    let app = spawn_app().await;
-    app.admin(
-        Method::POST,
-        "/admin/v1/servers",
-        Some(json!({"name": "second", "url": second.url()})),
-    )
-    .await
-    .ok(201);
+    // Kept alive (not `_`) for the whole test.
+    let (_second, app) = with_second_server().await;
     let mut keys = Vec::new();
     for slug in ["one", "two"] {
         let key = app
@@ -420,17 +411,9 @@ async fn draining_a_server_moves_its_tenants_off_it() {
     }
 
     // And back, from the shell.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tenantry"))
-        .args(["servers", "drain", "default", "--to", "second"])
-        .env("DATABASE_URL", &app.db_url)
-        .env("TENANTRY_ROLE_PREFIX", &app.db_name)
-        .env("TENANTRY_MOVE_GRACE_MS", "100")
-        .env("RUST_LOG", "warn")
-        .output()
-        .await
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+    let (code, _, err) =
+        crate::cli::tenantry(&app, &["servers", "drain", "default", "--to", "second"]).await;
+    assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("2 of 2 database tenants moved from default to second"),
         "{err}"
