@@ -1,22 +1,27 @@
 //! Moving a tenant between placements (any pair, and between database servers) while it is
 //! served.
 //!
-//! This is the copy path, which every server supports: the tenant's rows are copied under its
-//! write fence (a trigger on the source's tables, `db/control/fence.rs`) in one pass, so its
-//! writes wait for the length of the copy while its reads go on. The phases:
+//! This is the copy path, which every server supports ("copy and catch-up"): the tenant's rows
+//! are copied as of one snapshot while it is served, then, under its write fence (a trigger on
+//! the source's tables, `db/control/fence.rs`), only what changed since is copied again, so its
+//! writes wait for the catch-up, not for the whole copy. Its reads go on throughout. The
+//! phases:
 //!
 //! 1. **preparing**: the target storage is made (idempotently) and the fence installed on the
 //!    source's tables.
-//! 2. **copying**: with the fence held in the source (running writes finish first, new ones
-//!    wait), the tenant's rows in the target are cleared (what an earlier, interrupted attempt
-//!    left) and every table is copied, parents first, in one target transaction.
-//! 3. **verifying**: per table, the row count and an order-independent checksum of the rows
+//! 2. **copying**: the tenant's rows in the target are cleared (what an earlier, interrupted
+//!    attempt left) and every table is copied, parents first, from one `REPEATABLE READ`
+//!    snapshot, into one target transaction; the tenant's writes go on.
+//! 3. **catching-up**: with the fence held in the source (running writes finish first, new ones
+//!    wait), each table's rows are compared by key and a hash of their values: rows gone since
+//!    the snapshot are deleted in the target, rows new or changed are copied again.
+//! 4. **verifying**: per table, the row count and an order-independent checksum of the rows
 //!    must be equal on both sides; otherwise the move fails and nothing changed.
-//! 4. **flipping**: the target commits; the source marks the tenant moved out (from then on the
+//! 5. **flipping**: the target commits; the source marks the tenant moved out (from then on the
 //!    fence refuses its writes there, and the server retries them) and the catalog records the
 //!    new placement, telling every node. Where the source is in the control database, both
 //!    happen in one commit.
-//! 5. **cleaning**: after a grace period in which every node sees the flip, the old storage is
+//! 6. **cleaning**: after a grace period in which every node sees the flip, the old storage is
 //!    removed.
 //!
 //! A crash before the flip leaves the tenant where it was (the target's uncommitted rows are
@@ -30,11 +35,12 @@ use std::time::Duration;
 use super::fence;
 use super::provision::{create_storage, drop_storage};
 use super::roles::quote_ident;
-use super::tenant_rows::{act_for, copy_rows, fingerprint, open, tables, Side};
+use super::tenant_rows::{act_for, catch_up, copy_rows, fingerprint, open, tables, Side};
 use crate::catalog::{record_move, Catalog, CatalogError};
 use crate::db::DbError;
 use crate::placement::{Isolation, Placement};
 use crate::tenant::{Slug, StorageState, Tenant};
+use tokio_postgres::IsolationLevel;
 
 /// Where a tenant is to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +55,7 @@ pub struct MoveTarget {
 pub enum Phase {
     Preparing,
     Copying,
+    CatchingUp,
     Verifying,
     Flipping,
     Cleaning,
@@ -59,6 +66,7 @@ impl Phase {
         match self {
             Phase::Preparing => "preparing",
             Phase::Copying => "copying",
+            Phase::CatchingUp => "catching-up",
             Phase::Verifying => "verifying",
             Phase::Flipping => "flipping",
             Phase::Cleaning => "cleaning",
@@ -76,7 +84,8 @@ pub struct MoveReport {
     pub rows: u64,
     /// How long the tenant's writes were held (the fence, from taken to released).
     pub write_hold: Duration,
-    /// How it copied: `copy` (under the write fence, in one pass).
+    /// How it copied: `copy and catch-up` (a snapshot copy, then the difference under the
+    /// write fence).
     pub method: &'static str,
 }
 
@@ -198,20 +207,31 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
 
         progress(Phase::Copying, 0.05);
         let (mut target_conn, target_schema) = open(db, &new).await?;
-        let source_tx = source_conn.client().transaction().await?;
-        act_for(&source_tx, db, tenant.id.as_str()).await?;
-        fence::hold(&source_tx, tenant.id.as_str()).await?;
-        let held = std::time::Instant::now();
+        // The snapshot copy: every row as of one snapshot, while the tenant's writes go on.
+        let snapshot = source_conn
+            .client()
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        act_for(&snapshot, db, tenant.id.as_str()).await?;
         let target_tx = target_conn.client().transaction().await?;
         act_for(&target_tx, db, tenant.id.as_str()).await?;
         if matches!(new, Placement::Database { .. }) && !source_in_control {
-            // Two server names for one PostgreSQL would make the target the source itself. The
-            // fence lock the source holds is visible in the target only if it is the same
-            // database (advisory locks are per database).
+            // Two server names for one PostgreSQL would make the target the source itself. A
+            // lock the source holds is visible in the target only if it is the same database
+            // (advisory locks are per database).
+            snapshot
+                .execute(
+                    "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                    &[&(fence::FENCE_LOCK + 1), &tenant.id.as_str()],
+                )
+                .await?;
             let separate: bool = target_tx
                 .query_one(
                     "SELECT pg_try_advisory_xact_lock_shared($1, hashtext($2))",
-                    &[&fence::FENCE_LOCK, &tenant.id.as_str()],
+                    &[&(fence::FENCE_LOCK + 1), &tenant.id.as_str()],
                 )
                 .await?
                 .get(0);
@@ -220,7 +240,7 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
             }
         }
         apart.store(true, Ordering::Relaxed);
-        let source_tables = tables(&source_tx, &source_schema).await?;
+        let source_tables = tables(&snapshot, &source_schema).await?;
         let target_tables = tables(&target_tx, &target_schema).await?;
         // What an interrupted attempt left in the target, children first.
         for table in target_tables.iter().rev() {
@@ -253,7 +273,7 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
                 )));
             }
             copy_rows(
-                Side::new(&source_tx, &source_schema, &tenant.id),
+                Side::new(&snapshot, &source_schema, &tenant.id),
                 Side::new(&target_tx, &target_schema, &tenant.id),
                 &table.name,
                 &table.columns,
@@ -261,9 +281,23 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
             .await?;
             progress(
                 Phase::Copying,
-                0.05 + 0.75 * (i + 1) as f32 / source_tables.len().max(1) as f32,
+                0.05 + 0.7 * (i + 1) as f32 / source_tables.len().max(1) as f32,
             );
         }
+        snapshot.commit().await?;
+
+        // The catch-up, under the fence: what changed since the snapshot.
+        progress(Phase::CatchingUp, 0.75);
+        let source_tx = source_conn.client().transaction().await?;
+        act_for(&source_tx, db, tenant.id.as_str()).await?;
+        fence::hold(&source_tx, tenant.id.as_str()).await?;
+        let held = std::time::Instant::now();
+        catch_up(
+            Side::new(&source_tx, &source_schema, &tenant.id),
+            Side::new(&target_tx, &target_schema, &tenant.id),
+            &source_tables,
+        )
+        .await?;
 
         progress(Phase::Verifying, 0.8);
         let mut rows = 0u64;
@@ -337,7 +371,7 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
         from: tenant.placement,
         rows,
         write_hold,
-        method: "copy",
+        method: "copy and catch-up",
     })
 }
 

@@ -58,8 +58,11 @@ pub(crate) async fn act_for(
     db: &Database,
     tenant: &str,
 ) -> Result<(), DbError> {
+    // Rows are compared as text on two connections, possibly to two servers: the settings
+    // that shape that text are the same on both.
     tx.batch_execute(&format!(
-        "SET LOCAL ROLE {}",
+        "SET LOCAL ROLE {}; SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD';
+         SET LOCAL IntervalStyle = 'postgres'; SET LOCAL extra_float_digits = 3",
         quote_ident(&db.roles().owner)
     ))
     .await?;
@@ -164,6 +167,11 @@ impl<'a> Side<'a> {
         Self { tx, schema, tenant }
     }
 
+    /// The same side, for another call.
+    fn again(&self) -> Side<'a> {
+        Side { ..*self }
+    }
+
     fn table(&self, name: &str) -> String {
         format!("{}.{}", quote_ident(self.schema), quote_ident(name))
     }
@@ -178,6 +186,19 @@ pub(crate) async fn copy_rows(
     table: &str,
     columns: &[String],
 ) -> Result<(), DbError> {
+    copy_some(from, to, table, columns, "", None).await
+}
+
+/// [`copy_rows`] of the rows that also meet `filter` (SQL over `from`'s table, `""` for all),
+/// and, given the table's key, replacing rows of that key already in `to`.
+async fn copy_some(
+    from: Side<'_>,
+    to: Side<'_>,
+    table: &str,
+    columns: &[String],
+    filter: &str,
+    upsert_on: Option<&[String]>,
+) -> Result<(), DbError> {
     let select: Vec<String> = columns
         .iter()
         .map(|c| {
@@ -191,13 +212,14 @@ pub(crate) async fn copy_rows(
     let out = from
         .tx
         .copy_out(&format!(
-            "COPY (SELECT {} FROM {} WHERE tenant_id = {}) TO STDOUT",
+            "COPY (SELECT {} FROM {} WHERE tenant_id = {}{filter}) TO STDOUT",
             select.join(", "),
             from.table(table),
             literal(from.tenant),
         ))
         .await?;
     let target = to.table(table);
+    let column_names = columns;
     let columns = column_list(columns);
     to.tx
         .batch_execute(&format!(
@@ -215,12 +237,142 @@ pub(crate) async fn copy_rows(
         sink.send(chunk?).await?;
     }
     sink.as_mut().finish().await?;
+    let conflict = match upsert_on {
+        None => String::new(),
+        Some(key) => {
+            let set: Vec<String> = column_names
+                .iter()
+                .filter(|c| !key.contains(c))
+                .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                .collect();
+            if set.is_empty() {
+                format!(" ON CONFLICT ({}) DO NOTHING", column_list(key))
+            } else {
+                format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    column_list(key),
+                    set.join(", ")
+                )
+            }
+        }
+    };
     to.tx
         .batch_execute(&format!(
-            "INSERT INTO {target} ({columns}) SELECT {columns} FROM tenantry_copy;
+            "INSERT INTO {target} ({columns}) SELECT {columns} FROM tenantry_copy{conflict};
              DROP TABLE tenantry_copy"
         ))
         .await?;
+    Ok(())
+}
+
+/// Each row of `side`'s tenant in `table`, by its key (as text), with a hash of its values.
+async fn keyed_hashes(
+    side: &Side<'_>,
+    table: &Table,
+) -> Result<std::collections::HashMap<String, i64>, DbError> {
+    let values: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| *c != "tenant_id")
+        .map(|c| quote_ident(c))
+        .collect();
+    let rows = side
+        .tx
+        .query(
+            &format!(
+                "SELECT ROW({})::text, hashtextextended(ROW({})::text, 0)
+                 FROM {} WHERE tenant_id = $1",
+                column_list(&table.key),
+                values.join(", "),
+                side.table(&table.name)
+            ),
+            &[&side.tenant.as_str()],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// Brings `to` up to `from` for the tenant's rows in `tables` (parents first), where `to` holds
+/// an earlier copy: rows gone since are deleted (children first), then rows new or changed
+/// since are copied again, inserted or replaced by key (parents first). Only the difference is
+/// copied; a table without a primary key is copied whole again.
+pub(crate) async fn catch_up(
+    from: Side<'_>,
+    to: Side<'_>,
+    tables: &[Table],
+) -> Result<(), DbError> {
+    let mut diffs: Vec<(&Table, Vec<String>, Vec<String>)> = Vec::new();
+    for table in tables.iter().filter(|t| !t.key.is_empty()) {
+        let now = keyed_hashes(&from, table).await?;
+        let copied = keyed_hashes(&to, table).await?;
+        let changed: Vec<String> = now
+            .iter()
+            .filter(|(k, h)| copied.get(*k) != Some(*h))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let vanished: Vec<String> = copied
+            .into_keys()
+            .filter(|k| !now.contains_key(k))
+            .collect();
+        diffs.push((table, changed, vanished));
+    }
+    for table in tables.iter().rev() {
+        let condition = match diffs.iter().find(|d| d.0.name == table.name) {
+            Some((_, _, vanished)) if !vanished.is_empty() => {
+                format!("ROW({})::text = ANY($2::text[])", column_list(&table.key))
+            }
+            Some(_) => continue,
+            // No key: the whole table again.
+            None => "$2::text[] IS NOT NULL".to_owned(),
+        };
+        let vanished: &[String] = diffs
+            .iter()
+            .find(|d| d.0.name == table.name)
+            .map_or(&[], |d| &d.2);
+        to.tx
+            .execute(
+                &format!(
+                    "DELETE FROM {} WHERE tenant_id = $1 AND {condition}",
+                    to.table(&table.name)
+                ),
+                &[&to.tenant.as_str(), &vanished],
+            )
+            .await?;
+    }
+    for table in tables {
+        let Some((_, changed, _)) = diffs.iter().find(|d| d.0.name == table.name) else {
+            copy_rows(from.again(), to.again(), &table.name, &table.columns).await?;
+            continue;
+        };
+        if changed.is_empty() {
+            continue;
+        }
+        from.tx
+            .batch_execute(
+                "CREATE TEMPORARY TABLE IF NOT EXISTS tenantry_keys (k text) ON COMMIT DROP;
+                 TRUNCATE tenantry_keys",
+            )
+            .await?;
+        from.tx
+            .execute(
+                "INSERT INTO tenantry_keys SELECT unnest($1::text[])",
+                &[changed],
+            )
+            .await?;
+        let filter = format!(
+            " AND ROW({})::text IN (SELECT k FROM tenantry_keys)",
+            column_list(&table.key)
+        );
+        copy_some(
+            from.again(),
+            to.again(),
+            &table.name,
+            &table.columns,
+            &filter,
+            Some(&table.key),
+        )
+        .await?;
+    }
     Ok(())
 }
 
