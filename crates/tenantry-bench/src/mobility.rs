@@ -213,8 +213,10 @@ pub async fn moves(users: usize, orders: usize, clients: usize) -> Vec<Table> {
         ]);
     }
     t.notes.push(format!(
-        "The copy path (the only one so far): the tenant's rows are copied under its write fence, \
-         so its writes wait for the whole copy and the hold grows with the tenant; reads go on. \
+        "Copy and catch-up (the only path so far): the tenant's rows are copied from a \
+         snapshot while it is served, then its writes wait while every row's key and hash are \
+         compared on both sides, what changed is copied again and the tables are verified; the \
+         hold still grows with the tenant, more slowly than the copy. Reads go on. \
          Loads: {half} connections on the moved tenant and {half} on four others, 80% reads by \
          id, 10% lists, 10% creates, for a window around the move. \"Orders lost or doubled\" \
          is the tenant's order count after, minus before, minus its 201s (0: none). A write \
