@@ -564,3 +564,45 @@ async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_ag
         }
     }
 }
+
+/// Two moves of one tenant at once: one flips, the other finds the tenant gone from where it
+/// started and changes nothing (its target storage removed); the rows are whole where the
+/// winner put them.
+#[tokio::test]
+async fn of_two_moves_at_once_one_wins_and_the_other_changes_nothing() {
+    let (cfg, tenancy) = setup().await;
+    let tenant = create(&tenancy, "contested", Isolation::Shared).await;
+    fill(&cfg, &tenant, 5, 500).await;
+    let before = rows(&cfg, &tenant, &tenant.placement).await;
+    let (a, b) = tokio::join!(
+        relocate(&tenancy, "contested", Isolation::Schema),
+        relocate(&tenancy, "contested", Isolation::Database),
+    );
+    assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
+    let now = tenancy
+        .catalog()
+        .get_tenant(&tenant.slug)
+        .await
+        .unwrap()
+        .unwrap();
+    let (winner, loser) = if a.is_ok() {
+        (Isolation::Schema, Isolation::Database)
+    } else {
+        (Isolation::Database, Isolation::Schema)
+    };
+    assert_eq!(now.isolation, winner);
+    assert_eq!(rows(&cfg, &now, &now.placement).await, before);
+    let lost = match loser {
+        Isolation::Schema => Placement::Schema {
+            schema: "t_contested".into(),
+        },
+        _ => Placement::Database {
+            server: "default".into(),
+            database: format!("{}_t_contested", cfg.get_dbname().unwrap()),
+        },
+    };
+    assert!(
+        !storage_exists(&cfg, &lost).await,
+        "the loser's target is removed"
+    );
+}

@@ -309,7 +309,8 @@ impl Catalog {
 
 /// Records, in `tx` on the control database, that `tenant` now lives in `placement` (at tenant
 /// schema `version`), and tells every node in the same commit (the invalidation path of a
-/// suspension). Only a ready tenant with that id moves.
+/// suspension). Only a ready tenant with that id, still where `tenant` says it is, moves: a
+/// move that another move or a deletion overtook changes nothing.
 pub(crate) async fn record_move(
     tx: &tokio_postgres::Transaction<'_>,
     tenant: &Tenant,
@@ -317,23 +318,30 @@ pub(crate) async fn record_move(
     version: i32,
 ) -> Result<(), DbError> {
     let (server, storage) = placement.columns();
+    let (was_server, was_storage) = tenant.placement.columns();
     let moved = tx
         .execute(
             "UPDATE tenantry.tenants
              SET isolation = $2, server = $3, storage = $4, schema_version = $5, updated_at = now()
-             WHERE id = $1 AND state = 'ready'",
+             WHERE id = $1 AND state = 'ready' AND isolation = $6
+               AND coalesce(server, $9) = coalesce($7, $9)
+               AND storage IS NOT DISTINCT FROM $8",
             &[
                 &tenant.id.as_str(),
                 &placement.isolation().as_str(),
                 &server,
                 &storage,
                 &version,
+                &tenant.placement.isolation().as_str(),
+                &was_server,
+                &was_storage,
+                &crate::placement::DEFAULT_SERVER,
             ],
         )
         .await?;
     if moved != 1 {
         return Err(DbError::Config(format!(
-            "tenant {} is no longer ready to move (deleted meanwhile?)",
+            "tenant {} is no longer where the move found it (moved or deleted meanwhile)",
             tenant.slug
         )));
     }

@@ -319,19 +319,24 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
             return Err(MoveError::Cancelled);
         }
         progress(Phase::Flipping, 0.9);
-        committing.store(true, Ordering::Relaxed);
-        target_tx.commit().await?;
+        // The catalog is changed (uncommitted) before the target commits: a tenant that another
+        // move has moved meanwhile fails here, with nothing committed. Then the target, then
+        // the source's marker, then the catalog; where the source is in the control database,
+        // the marker and the catalog are one commit.
         fence::mark_moved(&source_tx, tenant.id.as_str(), &source_schema).await?;
         if source_in_control {
-            // The source is in the control database: the marker and the catalog in one commit.
             source_tx.batch_execute("RESET ROLE").await?;
             record_move(&source_tx, &tenant, &new, version).await?;
+            committing.store(true, Ordering::Relaxed);
+            target_tx.commit().await?;
             source_tx.commit().await?;
         } else {
-            source_tx.commit().await?;
             let mut control = db.control().get().await.map_err(DbError::from)?;
             let tx = control.transaction().await?;
             record_move(&tx, &tenant, &new, version).await?;
+            committing.store(true, Ordering::Relaxed);
+            target_tx.commit().await?;
+            source_tx.commit().await?;
             tx.commit().await?;
         }
         let write_hold = held.elapsed();
