@@ -10,8 +10,9 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::Either;
 use http::{HeaderMap, HeaderValue, Request};
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use super::problem::Problem;
 use crate::context::TenantContext;
@@ -83,11 +84,19 @@ where
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         // The clone that was driven to readiness is the one we call.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
         let tenancy = self.tenancy.clone();
         let public = self.public;
         Box::pin(async move {
-            let (mut res, outcome) = scope(&tenancy, public, req, |r| inner.call(r)).await?;
+            // The readied service takes the first call; a write retried in a moved tenant's
+            // new placement goes to a fresh clone, driven to readiness first.
+            let spare = inner.clone();
+            let mut first = Some(inner);
+            let call = move |r| match first.take() {
+                Some(mut readied) => Either::Left(readied.call(r)),
+                None => Either::Right(spare.clone().oneshot(r)),
+            };
+            let (mut res, outcome) = scope(&tenancy, public, req, call).await?;
             match outcome {
                 Scoped::Served(ctx) => {
                     res.extensions_mut().insert(ctx);
