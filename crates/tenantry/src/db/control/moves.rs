@@ -304,8 +304,10 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
         let source = Side::new(&source_tx, &source_schema, &tenant.id);
         let dest = Side::new(&target_tx, &target_schema, &tenant.id);
         for table in &source_tables {
-            let want = fingerprint(&source, &table.name, &table.columns).await?;
-            let got = fingerprint(&dest, &table.name, &table.columns).await?;
+            let (want, got) = tokio::try_join!(
+                fingerprint(&source, &table.name, &table.columns),
+                fingerprint(&dest, &table.name, &table.columns)
+            )?;
             if want != got {
                 return Err(MoveError::Mismatch(format!(
                     "table {}: {} rows in the source, {} in the target, or their checksums differ",

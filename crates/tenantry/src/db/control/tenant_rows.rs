@@ -303,8 +303,8 @@ pub(crate) async fn catch_up(
 ) -> Result<(), DbError> {
     let mut diffs: Vec<(&Table, Vec<String>, Vec<String>)> = Vec::new();
     for table in tables.iter().filter(|t| !t.key.is_empty()) {
-        let now = keyed_hashes(&from, table).await?;
-        let copied = keyed_hashes(&to, table).await?;
+        // Two connections: both sides are read at once.
+        let (now, copied) = tokio::try_join!(keyed_hashes(&from, table), keyed_hashes(&to, table))?;
         let changed: Vec<String> = now
             .iter()
             .filter(|(k, h)| copied.get(*k) != Some(*h))
