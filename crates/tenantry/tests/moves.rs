@@ -26,6 +26,14 @@ async fn setup() -> (tokio_postgres::Config, Tenancy) {
     )
 }
 
+/// An operator's context in `slug`, read from the catalog (as each request resolves its own).
+async fn ctx(tenancy: &Tenancy, slug: &Slug) -> tenantry::TenantContext {
+    tenancy
+        .admin_context(slug, &support::actor(), "test", "act")
+        .await
+        .unwrap()
+}
+
 async fn create(tenancy: &Tenancy, slug: &str, isolation: Isolation) -> Tenant {
     support::create(tenancy.catalog(), slug, isolation).await
 }
@@ -176,10 +184,7 @@ async fn every_pair_of_placements_moves_with_its_rows_and_leaves_nothing_behind(
                 );
             }
             // The tenant is served from its new placement on the runtime role.
-            let ctx = tenancy
-                .admin_context(&tenant.slug, &support::actor(), "test", "read")
-                .await
-                .unwrap();
+            let ctx = ctx(&tenancy, &tenant.slug).await;
             let n: i64 = ctx
                 .db()
                 .run_opt("SELECT count(*) FROM notes WHERE tenant_id = $1", &[])
@@ -208,10 +213,7 @@ async fn every_pair_of_placements_moves_with_its_rows_and_leaves_nothing_behind(
         .unwrap()
         .unwrap();
     assert_eq!(rows(&cfg, &back, &back.placement).await.len(), 210);
-    let ctx = tenancy
-        .admin_context(&back.slug, &support::actor(), "test", "write")
-        .await
-        .unwrap();
+    let ctx = ctx(&tenancy, &back.slug).await;
     support::write(
         &ctx,
         "INSERT INTO notes (tenant_id, id, user_id, body) VALUES ($1, 9999, 1, 'back')",
@@ -258,10 +260,7 @@ async fn writes_during_a_move_wait_or_are_refused_and_none_is_lost() {
                 let mut next = 100_000;
                 while !stop.load(Ordering::Relaxed) {
                     // A fresh context per write, as each request resolves its own.
-                    let ctx = tenancy
-                        .admin_context(&slug, &support::actor(), "test", "write")
-                        .await
-                        .unwrap();
+                    let ctx = ctx(&tenancy, &slug).await;
                     let (change, delete) = (1 + next % 1_000, 1_001 + next % 1_000);
                     let body = format!("v{next}");
                     let mut tx = ctx.db().begin().await.unwrap();
@@ -306,10 +305,7 @@ async fn writes_during_a_move_wait_or_are_refused_and_none_is_lost() {
             tokio::spawn(async move {
                 let mut reads = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let ctx = tenancy
-                        .admin_context(&slug, &support::actor(), "test", "read")
-                        .await
-                        .unwrap();
+                    let ctx = ctx(&tenancy, &slug).await;
                     let n: i64 = ctx
                         .db()
                         .run_opt("SELECT count(*) FROM notes WHERE tenant_id = $1", &[])
@@ -394,10 +390,7 @@ async fn a_write_to_the_placement_a_tenant_left_is_refused() {
     let (_cfg, tenancy) = setup().await;
     create(&tenancy, "stale", Isolation::Shared).await;
     let slug = Slug::parse("stale").unwrap();
-    let old = tenancy
-        .admin_context(&slug, &support::actor(), "test", "write")
-        .await
-        .unwrap();
+    let old = ctx(&tenancy, &slug).await;
     relocate(&tenancy, "stale", Isolation::Schema)
         .await
         .unwrap();
@@ -411,10 +404,7 @@ async fn a_write_to_the_placement_a_tenant_left_is_refused() {
     assert!(matches!(r, Err(DbError::TenantMoved)), "{r:?}");
     drop(tx);
     // Its reads there find nothing (the rows left with it), and its new context writes.
-    let new = tenancy
-        .admin_context(&slug, &support::actor(), "test", "write")
-        .await
-        .unwrap();
+    let new = ctx(&tenancy, &slug).await;
     support::write(
         &new,
         "INSERT INTO users (tenant_id, id, name) VALUES ($1, 1, 'here')",
@@ -460,10 +450,7 @@ async fn a_move_cancelled_before_the_flip_changes_nothing() {
         "the target schema is removed"
     );
     // Its writes were never fenced out: it writes where it is.
-    let ctx = tenancy
-        .admin_context(&tenant.slug, &support::actor(), "test", "write")
-        .await
-        .unwrap();
+    let ctx = ctx(&tenancy, &tenant.slug).await;
     support::write(
         &ctx,
         "INSERT INTO users (tenant_id, id, name) VALUES ($1, 100, 'still here')",
@@ -535,10 +522,7 @@ async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_ag
                 .unwrap();
             assert_eq!(still.placement, tenant.placement, "{from:?} at {stop_at:?}");
             assert_eq!(rows(&cfg, &still, &still.placement).await, before);
-            let ctx = tenancy
-                .admin_context(&tenant.slug, &support::actor(), "test", "write")
-                .await
-                .unwrap();
+            let ctx = ctx(&tenancy, &tenant.slug).await;
             support::write(
                 &ctx,
                 "INSERT INTO notes (tenant_id, id, user_id, body) VALUES ($1, 5000, 1, 'after')",
