@@ -9,6 +9,11 @@
 //! `postgres` system user.
 
 use std::os::unix::fs::PermissionsExt;
+
+/// Server settings (as `postgres -c` options) that let a cluster publish and subscribe for
+/// tenant moves: logical WAL, and slots, senders and workers for several moves at once.
+pub const REPLICATION_SETTINGS: &str = "-c wal_level=logical -c max_replication_slots=32 \
+     -c max_wal_senders=32 -c max_logical_replication_workers=16 -c max_worker_processes=32";
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -96,9 +101,12 @@ impl LocalPostgres {
         if me.is_running() {
             tracing::info!(path = %me.data.display(), "reusing the running local PostgreSQL");
         } else {
+            // Logical replication is what moves a tenant between databases with a short write
+            // hold; it needs wal_level = logical and room for slots and workers.
             let opts = format!(
-                "-c listen_addresses='' -k {} -p {PORT}",
-                me.socket_dir.display()
+                "-c listen_addresses='' -k {} -p {PORT} {}",
+                me.socket_dir.display(),
+                REPLICATION_SETTINGS
             );
             let log = me.socket_dir.join("postgres.log");
             me.run(

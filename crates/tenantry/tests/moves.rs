@@ -137,10 +137,18 @@ async fn storage_exists(cfg: &tokio_postgres::Config, placement: &Placement) -> 
     }
 }
 
+/// Whether the test server can replicate logically (`.ci/run` sets it so).
+async fn wal_level_is_logical(cfg: &tokio_postgres::Config) -> bool {
+    let (c, _) = support::storage(cfg, &Placement::Shared).await;
+    let level: String = c.query_one("SHOW wal_level", &[]).await.unwrap().get(0);
+    level == "logical"
+}
+
 #[tokio::test]
 async fn every_pair_of_placements_moves_with_its_rows_and_leaves_nothing_behind() {
     let (cfg, tenancy) = setup().await;
     let catalog = tenancy.catalog();
+    let logical = wal_level_is_logical(&cfg).await;
     // Neighbours in every placement, which no move may touch.
     let mut neighbours = Vec::new();
     for (i, isolation) in ALL.into_iter().enumerate() {
@@ -163,7 +171,25 @@ async fn every_pair_of_placements_moves_with_its_rows_and_leaves_nothing_behind(
                 .await
                 .unwrap();
             assert_eq!(report.rows, 210, "{from:?} -> {to:?}");
-            assert_eq!(report.method, "copy and catch-up");
+            // Logical replication carries the moves between databases whose tables are named
+            // alike; the rest copy, and say why.
+            if (from, to) == (Isolation::Shared, Isolation::Database)
+                || (from, to) == (Isolation::Database, Isolation::Shared)
+            {
+                if logical {
+                    assert_eq!(
+                        report.method,
+                        moves::REPLICATION,
+                        "{from:?} -> {to:?}: {:?}",
+                        report.why_copied
+                    );
+                } else {
+                    assert!(report.why_copied.as_ref().unwrap().contains("wal_level"));
+                }
+            } else {
+                assert_eq!(report.method, moves::COPY, "{from:?} -> {to:?}");
+                assert!(report.why_copied.is_some());
+            }
             let moved = catalog.get_tenant(&tenant.slug).await.unwrap().unwrap();
             assert_eq!(moved.isolation, to);
             assert_eq!(moved.id, tenant.id, "a move keeps the tenant's id");
@@ -549,9 +575,8 @@ async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_ag
     }
 }
 
-/// Two moves of one tenant at once: one flips, the other finds the tenant gone from where it
-/// started and changes nothing (its target storage removed); the rows are whole where the
-/// winner put them.
+/// Two moves of one tenant at once: one flips, the other is refused as busy and changes
+/// nothing (no target storage made); the rows are whole where the winner put them.
 #[tokio::test]
 async fn of_two_moves_at_once_one_wins_and_the_other_changes_nothing() {
     let (cfg, tenancy) = setup().await;
@@ -563,6 +588,10 @@ async fn of_two_moves_at_once_one_wins_and_the_other_changes_nothing() {
         relocate(&tenancy, "contested", Isolation::Database),
     );
     assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
+    assert!(
+        matches!(a, Err(MoveError::Busy(_))) || matches!(b, Err(MoveError::Busy(_))),
+        "{a:?} {b:?}"
+    );
     let now = tenancy
         .catalog()
         .get_tenant(&tenant.slug)
@@ -589,4 +618,94 @@ async fn of_two_moves_at_once_one_wins_and_the_other_changes_nothing() {
         !storage_exists(&cfg, &lost).await,
         "the loser's target is removed"
     );
+}
+
+/// A move from a database tenant that dies between the source's marker and the catalog (two
+/// databases, two commits) leaves the tenant in its old placement with its writes refused
+/// there; running the move again completes the flip with every row, and the tenant writes in
+/// its new placement.
+#[tokio::test]
+async fn a_move_killed_between_the_sources_marker_and_the_catalog_is_completed_by_running_it_again()
+{
+    let (cfg, tenancy) = setup().await;
+    for (i, to) in [Isolation::Shared, Isolation::Schema]
+        .into_iter()
+        .enumerate()
+    {
+        let slug = format!("half-flipped-{i}");
+        let tenant = create(&tenancy, &slug, Isolation::Database).await;
+        fill(&cfg, &tenant, 3, 60).await;
+        // The state that crash leaves: the fence installed and the tenant marked moved out of
+        // its database, the catalog unchanged (a move stopped at the flip installs the fence).
+        let target = MoveTarget {
+            isolation: to,
+            server: None,
+        };
+        let hung = tokio::sync::Notify::new();
+        let mover = moves::relocate(
+            tenancy.catalog(),
+            &tenant.slug,
+            &target,
+            Duration::ZERO,
+            |_, _| {},
+            |phase| {
+                let hang = phase == moves::Phase::Flipping;
+                let hung = &hung;
+                async move {
+                    if hang {
+                        hung.notify_one();
+                        std::future::pending::<()>().await;
+                    }
+                    true
+                }
+            },
+        );
+        tokio::select! {
+            r = mover => panic!("did not stop at the flip: {r:?}"),
+            () = hung.notified() => {}
+        }
+        let (c, s) = support::storage(&cfg, &tenant.placement).await;
+        c.execute(
+            "INSERT INTO tenantry.moved_out (tenant_id, schema_name) VALUES ($1, $2)",
+            &[&tenant.id.as_str(), &s.trim_matches('"')],
+        )
+        .await
+        .unwrap();
+        let before = rows(&cfg, &tenant, &tenant.placement).await;
+        let still = tenancy
+            .catalog()
+            .get_tenant(&tenant.slug)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            still.placement, tenant.placement,
+            "served from one placement"
+        );
+        let stuck = ctx(&tenancy, &tenant.slug).await;
+        let r = support::write(
+            &stuck,
+            "INSERT INTO users (tenant_id, id, name) VALUES ($1, 77, 'refused')",
+        )
+        .await;
+        assert!(matches!(r, Err(DbError::TenantMoved)), "{to:?}: {r:?}");
+
+        let report = relocate(&tenancy, &slug, to).await.unwrap();
+        assert_eq!(report.rows, 63, "{to:?}");
+        let moved = tenancy
+            .catalog()
+            .get_tenant(&tenant.slug)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(moved.isolation, to);
+        assert_eq!(rows(&cfg, &moved, &moved.placement).await, before, "{to:?}");
+        assert!(!storage_exists(&cfg, &tenant.placement).await, "{to:?}");
+        support::write(
+            &ctx(&tenancy, &tenant.slug).await,
+            "INSERT INTO users (tenant_id, id, name) VALUES ($1, 77, 'written')",
+        )
+        .await
+        .unwrap();
+    }
 }

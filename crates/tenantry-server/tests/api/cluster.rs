@@ -78,8 +78,10 @@ impl PrivateCluster {
             return Err(format!("initdb: {}", String::from_utf8_lossy(&out.stderr)));
         }
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {}",
-            self.port, self.dir
+            "-c listen_addresses=127.0.0.1 -p {} -k {} {}",
+            self.port,
+            self.dir,
+            tenantry_server::local_pg::REPLICATION_SETTINGS
         );
         let log = format!("{}/log", self.dir);
         let out = run(&[&pg_ctl, "-D", &data, "-l", &log, "-o", &opts, "-w", "start"]);

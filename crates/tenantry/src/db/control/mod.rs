@@ -12,5 +12,6 @@ pub mod fleet;
 pub(crate) mod migrate;
 pub mod moves;
 pub mod provision;
+pub(crate) mod replication;
 pub(crate) mod roles;
 pub(crate) mod tenant_rows;

@@ -30,17 +30,20 @@
 //! refused until the move is run again, which then completes the flip.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::fence;
 use super::provision::{create_storage, drop_storage};
+use super::replication::Link;
 use super::roles::quote_ident;
-use super::tenant_rows::{act_for, catch_up, copy_rows, fingerprint, open, tables, Side};
+use super::tenant_rows::{
+    act_for, admin_config_for, catch_up, copy_rows, fingerprint, open, tables, Side, Table,
+};
 use crate::catalog::{record_move, Catalog, CatalogError};
-use crate::db::DbError;
+use crate::db::{Database, DbError};
 use crate::placement::{Isolation, Placement};
 use crate::tenant::{Slug, StorageState, Tenant};
-use tokio_postgres::IsolationLevel;
+use tokio_postgres::{IsolationLevel, Transaction};
 
 /// Where a tenant is to go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,20 +87,31 @@ pub struct MoveReport {
     pub rows: u64,
     /// How long the tenant's writes were held (the fence, from taken to released).
     pub write_hold: Duration,
-    /// How it copied: `copy and catch-up` (a snapshot copy, then the difference under the
-    /// write fence).
+    /// How the rows went: [`REPLICATION`] or [`COPY`].
     pub method: &'static str,
+    /// Why the move copied rather than replicated, when it did.
+    pub why_copied: Option<String>,
 }
+
+/// The replication path: PostgreSQL's logical replication copies the rows and streams the
+/// tenant's changes; writes wait only for the last changes to arrive.
+pub const REPLICATION: &str = "logical replication";
+/// The copy path: a snapshot copy, then the difference under the write fence.
+pub const COPY: &str = "copy and catch-up";
 
 impl MoveReport {
     /// One line for an operator: from where to where, how many rows, how, and the write hold.
     pub fn summary(&self) -> String {
         format!(
-            "moved from {} to {}: {} rows by {}, writes held {} ms",
+            "moved from {} to {}: {} rows by {}{}, writes held {} ms",
             self.from.isolation().as_str(),
             self.tenant.isolation.as_str(),
             self.rows,
             self.method,
+            self.why_copied
+                .as_ref()
+                .map(|why| format!(" ({why})"))
+                .unwrap_or_default(),
             self.write_hold.as_millis()
         )
     }
@@ -112,6 +126,8 @@ pub enum MoveError {
     NotReady(Slug),
     #[error("the tenant is already in that placement")]
     AlreadyThere,
+    #[error("another move of tenant {0} is under way")]
+    Busy(Slug),
     #[error("the target server is the source's own database under another name")]
     SameStorage,
     #[error("cancelled before the flip; the tenant stays where it was")]
@@ -143,8 +159,8 @@ pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Moves `slug` to `target`, reporting each phase and the fraction done. `grace` is how long
 /// the old storage is kept after the flip ([`GRACE`] by default). `proceed` is asked before
-/// the copy, after each table and before the flip whether the move may go on: `false` cancels
-/// it (the tenant stays where it was); its answer for [`Phase::Flipping`] is final, so a
+/// the copy, while it runs and before the flip whether the move may go on: `false` cancels it
+/// (the tenant stays where it was); its answer for [`Phase::Flipping`] is final, so a
 /// cancellation is either seen there or too late.
 pub async fn relocate<Go: std::future::Future<Output = bool>>(
     catalog: &Catalog,
@@ -156,6 +172,14 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
 ) -> Result<MoveReport, MoveError> {
     let db = catalog.database();
     progress(Phase::Preparing, 0.0);
+    let found = catalog
+        .get_tenant(slug)
+        .await?
+        .ok_or(MoveError::TenantNotFound)?;
+    // One move of a tenant at a time (they would share its replication objects): a session
+    // lock on a connection of the move's own, released when the move ends or its process dies.
+    let _lock = move_lock(db, &found).await?;
+    // Read again under the lock: a move that held it may have moved the tenant.
     let tenant = catalog
         .get_tenant(slug)
         .await?
@@ -189,24 +213,322 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
     if new == tenant.placement {
         return Err(MoveError::AlreadyThere);
     }
+    if tenant.placement != Placement::Shared {
+        // Rows an interrupted move into the shared tables left there (nobody reads them: the
+        // tenant is elsewhere).
+        let mut left = tenant.clone();
+        left.placement = Placement::Shared;
+        drop_storage(db, &left).await?;
+    }
     let version = create_storage(db, &tenant.slug, &new).await?;
 
-    // Set once the target is known to be apart from the source, and once its copy commits:
-    // a move that fails in between removes the target storage it made.
-    let apart = AtomicBool::new(false);
-    let committing = AtomicBool::new(false);
+    let mv = Move {
+        db,
+        tenant: &tenant,
+        new: &new,
+        version,
+        apart: AtomicBool::new(false),
+        committing: AtomicBool::new(false),
+    };
     let outcome = async {
-        let source_in_control = !matches!(tenant.placement, Placement::Database { .. });
         // The fence on the source's tables, in a commit of its own (it locks each table briefly).
         let (mut source_conn, source_schema) = open(db, &tenant.placement).await?;
-        {
+        let source_tables = {
             let tx = source_conn.client().transaction().await?;
             fence::install(&tx, db.roles(), &source_schema).await?;
+            let found = tables(&tx, &source_schema).await?;
             tx.commit().await?;
-        }
-
-        progress(Phase::Copying, 0.05);
+            found
+        };
         let (mut target_conn, target_schema) = open(db, &new).await?;
+        {
+            let tx = target_conn.client().transaction().await?;
+            let target_tables = tables(&tx, &target_schema).await?;
+            tx.commit().await?;
+            for table in &source_tables {
+                let Some(to) = target_tables.iter().find(|t| t.name == table.name) else {
+                    return Err(MoveError::Mismatch(format!(
+                        "table {} has no counterpart in the target",
+                        table.name
+                    )));
+                };
+                if table.columns != to.columns {
+                    return Err(MoveError::Mismatch(format!(
+                        "table {} has other columns in the target",
+                        table.name
+                    )));
+                }
+            }
+        }
+        progress(Phase::Copying, 0.05);
+        let opened = Link::open(
+            db,
+            &tenant.id,
+            (&tenant.placement, admin_config_for(db, &tenant.placement).await?),
+            (&new, admin_config_for(db, &new).await?),
+            &source_schema,
+            &source_tables,
+        )
+        .await;
+        let why_copied = match opened {
+            Ok(link) => {
+                mv.apart.store(true, Ordering::Relaxed);
+                let replicated = mv
+                    .by_replication(&link, &mut source_conn, &source_tables, &progress, &proceed)
+                    .await;
+                match replicated {
+                    Ok(done) => {
+                        if let Err(e) = link.forget().await {
+                            tracing::warn!(tenant = %tenant.slug, error = %e, "could not remove a finished move's replication");
+                        }
+                        return Ok((done.0, done.1, None));
+                    }
+                    Err(e) => {
+                        link.forget().await?;
+                        match e {
+                            Stopped::Fallback(reason) => {
+                                tracing::info!(tenant = %tenant.slug, %reason, "logical replication failed; copying instead");
+                                format!("logical replication failed: {reason}")
+                            }
+                            Stopped::Failed(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            Err(reason) => reason,
+        };
+        let (rows, hold) = mv
+            .by_copy(
+                &mut source_conn,
+                &source_schema,
+                &mut target_conn,
+                &target_schema,
+                &source_tables,
+                &progress,
+                &proceed,
+            )
+            .await?;
+        Ok::<_, MoveError>((rows, hold, Some(why_copied)))
+    }
+    .await;
+    let (rows, write_hold, why_copied) = match outcome {
+        Ok(done) => done,
+        Err(e) => {
+            if mv.apart.load(Ordering::Relaxed) && !mv.committing.load(Ordering::Relaxed) {
+                // What the move made: its storage, or its rows in the shared tables (which
+                // replication commits as it goes).
+                let mut made = tenant.clone();
+                made.placement = new.clone();
+                if let Err(c) = drop_storage(db, &made).await {
+                    tracing::warn!(tenant = %tenant.slug, error = %c, "could not remove a failed move's target");
+                }
+            }
+            return Err(e);
+        }
+    };
+    catalog.invalidate_tenant(&tenant.slug).await;
+
+    progress(Phase::Cleaning, 0.95);
+    tokio::time::sleep(grace).await;
+    drop_storage(db, &tenant).await?;
+    let moved = catalog
+        .get_tenant(slug)
+        .await?
+        .ok_or(MoveError::TenantNotFound)?;
+    progress(Phase::Cleaning, 1.0);
+    Ok(MoveReport {
+        tenant: moved,
+        from: tenant.placement,
+        rows,
+        write_hold,
+        method: if why_copied.is_some() {
+            COPY
+        } else {
+            REPLICATION
+        },
+        why_copied,
+    })
+}
+
+/// The lock that keeps a tenant to one move at a time, on a connection of its own: `Busy` if
+/// another move holds it.
+async fn move_lock(db: &Database, tenant: &Tenant) -> Result<tokio_postgres::Client, MoveError> {
+    let (client, conn) = db.control_config().connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "move lock connection ended");
+        }
+    });
+    let mine: bool = client
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&(fence::FENCE_LOCK + 2), &tenant.id.as_str()],
+        )
+        .await?
+        .get(0);
+    if !mine {
+        return Err(MoveError::Busy(tenant.slug.clone()));
+    }
+    Ok(client)
+}
+
+/// Why the replication path stopped: the move either copies instead or fails.
+enum Stopped {
+    Fallback(String),
+    Failed(MoveError),
+}
+
+impl<E: Into<MoveError>> From<E> for Stopped {
+    fn from(e: E) -> Self {
+        Stopped::Failed(e.into())
+    }
+}
+
+/// One move under way: the tenant, where it goes, and what the failure path must know.
+struct Move<'a> {
+    db: &'a Database,
+    tenant: &'a Tenant,
+    new: &'a Placement,
+    version: i32,
+    /// Set once the target is known to be apart from the source: a move that fails after
+    /// this and before `committing` removes what it made in the target.
+    apart: AtomicBool,
+    committing: AtomicBool,
+}
+
+impl Move<'_> {
+    /// The replication path: the subscription copies and streams while the tenant is served,
+    /// the rows are verified at one moment of both sides (writes held only to take it), and
+    /// the flip holds writes only until the last changes have arrived.
+    async fn by_replication<Go: std::future::Future<Output = bool>>(
+        &self,
+        link: &Link,
+        source_conn: &mut super::tenant_rows::Conn,
+        tables: &[Table],
+        progress: &impl Fn(Phase, f32),
+        proceed: &impl Fn(Phase) -> Go,
+    ) -> Result<(u64, Duration), Stopped> {
+        let (db, id) = (self.db, self.tenant.id.as_str());
+        link.forget().await?;
+        link.clear_target(tables).await?;
+        let totals: Vec<(String, i64)> = link
+            .counts(tables)
+            .await?
+            .into_iter()
+            .zip(tables)
+            .map(|((source, _), t)| (t.name.clone(), source))
+            .collect();
+        let total: i64 = totals.iter().map(|t| t.1).sum();
+        link.start(tables)
+            .await
+            .map_err(|e| Stopped::Fallback(e.to_string()))?;
+        loop {
+            if !proceed(Phase::Copying).await {
+                return Err(Stopped::Failed(MoveError::Cancelled));
+            }
+            let (done, rows) = link.copied(&totals).await.map_err(Stopped::Fallback)?;
+            progress(
+                Phase::Copying,
+                0.05 + 0.7 * rows as f32 / total.max(1) as f32,
+            );
+            if done {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        progress(Phase::CatchingUp, 0.75);
+        link.barrier(Duration::from_secs(60))
+            .await
+            .map_err(Stopped::Fallback)?;
+
+        // Verification, at one moment of both sides: with the tenant's writes held, the last
+        // changes arrive and a snapshot is taken on each side; then writes go on while the
+        // two snapshots are compared.
+        progress(Phase::Verifying, 0.8);
+        let (mut source_snap, mut target_snap) = link.snapshot_connections().await?;
+        let fence_tx = source_conn.client().transaction().await?;
+        act_for(&fence_tx, db, id).await?;
+        fence::hold(&fence_tx, id).await?;
+        let held = Instant::now();
+        let caught_up = link.barrier(HOLD_BOUND).await;
+        let snapshots = async {
+            let a = begin_snapshot(&mut source_snap, db, id).await?;
+            let b = begin_snapshot(&mut target_snap, db, id).await?;
+            Ok::<_, DbError>((a, b))
+        };
+        let snapshots = match caught_up {
+            Ok(_) => snapshots.await,
+            Err(e) => {
+                fence_tx.rollback().await?;
+                return Err(Stopped::Fallback(e));
+            }
+        };
+        fence_tx.rollback().await?;
+        let first_hold = held.elapsed();
+        let (source_view, target_view) = snapshots?;
+        let schema = link.schema();
+        let rows = {
+            let mut rows = 0u64;
+            let source = Side::new(&source_view, &schema, &self.tenant.id);
+            let target = Side::new(&target_view, &schema, &self.tenant.id);
+            for table in tables {
+                let (want, got) = tokio::try_join!(
+                    fingerprint(&source, &table.name, &table.columns),
+                    fingerprint(&target, &table.name, &table.columns)
+                )?;
+                if want != got {
+                    return Err(Stopped::Failed(MoveError::Mismatch(format!(
+                    "table {}: {} rows in the source, {} in the target, or their checksums differ",
+                    table.name, want.0, got.0
+                ))));
+                }
+                rows += want.0 as u64;
+            }
+            rows
+        };
+        drop((source_view, target_view));
+
+        if !proceed(Phase::Flipping).await {
+            return Err(Stopped::Failed(MoveError::Cancelled));
+        }
+        progress(Phase::Flipping, 0.9);
+        let fence_tx = source_conn.client().transaction().await?;
+        act_for(&fence_tx, db, id).await?;
+        fence::hold(&fence_tx, id).await?;
+        let held = Instant::now();
+        // Everything committed since the verified moment has arrived, and no row is missing or
+        // extra in any table.
+        link.barrier(HOLD_BOUND)
+            .await
+            .map_err(|e| Stopped::Failed(MoveError::Mismatch(e)))?;
+        for (table, (source, target)) in tables.iter().zip(link.counts(tables).await?) {
+            if source != target {
+                return Err(Stopped::Failed(MoveError::Mismatch(format!(
+                    "table {}: {source} rows in the source, {target} in the target at the flip",
+                    table.name
+                ))));
+            }
+        }
+        link.pause().await?;
+        self.flip(fence_tx, None, &link.schema()).await?;
+        Ok((rows, first_hold.max(held.elapsed())))
+    }
+
+    /// The copy path: a snapshot copy while the tenant is served, then the difference under
+    /// the write fence, verified before the flip.
+    #[allow(clippy::too_many_arguments)]
+    async fn by_copy<Go: std::future::Future<Output = bool>>(
+        &self,
+        source_conn: &mut super::tenant_rows::Conn,
+        source_schema: &str,
+        target_conn: &mut super::tenant_rows::Conn,
+        target_schema: &str,
+        source_tables: &[Table],
+        progress: &impl Fn(Phase, f32),
+        proceed: &impl Fn(Phase) -> Go,
+    ) -> Result<(u64, Duration), MoveError> {
+        let (db, tenant, new) = (self.db, self.tenant, self.new);
+        let source_in_control = !matches!(tenant.placement, Placement::Database { .. });
         // The snapshot copy: every row as of one snapshot, while the tenant's writes go on.
         let snapshot = source_conn
             .client()
@@ -239,42 +561,28 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
                 return Err(MoveError::SameStorage);
             }
         }
-        apart.store(true, Ordering::Relaxed);
-        let source_tables = tables(&snapshot, &source_schema).await?;
-        let target_tables = tables(&target_tx, &target_schema).await?;
+        self.apart.store(true, Ordering::Relaxed);
         // What an interrupted attempt left in the target, children first.
-        for table in target_tables.iter().rev() {
+        for table in source_tables.iter().rev() {
             target_tx
                 .execute(
                     &format!(
                         "DELETE FROM {}.{} WHERE tenant_id = $1",
-                        quote_ident(&target_schema),
+                        quote_ident(target_schema),
                         quote_ident(&table.name)
                     ),
                     &[&tenant.id.as_str()],
                 )
                 .await?;
         }
-        fence::clear_moved(&target_tx, tenant.id.as_str(), &target_schema).await?;
+        fence::clear_moved(&target_tx, tenant.id.as_str(), target_schema).await?;
         for (i, table) in source_tables.iter().enumerate() {
             if !proceed(Phase::Copying).await {
                 return Err(MoveError::Cancelled);
             }
-            let Some(to) = target_tables.iter().find(|t| t.name == table.name) else {
-                return Err(MoveError::Mismatch(format!(
-                    "table {} has no counterpart in the target",
-                    table.name
-                )));
-            };
-            if table.columns != to.columns {
-                return Err(MoveError::Mismatch(format!(
-                    "table {} has other columns in the target",
-                    table.name
-                )));
-            }
             copy_rows(
-                Side::new(&snapshot, &source_schema, &tenant.id),
-                Side::new(&target_tx, &target_schema, &tenant.id),
+                Side::new(&snapshot, source_schema, &tenant.id),
+                Side::new(&target_tx, target_schema, &tenant.id),
                 &table.name,
                 &table.columns,
             )
@@ -291,19 +599,19 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
         let source_tx = source_conn.client().transaction().await?;
         act_for(&source_tx, db, tenant.id.as_str()).await?;
         fence::hold(&source_tx, tenant.id.as_str()).await?;
-        let held = std::time::Instant::now();
+        let held = Instant::now();
         catch_up(
-            Side::new(&source_tx, &source_schema, &tenant.id),
-            Side::new(&target_tx, &target_schema, &tenant.id),
-            &source_tables,
+            Side::new(&source_tx, source_schema, &tenant.id),
+            Side::new(&target_tx, target_schema, &tenant.id),
+            source_tables,
         )
         .await?;
 
         progress(Phase::Verifying, 0.8);
         let mut rows = 0u64;
-        let source = Side::new(&source_tx, &source_schema, &tenant.id);
-        let dest = Side::new(&target_tx, &target_schema, &tenant.id);
-        for table in &source_tables {
+        let source = Side::new(&source_tx, source_schema, &tenant.id);
+        let dest = Side::new(&target_tx, target_schema, &tenant.id);
+        for table in source_tables {
             let (want, got) = tokio::try_join!(
                 fingerprint(&source, &table.name, &table.columns),
                 fingerprint(&dest, &table.name, &table.columns)
@@ -321,65 +629,68 @@ pub async fn relocate<Go: std::future::Future<Output = bool>>(
             return Err(MoveError::Cancelled);
         }
         progress(Phase::Flipping, 0.9);
-        // The catalog is changed (uncommitted) before the target commits: a tenant that another
-        // move has moved meanwhile fails here, with nothing committed. Then the target, then
-        // the source's marker, then the catalog; where the source is in the control database,
-        // the marker and the catalog are one commit.
-        fence::mark_moved(&source_tx, tenant.id.as_str(), &source_schema).await?;
-        if source_in_control {
+        self.flip(source_tx, Some(target_tx), source_schema).await?;
+        Ok((rows, held.elapsed()))
+    }
+
+    /// The flip, with the fence held in `source_tx`. The catalog is changed (uncommitted)
+    /// before the target commits: a tenant that moved or went meanwhile fails here, with
+    /// nothing committed. Then the target (where its rows are still uncommitted), then the
+    /// source's marker, then the catalog; where the source is in the control database, the
+    /// marker and the catalog are one commit.
+    async fn flip(
+        &self,
+        source_tx: Transaction<'_>,
+        target_tx: Option<Transaction<'_>>,
+        source_schema: &str,
+    ) -> Result<(), MoveError> {
+        let (tenant, new) = (self.tenant, self.new);
+        fence::mark_moved(&source_tx, tenant.id.as_str(), source_schema).await?;
+        let commit_target = async {
+            if let Some(tx) = target_tx {
+                tx.commit().await?;
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        };
+        if !matches!(tenant.placement, Placement::Database { .. }) {
             source_tx.batch_execute("RESET ROLE").await?;
-            record_move(&source_tx, &tenant, &new, version).await?;
-            committing.store(true, Ordering::Relaxed);
-            target_tx.commit().await?;
+            record_move(&source_tx, tenant, new, self.version).await?;
+            self.committing.store(true, Ordering::Relaxed);
+            commit_target.await?;
             source_tx.commit().await?;
         } else {
-            let mut control = db.control().get().await.map_err(DbError::from)?;
+            let mut control = self.db.control().get().await.map_err(DbError::from)?;
             let tx = control.transaction().await?;
-            record_move(&tx, &tenant, &new, version).await?;
-            committing.store(true, Ordering::Relaxed);
-            target_tx.commit().await?;
+            record_move(&tx, tenant, new, self.version).await?;
+            self.committing.store(true, Ordering::Relaxed);
+            commit_target.await?;
             source_tx.commit().await?;
             tx.commit().await?;
         }
-        let write_hold = held.elapsed();
-        drop(source_conn);
-        drop(target_conn);
-        Ok::<_, MoveError>((rows, write_hold))
+        Ok(())
     }
-    .await;
-    let (rows, write_hold) = match outcome {
-        Ok(done) => done,
-        Err(e) => {
-            if apart.load(Ordering::Relaxed)
-                && !committing.load(Ordering::Relaxed)
-                && new != Placement::Shared
-            {
-                let mut made = tenant.clone();
-                made.placement = new.clone();
-                if let Err(c) = drop_storage(db, &made).await {
-                    tracing::warn!(tenant = %tenant.slug, error = %c, "could not remove a failed move's target");
-                }
-            }
-            return Err(e);
-        }
-    };
-    catalog.invalidate_tenant(&tenant.slug).await;
+}
 
-    progress(Phase::Cleaning, 0.95);
-    tokio::time::sleep(grace).await;
-    drop_storage(db, &tenant).await?;
-    let moved = catalog
-        .get_tenant(slug)
-        .await?
-        .ok_or(MoveError::TenantNotFound)?;
-    progress(Phase::Cleaning, 1.0);
-    Ok(MoveReport {
-        tenant: moved,
-        from: tenant.placement,
-        rows,
-        write_hold,
-        method: "copy and catch-up",
-    })
+/// The longest the flip holds the tenant's writes waiting for the last changes to arrive;
+/// past it the move gives up and the writes go on where they were.
+const HOLD_BOUND: Duration = Duration::from_secs(5);
+
+/// A read-only `REPEATABLE READ` transaction on `client` acting for the tenant, its snapshot
+/// taken now.
+async fn begin_snapshot<'c>(
+    client: &'c mut tokio_postgres::Client,
+    db: &Database,
+    tenant: &str,
+) -> Result<Transaction<'c>, DbError> {
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    act_for(&tx, db, tenant).await?;
+    tx.batch_execute("SELECT 1").await?;
+    Ok(tx)
 }
 
 /// What a drain did.

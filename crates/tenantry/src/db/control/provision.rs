@@ -19,6 +19,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use super::migrate::{self, apply_in, grants_sql, steps};
+use super::replication;
 use super::roles::quote_ident;
 use crate::db::{Database, DbError, Placement, CONTROL_SCHEMA, SHARED_SCHEMA};
 use crate::placement::DEFAULT_SERVER;
@@ -293,7 +294,10 @@ pub(crate) async fn prepare_tenant_database(
 /// Removes a tenant's storage (idempotent: removing what is already gone succeeds).
 pub(crate) async fn drop_storage(db: &Database, tenant: &Tenant) -> Result<(), DbError> {
     match &tenant.placement {
-        Placement::Shared => delete_shared_rows(db, &tenant.id).await,
+        Placement::Shared => {
+            replication::forget(db, db.control_config(), &tenant.id).await?;
+            delete_shared_rows(db, &tenant.id).await
+        }
         Placement::Schema { schema } => {
             // The schema and its ledger go together, so a tenant re-created under the same
             // slug gets its tables again.
@@ -316,6 +320,14 @@ pub(crate) async fn drop_storage(db: &Database, tenant: &Tenant) -> Result<(), D
             db.tenant_pools().close(server, database);
             let admin = admin_config(db, server).await?;
             let client = connect(&admin).await?;
+            // A database holding a subscription or a replication slot cannot be dropped: a
+            // move into or out of it may have left them.
+            let mut inside = admin.clone();
+            inside.dbname(database);
+            if let Ok(there) = connect(&inside).await {
+                replication::drop_subscriptions_here(&there).await?;
+                replication::forget(db, &inside, &tenant.id).await?;
+            }
             client
                 .batch_execute(&format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",

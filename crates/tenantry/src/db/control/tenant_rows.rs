@@ -38,9 +38,8 @@ pub(crate) async fn open(db: &Database, placement: &Placement) -> Result<(Conn, 
         Placement::Schema { schema } => {
             Ok((Conn::Pooled(db.control().get().await?), schema.clone()))
         }
-        Placement::Database { server, database } => {
-            let mut cfg = admin_config_pub(db, server).await?;
-            cfg.dbname(database);
+        Placement::Database { .. } => {
+            let cfg = admin_config_for(db, placement).await?;
             let (client, conn) = cfg.connect(NoTls).await?;
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
@@ -48,6 +47,21 @@ pub(crate) async fn open(db: &Database, placement: &Placement) -> Result<(Conn, 
                 }
             });
             Ok((Conn::Direct(client), SHARED_SCHEMA.into()))
+        }
+    }
+}
+
+/// The admin connection settings of `placement`'s database (the control plane's own login).
+pub(crate) async fn admin_config_for(
+    db: &Database,
+    placement: &Placement,
+) -> Result<tokio_postgres::Config, DbError> {
+    match placement {
+        Placement::Shared | Placement::Schema { .. } => Ok(db.control_config().clone()),
+        Placement::Database { server, database } => {
+            let mut cfg = admin_config_pub(db, server).await?;
+            cfg.dbname(database);
+            Ok(cfg)
         }
     }
 }
