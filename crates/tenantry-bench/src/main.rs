@@ -136,14 +136,14 @@ enum Scenario {
         #[arg(long, default_value_t = 8)]
         clients: usize,
     },
-    /// A large tenant moved shared -> database -> schema while it and four others are under
-    /// load, then its backup and restore.
+    /// A large tenant moved shared -> database -> database on a second server -> schema while
+    /// it and four others are under load, then its backup and restore.
     Move {
         /// Orders of the moved tenant.
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 1_000_000)]
         orders: usize,
         /// Users of the moved tenant.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, default_value_t = 100_000)]
         users: usize,
         /// Connections: half on the moved tenant, half on the others.
         #[arg(long, default_value_t = 16)]

@@ -21,18 +21,25 @@ async fn storage_of(server: &Server, slug: &str) -> (tokio_postgres::Client, Str
     tokio::spawn(conn);
     let row = c
         .query_one(
-            "SELECT isolation, storage FROM tenantry.tenants WHERE slug = $1",
+            "SELECT t.isolation, t.storage, s.url FROM tenantry.tenants t
+             LEFT JOIN tenantry.db_servers s ON s.name = t.server
+             WHERE t.slug = $1",
             &[&slug],
         )
         .await
         .unwrap();
-    let (isolation, storage): (String, Option<String>) = (row.get(0), row.get(1));
+    let (isolation, storage, url): (String, Option<String>, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
     match isolation.as_str() {
         "shared" => (c, "shared".into()),
         "schema" => (c, format!("\"{}\"", storage.unwrap())),
         _ => {
-            let url = format!("{}/{}", crate::base_url(), storage.unwrap());
-            let (t, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+            let mut cfg: tokio_postgres::Config = match url {
+                Some(url) => url.parse().unwrap(),
+                None => crate::base_url().parse().unwrap(),
+            };
+            cfg.dbname(storage.unwrap());
+            let (t, conn) = cfg.connect(NoTls).await.unwrap();
             tokio::spawn(conn);
             (t, "shared".into())
         }
@@ -108,6 +115,31 @@ pub async fn moves(users: usize, orders: usize, clients: usize) -> Vec<Table> {
         },
     )
     .await;
+    // A second PostgreSQL server for the move between servers: a cluster of its own, on a
+    // unix socket.
+    let second_dir =
+        std::env::temp_dir().join(format!("tenantry-bench-second-{}", std::process::id()));
+    let second = tenantry_server::local_pg::LocalPostgres::start(&second_dir)
+        .expect("a second PostgreSQL cluster");
+    let second_cfg = second.config();
+    let second_url = match &second_cfg.get_hosts()[0] {
+        tokio_postgres::config::Host::Unix(path) => format!(
+            "postgresql://postgres@{}:{}/postgres",
+            path.to_string_lossy().replace('/', "%2F"),
+            second_cfg.get_ports()[0]
+        ),
+        tokio_postgres::config::Host::Tcp(host) => format!(
+            "postgresql://postgres@{host}:{}/postgres",
+            second_cfg.get_ports()[0]
+        ),
+    };
+    server
+        .post(
+            "/admin/v1/servers",
+            ADMIN,
+            json!({"name": "second", "url": second_url}),
+        )
+        .await;
     let mut big = seed_one(&server, "big".into(), "shared", 10).await;
     {
         let (c, s) = storage_of(&server, "big").await;
@@ -147,7 +179,11 @@ pub async fn moves(users: usize, orders: usize, clients: usize) -> Vec<Table> {
     let others_load = targets(&server.addr, Op::Mixed, &others);
     let half = (clients / 2).max(1);
     load(big_load.clone(), half, Duration::from_secs(1)).await;
-    let before = load(others_load.clone(), half, Duration::from_secs(5)).await;
+    // The baseline: the same traffic on the tenant and on the others, without a move.
+    let (_, before) = tokio::join!(
+        load(big_load.clone(), half, Duration::from_secs(8)),
+        load(others_load.clone(), half, Duration::from_secs(8))
+    );
 
     let mut t = Table::new(
         &format!(
@@ -165,12 +201,17 @@ pub async fn moves(users: usize, orders: usize, clients: usize) -> Vec<Table> {
             "others' p99 before -> during",
         ],
     );
+    let mut methods = Vec::new();
     for (label, to) in [
         ("shared -> database", json!({"isolation": "database"})),
+        (
+            "database -> database (second server)",
+            json!({"isolation": "database", "server": "second"}),
+        ),
         ("database -> schema", json!({"isolation": "schema"})),
     ] {
         let orders_before = count(&server, "big", &big.id, "orders").await;
-        let window = Duration::from_secs(4 + (orders / 20_000) as u64);
+        let window = Duration::from_secs(4 + (orders / 15_000) as u64);
         let on_big = tokio::spawn(load(big_load.clone(), half, window));
         let on_others = tokio::spawn(load(others_load.clone(), half, window));
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -193,6 +234,13 @@ pub async fn moves(users: usize, orders: usize, clients: usize) -> Vec<Table> {
             .unwrap_or_default()
             .trim_end_matches(" ms")
             .to_owned();
+        let method = detail
+            .split(" by ")
+            .nth(1)
+            .and_then(|m| m.split(", writes held").next())
+            .unwrap_or_default()
+            .to_owned();
+        methods.push(format!("{label}: {method}"));
         let created = *on_big.statuses.get(&201).unwrap_or(&0) as i64;
         let orders_after = count(&server, "big", &big.id, "orders").await;
         t.row(vec![
@@ -213,14 +261,17 @@ pub async fn moves(users: usize, orders: usize, clients: usize) -> Vec<Table> {
         ]);
     }
     t.notes.push(format!(
-        "Copy and catch-up (the only path so far): the tenant's rows are copied from a \
-         snapshot while it is served, then its writes wait while every row's key and hash are \
-         compared on both sides, what changed is copied again and the tables are verified; the \
-         hold still grows with the tenant, more slowly than the copy. Reads go on. \
-         Loads: {half} connections on the moved tenant and {half} on four others, 80% reads by \
-         id, 10% lists, 10% creates, for a window around the move. \"Orders lost or doubled\" \
-         is the tenant's order count after, minus before, minus its 201s (0: none). A write \
-         that waits for the fence longer than its plan's statement timeout is answered 503."
+        "How each move went: {}. Logical replication copies while the tenant is served and \
+         holds its writes twice, briefly: to take one snapshot of each side for the \
+         verification, and at the flip until the last changes have arrived. Copy and catch-up \
+         (within one database, or to or from a schema) holds writes while every row's key and \
+         hash are compared on both sides. Reads go on. Loads: {half} connections on the moved \
+         tenant and {half} on four others, 80% reads by id, 10% lists, 10% creates, for a \
+         window around the move; the others' p99 before is of the same traffic without a \
+         move. \"Orders lost or doubled\" is the tenant's order count \
+         after, minus before, minus its 201s (0: none). A write that waits for the fence longer \
+         than its plan's statement timeout is answered 503.",
+        methods.join("; ")
     ));
 
     // Backup and restore of the same tenant, through the library.
@@ -283,5 +334,7 @@ pub async fn moves(users: usize, orders: usize, clients: usize) -> Vec<Table> {
             .into(),
     );
     server.remove().await;
+    second.stop();
+    let _ = std::fs::remove_dir_all(&second_dir);
     vec![t, b]
 }

@@ -137,6 +137,23 @@ async fn storage_exists(cfg: &tokio_postgres::Config, placement: &Placement) -> 
     }
 }
 
+/// Replication slots, publications and subscriptions of this test's databases: none once no
+/// move runs (a forgotten slot keeps WAL forever).
+async fn replication_left(cfg: &tokio_postgres::Config) -> i64 {
+    let (c, _) = support::storage(cfg, &Placement::Shared).await;
+    let ours = format!("{}%", cfg.get_dbname().unwrap());
+    c.query_one(
+        "SELECT (SELECT count(*) FROM pg_replication_slots WHERE database LIKE $1)
+              + (SELECT count(*) FROM pg_subscription s JOIN pg_database d ON d.oid = s.subdbid
+                 WHERE d.datname LIKE $1)
+              + (SELECT count(*) FROM pg_publication)",
+        &[&ours],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Whether the test server can replicate logically (`.ci/run` sets it so).
 async fn wal_level_is_logical(cfg: &tokio_postgres::Config) -> bool {
     let (c, _) = support::storage(cfg, &Placement::Shared).await;
@@ -250,6 +267,11 @@ async fn every_pair_of_placements_moves_with_its_rows_and_leaves_nothing_behind(
         relocate(&tenancy, "mover-0-1", Isolation::Shared).await,
         Err(MoveError::AlreadyThere)
     ));
+    assert_eq!(
+        replication_left(&cfg).await,
+        0,
+        "no replication left behind"
+    );
     // Every invariant holds in every new placement.
     let findings = tenantry::db::doctor::check(catalog.database())
         .await
@@ -539,6 +561,29 @@ async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_ag
                 r = mover => panic!("{from:?} -> {to:?} did not stop at {stop_at:?}: {r:?}"),
                 () = hung.notified() => {}
             }
+            if (from, to) == (Isolation::Shared, Isolation::Database)
+                && wal_level_is_logical(&cfg).await
+            {
+                // The doctor sees the replication the dead move left (once its session is
+                // gone).
+                let mut found = false;
+                for _ in 0..50 {
+                    let findings = tenantry::db::doctor::check(tenancy.catalog().database())
+                        .await
+                        .unwrap();
+                    found = findings
+                        .iter()
+                        .any(|f| f.check == "replication_left_by_move");
+                    if found {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                assert!(
+                    found,
+                    "at {stop_at:?}: the doctor reports what the move left"
+                );
+            }
             // Served where it was, whole, and writable there.
             let still = tenancy
                 .catalog()
@@ -570,6 +615,11 @@ async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_ag
                 rows(&cfg, &moved, &moved.placement).await,
                 before,
                 "{from:?} -> {to:?}"
+            );
+            assert_eq!(
+                replication_left(&cfg).await,
+                0,
+                "{from:?} -> {to:?} at {stop_at:?}: what the killed move left is gone"
             );
         }
     }

@@ -12,6 +12,7 @@
 //! - a SECURITY DEFINER function the runtime role may execute;
 //! - schema grants: CREATE for the runtime role anywhere, or tenant schemas open to PUBLIC;
 //! - a catalog tenant without storage, or storage without a catalog tenant;
+//! - replication an interrupted move left (a slot keeps the server's WAL forever);
 //! - residue of deleted tenants: rows keyed by a tenant id that no catalog tenant has (in the
 //!   shared tables, in the job queue, in backup archives) or, in a tenant's own schema or
 //!   database, rows keyed by another tenant's id. Everything is keyed by ids that are never reused, so residue is never
@@ -22,6 +23,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::NoTls;
 
 use super::provision::admin_config_pub;
+use super::replication::link_name;
 use super::roles::quote_ident;
 use crate::db::{Database, DbError, CONTROL_SCHEMA, SHARED_SCHEMA};
 use crate::placement::DEFAULT_SERVER;
@@ -126,10 +128,18 @@ pub async fn check(db: &Database) -> Result<Vec<Finding>, DbError> {
     let mut servers: BTreeSet<String> = databases.iter().map(|(_, s, _)| s.clone()).collect();
     servers.insert(DEFAULT_SERVER.into());
     let prefix = roles.owner.trim_end_matches("_owner");
+    let links: Vec<(String, String, String)> = tenants
+        .iter()
+        .filter_map(|r| {
+            let id = crate::tenant::TenantId::parse(r.get::<_, &str>(4)).ok()?;
+            Some((link_name(db, &id), r.get(0), id.as_str().to_owned()))
+        })
+        .collect();
     for server in &servers {
         let admin = admin_config_pub(db, server).await?;
         let (c, conn) = admin.connect(NoTls).await?;
         tokio::spawn(conn);
+        out.extend(replication_left(&c, &control, db, server, prefix, &links).await?);
         let dbs: BTreeSet<String> = c
             .query(
                 "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)",
@@ -174,6 +184,70 @@ pub async fn check(db: &Database) -> Result<Vec<Finding>, DbError> {
     }
     out.sort();
     out.dedup();
+    Ok(out)
+}
+
+/// Replication a move left on `server` (slots and subscriptions named for a move of this
+/// deployment) while no move of that tenant runs: a slot keeps the server's WAL forever. Running
+/// the tenant's move again, or deleting the tenant, removes it.
+async fn replication_left(
+    c: &tokio_postgres::Client,
+    control: &tokio_postgres::Client,
+    db: &Database,
+    server: &str,
+    prefix: &str,
+    links: &[(String, String, String)],
+) -> Result<Vec<Finding>, DbError> {
+    let control_db = db.control_config().get_dbname().unwrap_or_default();
+    let left = c
+        .query(
+            "SELECT 'slot', slot_name::text, database::text FROM pg_replication_slots
+             WHERE starts_with(slot_name, 'tenantry_move_')
+             UNION ALL
+             SELECT 'subscription', s.subname::text, d.datname::text FROM pg_subscription s
+             JOIN pg_database d ON d.oid = s.subdbid
+             WHERE starts_with(s.subname, 'tenantry_move_')",
+            &[],
+        )
+        .await?;
+    let mut out = Vec::new();
+    for r in &left {
+        let (what, name, database): (&str, String, Option<String>) = (r.get(0), r.get(1), r.get(2));
+        let database = database.unwrap_or_default();
+        if database != control_db && !database.starts_with(&format!("{prefix}_t_")) {
+            continue; // another deployment's
+        }
+        let detail = match links.iter().find(|(link, _, _)| *link == name) {
+            None => format!("{what} {name} in {database}, of a tenant that no longer exists"),
+            Some((_, slug, id)) => {
+                let moving: bool = control
+                    .query_one(
+                        "SELECT NOT pg_try_advisory_lock($1, hashtext($2))",
+                        &[&(super::fence::FENCE_LOCK + 2), id],
+                    )
+                    .await?
+                    .get(0);
+                if moving {
+                    continue;
+                }
+                control
+                    .execute(
+                        "SELECT pg_advisory_unlock($1, hashtext($2))",
+                        &[&(super::fence::FENCE_LOCK + 2), id],
+                    )
+                    .await?;
+                format!(
+                    "{what} {name} in {database}, left by an interrupted move of tenant {slug} \
+                     (run the move again, or delete the tenant)"
+                )
+            }
+        };
+        out.push(Finding {
+            location: format!("server {server}"),
+            check: "replication_left_by_move",
+            detail,
+        });
+    }
     Ok(out)
 }
 

@@ -1,33 +1,41 @@
 //! Moving a tenant between placements (any pair, and between database servers) while it is
 //! served.
 //!
-//! This is the copy path, which every server supports ("copy and catch-up"): the tenant's rows
-//! are copied as of one snapshot while it is served, then, under its write fence (a trigger on
-//! the source's tables, `db/control/fence.rs`), only what changed since is copied again, so its
-//! writes wait for the catch-up, not for the whole copy. Its reads go on throughout. The
+//! Two paths. Between two databases whose tenant tables are named alike (shared tables and
+//! database tenants), PostgreSQL's logical replication copies the rows and streams the
+//! tenant's changes (`db/control/replication.rs`), so writes are held only for moments. Within
+//! one database, to or from a schema, or where replication is not available, the rows are
+//! copied as of one snapshot and then, under the tenant's write fence (a trigger on the
+//! source's tables, `db/control/fence.rs`), only what changed since is copied again ("copy and
+//! catch-up"). The report says which path a move took, and why it copied when it did. The
 //! phases:
 //!
-//! 1. **preparing**: the target storage is made (idempotently) and the fence installed on the
-//!    source's tables.
-//! 2. **copying**: the tenant's rows in the target are cleared (what an earlier, interrupted
-//!    attempt left) and every table is copied, parents first, from one `REPEATABLE READ`
-//!    snapshot, into one target transaction; the tenant's writes go on.
-//! 3. **catching-up**: with the fence held in the source (running writes finish first, new ones
-//!    wait), each table's rows are compared by key and a hash of their values: rows gone since
-//!    the snapshot are deleted in the target, rows new or changed are copied again.
+//! 1. **preparing**: only one move of a tenant at a time (a session lock); the target storage
+//!    is made (idempotently) and the fence installed on the source's tables.
+//! 2. **copying**: what an earlier, interrupted attempt left in the target is removed; then
+//!    the subscription copies the tenant's rows, or every table is copied, parents first, from
+//!    one `REPEATABLE READ` snapshot into one target transaction. The tenant's writes go on.
+//! 3. **catching-up**: replication: the changes made meanwhile arrive (a barrier row shows
+//!    when). Copy: with the fence held (running writes finish first, new ones wait), each
+//!    table's rows are compared by key and a hash of their values, rows gone since the
+//!    snapshot are deleted in the target, rows new or changed are copied again.
 //! 4. **verifying**: per table, the row count and an order-independent checksum of the rows
-//!    must be equal on both sides; otherwise the move fails and nothing changed.
-//! 5. **flipping**: the target commits; the source marks the tenant moved out (from then on the
-//!    fence refuses its writes there, and the server retries them) and the catalog records the
-//!    new placement, telling every node. Where the source is in the control database, both
-//!    happen in one commit.
+//!    must be equal on both sides, or the move fails and nothing changed. Replication compares
+//!    one snapshot of each side taken at one moment (writes held only to take them); copy
+//!    compares under the fence.
+//! 5. **flipping**: replication: with the fence held, the last changes arrive and the counts
+//!    agree, then the subscription stops. Copy: the target commits. Then the source marks the
+//!    tenant moved out (from then on the fence refuses its writes there, and the server
+//!    retries them) and the catalog records the new placement, telling every node; where the
+//!    source is in the control database, both happen in one commit.
 //! 6. **cleaning**: after a grace period in which every node sees the flip, the old storage is
 //!    removed.
 //!
-//! A crash before the flip leaves the tenant where it was (the target's uncommitted rows are
-//! gone, the fence lock with the session); running the move again finishes it. A crash between
-//! the source's marker and the catalog (a database source only) leaves the tenant's writes
-//! refused until the move is run again, which then completes the flip.
+//! A crash before the flip leaves the tenant where it was (the target's rows uncommitted, or
+//! replicated into storage nobody reads; the locks gone with the session); running the move
+//! again removes what the attempt left and finishes it. A crash between the source's marker
+//! and the catalog (a database source only) leaves the tenant's writes refused until the move
+//! is run again, which then completes the flip.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};

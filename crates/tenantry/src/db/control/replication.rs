@@ -123,18 +123,12 @@ async fn forget_on(
         .map(|r| r.get(0))
         .collect();
     for database in holders {
-        // Without its slot first: the slot is dropped below, on the publisher's side.
-        let sql = format!(
-            "ALTER SUBSCRIPTION {0} DISABLE; ALTER SUBSCRIPTION {0} SET (slot_name = NONE);
-             DROP SUBSCRIPTION {0}",
-            quote_ident(name)
-        );
         if database == here {
-            client.batch_execute(&sql).await?;
+            drop_subscription(client, name).await?;
         } else {
             let mut there = cfg.clone();
             there.dbname(&database);
-            connect(&there).await?.batch_execute(&sql).await?;
+            drop_subscription(&connect(&there).await?, name).await?;
         }
     }
     // A slot still in use (its subscriber on another server) is freed by ending its sender.
@@ -213,12 +207,31 @@ pub(crate) async fn drop_subscriptions_here(client: &Client) -> Result<(), DbErr
         .map(|r| r.get(0))
         .collect();
     for name in names {
+        drop_subscription(client, &name).await?;
+    }
+    Ok(())
+}
+
+/// Drops subscription `name` of the database `client` is connected to, with its slots on the
+/// publisher (the move's slot and those of tables still being copied); where the publisher
+/// cannot be reached, without them (the move's own slot is then dropped by name on the
+/// publisher's side, [`forget_on`]).
+async fn drop_subscription(client: &Client, name: &str) -> Result<(), DbError> {
+    let name = quote_ident(name);
+    // Each alone: dropping a subscription with its slot cannot run in a transaction block.
+    client
+        .batch_execute(&format!("ALTER SUBSCRIPTION {name} DISABLE"))
+        .await?;
+    if client
+        .batch_execute(&format!("DROP SUBSCRIPTION {name}"))
+        .await
+        .is_err()
+    {
         client
-            .batch_execute(&format!(
-                "ALTER SUBSCRIPTION {0} DISABLE; ALTER SUBSCRIPTION {0} SET (slot_name = NONE);
-                 DROP SUBSCRIPTION {0}",
-                quote_ident(&name)
-            ))
+            .batch_execute(&format!("ALTER SUBSCRIPTION {name} SET (slot_name = NONE)"))
+            .await?;
+        client
+            .batch_execute(&format!("DROP SUBSCRIPTION {name}"))
             .await?;
     }
     Ok(())
