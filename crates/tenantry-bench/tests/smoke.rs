@@ -112,7 +112,15 @@ async fn move_scenario_runs() {
     let tables = tenantry_bench::mobility::moves(200, 2_000, 4).await;
     assert_eq!(tables.len(), 2);
     let moves = &tables[0];
-    assert_eq!(moves.rows.len(), 2, "{:?}", moves.rows);
+    assert_eq!(moves.rows.len(), 3, "{:?}", moves.rows);
+    // Between databases by replication (`.ci/run` sets wal_level = logical), to a schema by copy.
+    let paths = &moves.notes[0];
+    assert!(
+        paths.contains("shared -> database: logical replication;")
+            && paths.contains("database -> database (second server): logical replication;")
+            && paths.contains("database -> schema: copy and catch-up"),
+        "{paths}"
+    );
     for row in &moves.rows {
         assert_eq!(row.len(), 8, "every move succeeded: {row:?}");
         assert_eq!(row[6], "0", "no order lost or doubled: {row:?}");
