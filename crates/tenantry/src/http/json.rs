@@ -43,6 +43,20 @@ where
                 "send the body as Content-Type: application/json",
             ));
         }
+        // A coded body would be read as if it were plain JSON: refuse any coding but identity
+        // (RFC 9110 §15.5.16), so a compressed body is never half-understood.
+        for coding in req.headers().get_all(header::CONTENT_ENCODING) {
+            let plain = coding.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .all(|c| c.trim().is_empty() || c.trim().eq_ignore_ascii_case("identity"))
+            });
+            if !plain {
+                return Err(Problem::new(
+                    ErrorCode::UnsupportedMediaType,
+                    "request bodies are not decoded: send the body without Content-Encoding",
+                ));
+            }
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == http::StatusCode::PAYLOAD_TOO_LARGE {
                 Problem::new(
