@@ -185,6 +185,7 @@ pub fn finish(mut api: utoipa::openapi::OpenApi) -> Value {
     schemas.insert("ErrorCode".into(), ErrorCode::schema());
     schemas.insert("FieldError".into(), FieldError::schema());
     let mut doc = serde_json::to_value(&api).unwrap_or_else(|_| json!({}));
+    constrain(&mut doc["components"]["schemas"]);
     doc["openapi"] = json!("3.1.0");
     doc["info"] = json!({
         "title": "Tenantry API",
@@ -279,6 +280,45 @@ pub fn finish(mut api: utoipa::openapi::OpenApi) -> Value {
     doc
 }
 
+/// What the server's validation enforces on body fields, stated in their schemas from the same
+/// tables (`validate`), so a client generated from the document cannot send what the server
+/// refuses: enums for roles and statuses, the currency pattern, names of 1 to 200 characters.
+fn constrain(schemas: &mut Value) {
+    use crate::validate::{ORDER_STATUSES, ROLES};
+    let statuses = json!(ORDER_STATUSES);
+    let roles = json!(ROLES);
+    let name = json!({"minLength": 1, "maxLength": 200});
+    let currency = json!({"pattern": "^[A-Z]{3}$"});
+    let rules: [(&str, &str, &Value, bool); 10] = [
+        ("CreateOrder", "status", &statuses, true),
+        ("UpdateOrder", "status", &statuses, true),
+        ("Order", "status", &statuses, true),
+        ("UpdateOrder", "currency", &currency, false),
+        ("CreateUser", "role", &roles, true),
+        ("UpdateUser", "role", &roles, true),
+        ("User", "role", &roles, true),
+        ("CreateUser", "name", &name, false),
+        ("UpdateUser", "name", &name, false),
+        ("User", "name", &name, false),
+    ];
+    for (schema, field, rule, is_enum) in rules {
+        let Some(prop) = schemas[schema]["properties"][field].as_object_mut() else {
+            continue;
+        };
+        if is_enum {
+            prop.insert("enum".into(), rule.clone());
+            // An optional field is `["string", "null"]`: null stays allowed.
+            if prop.get("type").is_some_and(|t| t.is_array()) {
+                if let Some(values) = prop.get_mut("enum").and_then(Value::as_array_mut) {
+                    values.push(Value::Null);
+                }
+            }
+        } else if let Some(rule) = rule.as_object() {
+            prop.extend(rule.clone());
+        }
+    }
+}
+
 fn error_ref(status: u16) -> Value {
     let name = ERRORS
         .iter()
@@ -347,6 +387,10 @@ fn complete_operation(
     };
     op["security"] = security;
     let has_body = op.get("requestBody").is_some();
+    // Query parameters are validated too (a bad cursor, limit or filter is 422).
+    let has_query = op["parameters"]
+        .as_array()
+        .is_some_and(|ps| ps.iter().any(|p| p["in"] == "query"));
     let Some(responses) = op["responses"].as_object_mut() else {
         return;
     };
@@ -354,6 +398,11 @@ fn complete_operation(
         responses
             .entry(status.to_string())
             .or_insert_with(|| error_ref(*status));
+    }
+    if has_query {
+        responses
+            .entry("422".to_owned())
+            .or_insert_with(|| error_ref(422));
     }
     if has_body {
         for status in [413, 415, 422] {
