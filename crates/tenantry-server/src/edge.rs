@@ -86,7 +86,10 @@ where
                             "response"
                         );
                     },
-                ),
+                )
+                // Not one ERROR line per 5xx: a 500 is logged with its cause where it is made,
+                // and an outage's 503s are logged as the outage (`Problem::unavailable`).
+                .on_failure(()),
         )
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))

@@ -113,6 +113,34 @@ impl ErrorCode {
     }
 }
 
+/// Lets one log line a second through, and counts the ones it held back: an outage refuses
+/// every request, and is worth a line a second, not one per request.
+struct LogThrottle {
+    second: std::sync::atomic::AtomicU64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl LogThrottle {
+    const fn new() -> Self {
+        Self {
+            second: std::sync::atomic::AtomicU64::new(u64::MAX),
+            held: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// At `now` (seconds): `Some(lines held back since the last one let through)` if a line
+    /// may be logged, `None` if it is held back.
+    fn admit(&self, now: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.second.swap(now, Relaxed) == now {
+            self.held.fetch_add(1, Relaxed);
+            None
+        } else {
+            Some(self.held.swap(0, Relaxed))
+        }
+    }
+}
+
 /// One field that failed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -198,7 +226,13 @@ impl Problem {
     }
 
     pub fn unavailable(cause: &dyn std::fmt::Display) -> Self {
-        tracing::warn!(error = %cause, "dependency unavailable");
+        static OUTAGES: LogThrottle = LogThrottle::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if let Some(refused) = OUTAGES.admit(now) {
+            tracing::warn!(error = %cause, refused_since_last_line = refused, "dependency unavailable");
+        }
         Self {
             retry_after: Some(1),
             ..Self::new(
@@ -300,6 +334,18 @@ impl From<crate::db::DbError> for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_is_logged_once_a_second_with_what_it_held_back() {
+        let throttle = LogThrottle::new();
+        assert_eq!(throttle.admit(100), Some(0));
+        for _ in 0..5_000 {
+            assert_eq!(throttle.admit(100), None);
+        }
+        assert_eq!(throttle.admit(101), Some(5_000));
+        assert_eq!(throttle.admit(101), None);
+        assert_eq!(throttle.admit(105), Some(1));
+    }
 
     async fn body(p: Problem) -> (StatusCode, Option<HeaderValue>, serde_json::Value) {
         let res = p.into_response();
