@@ -280,13 +280,7 @@ impl Application {
                 let _ = stopped.changed().await;
             }))
         });
-        let service =
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                std::net::SocketAddr,
-            >(serving(self.edge));
-        let r = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let r = crate::connections::serve(self.listener, serving(self.edge), shutdown).await;
         // HTTP is drained; now the worker finishes or releases its running jobs.
         let _ = stop.send(true);
         if let Some(w) = worker {

@@ -6,6 +6,7 @@
 //! - [`config`]: settings from flags, environment and `tenantry.toml`.
 //! - [`local_pg`]: the managed local PostgreSQL used when `DATABASE_URL` is unset.
 //! - [`app`]: building the server and serving with graceful shutdown.
+//! - [`connections`]: accepting connections, with deadlines on headers, idle and bodies.
 //! - [`edge`]: what every request passes once in front of the router.
 //! - [`state`]: what every handler can reach.
 //! - [`surface`]: every route with its OpenAPI description, in one list.
@@ -18,6 +19,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod edge;
 pub mod local_pg;
 pub mod migrations;

@@ -7,6 +7,7 @@ mod auth;
 mod cache;
 mod cli;
 mod cluster;
+mod connections;
 mod helpers;
 mod identity;
 mod input;
