@@ -21,6 +21,7 @@ use moka::Expiry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::breaker::Breaker;
 use crate::context::TenantContext;
 use crate::db::notify::Subscription;
 use crate::db::Database;
@@ -51,6 +52,8 @@ pub struct TenantCache {
     local: Cache<Key, Entry>,
     /// Shared second level, and its key namespace.
     redis: Option<(redis::aio::ConnectionManager, String)>,
+    /// Redis is skipped for a moment after it fails, so a miss does not wait for its timeout.
+    breaker: Arc<Breaker>,
     db: Database,
     hits: Arc<std::sync::atomic::AtomicU64>,
     misses: Arc<std::sync::atomic::AtomicU64>,
@@ -74,6 +77,7 @@ impl TenantCache {
                 .support_invalidation_closures()
                 .build(),
             redis: None,
+            breaker: Arc::new(Breaker::new()),
             db,
             hits: Default::default(),
             misses: Default::default(),
@@ -152,18 +156,28 @@ impl TenantCache {
             .local
             .try_get_with(key, async {
                 loaded.store(true, std::sync::atomic::Ordering::Relaxed);
-                let shared = self
+                let mut shared = self
                     .redis
                     .as_ref()
+                    .filter(|_| self.breaker.may_try())
                     .map(|(c, ns)| (c.clone(), Self::redis_key(ns, ctx.tenant_id(), name)));
-                if let Some((mut conn, rkey)) = shared.clone() {
+                if let Some((conn, rkey)) = &mut shared {
                     let got: Result<Option<Vec<u8>>, _> =
-                        redis::cmd("GET").arg(&rkey).query_async(&mut conn).await;
-                    if let Ok(Some(bytes)) = got {
-                        return Ok(Entry {
-                            bytes: Arc::new(bytes),
-                            ttl,
-                        });
+                        redis::cmd("GET").arg(&*rkey).query_async(conn).await;
+                    match got {
+                        Ok(found) => {
+                            self.redis_answered();
+                            if let Some(bytes) = found {
+                                return Ok(Entry {
+                                    bytes: Arc::new(bytes),
+                                    ttl,
+                                });
+                            }
+                        }
+                        Err(e) => {
+                            self.redis_failed(&e);
+                            shared = None;
+                        }
                     }
                 }
                 let value = load().await.map_err(|e| LoadError(e.to_string()))?;
@@ -177,7 +191,7 @@ impl TenantCache {
                         .query_async(&mut conn)
                         .await;
                     if let Err(e) = set {
-                        tracing::debug!(error = %e, "cache: Redis write failed; local only");
+                        self.redis_failed(&e);
                     }
                 }
                 Ok::<_, LoadError>(Entry {
@@ -196,16 +210,44 @@ impl TenantCache {
         Ok(entry)
     }
 
+    /// Redis failed: skip it for a moment (one log line per outage).
+    fn redis_failed(&self, e: &redis::RedisError) {
+        if self.breaker.failed() {
+            tracing::warn!(error = %e, "cache: Redis unavailable; serving from this node's cache and the database");
+        }
+    }
+
+    /// Redis answered. After an outage, the shared entries are dropped: invalidations made
+    /// while it could not be reached never arrived there.
+    fn redis_answered(&self) {
+        if self.breaker.succeeded() {
+            if let Some((conn, ns)) = &self.redis {
+                let (mut conn, pattern) = (conn.clone(), format!("{ns}:cache:*"));
+                tracing::info!("cache: Redis is back; dropping its entries, which may have missed invalidations");
+                tokio::spawn(async move {
+                    if let Err(e) =
+                        crate::ratelimit::redis::unlink_matching(&mut conn, &pattern).await
+                    {
+                        tracing::warn!(error = %e, "cache: could not drop Redis entries after an outage; their TTL bounds them");
+                    }
+                });
+            }
+        }
+    }
+
     /// Drops `name` in the context's tenant, here and on every node.
     pub async fn invalidate(&self, ctx: &TenantContext, name: &str) {
-        if let Some((conn, ns)) = &self.redis {
+        // While Redis is skipped, the delete is not tried: the entries are dropped when it is
+        // back (`redis_answered`).
+        if let Some((conn, ns)) = self.redis.as_ref().filter(|_| self.breaker.may_try()) {
             let mut conn = conn.clone();
             let r: Result<(), _> = redis::cmd("DEL")
                 .arg(Self::redis_key(ns, ctx.tenant_id(), name))
                 .query_async(&mut conn)
                 .await;
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "cache: could not delete from Redis; the TTL bounds it");
+            match r {
+                Ok(()) => self.redis_answered(),
+                Err(e) => self.redis_failed(&e),
             }
         }
         self.local

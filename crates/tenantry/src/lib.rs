@@ -99,6 +99,7 @@ pub mod resolve;
 pub(crate) mod tenancy;
 pub(crate) mod tenant;
 
+mod breaker;
 mod fast_map;
 mod memo;
 #[cfg(test)]

@@ -17,7 +17,9 @@ pub(crate) mod concurrency;
 pub(crate) mod local;
 pub(crate) mod redis;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::breaker::Breaker;
 use std::time::{Duration, Instant};
 
 pub use auth_failures::{AuthFailures, FailureLimit};
@@ -96,15 +98,12 @@ pub struct Limiter {
     local: RateLimiter,
     redis: Option<redis::RedisLimiter>,
     fail_mode: FailMode,
-    /// Skip Redis until this instant (nanos since `epoch`) after a failure.
-    breaker_until: AtomicU64,
+    /// Redis is skipped for a moment after a failure.
+    breaker: Breaker,
     epoch: Instant,
-    healthy: AtomicBool,
     fallbacks: AtomicU64,
     last_warning: AtomicU64,
 }
-
-const BREAKER: Duration = Duration::from_millis(500);
 
 impl Limiter {
     pub fn local_only() -> Self {
@@ -116,9 +115,8 @@ impl Limiter {
             local: RateLimiter::new(),
             redis,
             fail_mode,
-            breaker_until: AtomicU64::new(0),
+            breaker: Breaker::new(),
             epoch: Instant::now(),
-            healthy: AtomicBool::new(true),
             fallbacks: AtomicU64::new(0),
             last_warning: AtomicU64::new(0),
         }
@@ -130,7 +128,7 @@ impl Limiter {
 
     /// Whether the shared backend (Redis) answered last time (always true without Redis).
     pub fn backend_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.breaker.healthy()
     }
 
     /// Decisions made by the local fallback because Redis failed.
@@ -153,18 +151,16 @@ impl Limiter {
         quota: &Quota,
     ) -> Result<Decision, LimiterUnavailable> {
         if let Some(r) = &self.redis {
-            if self.now() >= self.breaker_until.load(Ordering::Relaxed) {
+            if self.breaker.may_try() {
                 match r.check(tenant, quota).await {
                     Ok(d) => {
-                        if !self.healthy.swap(true, Ordering::Relaxed) {
+                        if self.breaker.succeeded() {
                             tracing::info!("rate limiter: Redis is back; limits are shared again");
                         }
                         return Ok(d);
                     }
                     Err(e) => {
-                        self.healthy.store(false, Ordering::Relaxed);
-                        self.breaker_until
-                            .store(self.now() + BREAKER.as_nanos() as u64, Ordering::Relaxed);
+                        self.breaker.failed();
                         self.warn(&e);
                     }
                 }
