@@ -52,6 +52,36 @@ impl PrivateCluster {
         let _ = run(&[&pg_ctl, "-D", &data, "-m", "immediate", "-w", "stop"]);
     }
 
+    /// Freezes the whole server (SIGSTOP to the postmaster and every backend): it keeps its
+    /// connections and accepts new ones, and answers nothing, as a hung host does.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Resumes a frozen server.
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = std::fs::read_to_string(format!("{}/data/postmaster.pid", self.dir))
+            .expect("postmaster.pid")
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_owned();
+        // Backends first, so none is left running while the postmaster is stopped.
+        Command::new("pkill")
+            .args([&format!("-{sig}"), "-P", &pid])
+            .status()
+            .unwrap();
+        Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+    }
+
     fn start_once(&self) -> Result<(), String> {
         let bin = bin();
         let initdb = bin.join("initdb").to_string_lossy().into_owned();

@@ -19,6 +19,7 @@ mod moves;
 mod openapi;
 mod operations;
 mod ops;
+mod outages;
 mod placements;
 mod resolution;
 mod startup;

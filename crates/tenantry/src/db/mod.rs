@@ -359,13 +359,29 @@ impl Database {
         total
     }
 
-    /// Whether the database answers (for `/readyz`).
+    /// Whether the database answers (for `/readyz`), within [`PING_DEADLINE`]: a frozen server
+    /// must make readiness fail, not hang.
     pub async fn ping(&self) -> Result<(), DbError> {
-        let client = self.runtime.get().await?;
-        client.simple_query("SELECT 1").await?;
-        Ok(())
+        let deadline = tokio::time::Instant::now() + PING_DEADLINE;
+        let client = tokio::time::timeout_at(deadline, self.runtime.get())
+            .await
+            .map_err(|_| DbError::Timeout)??;
+        match tokio::time::timeout_at(deadline, client.simple_query("SELECT 1")).await {
+            Ok(answered) => {
+                answered?;
+                Ok(())
+            }
+            Err(_) => {
+                // Its query may still be running: the connection is not given to anyone else.
+                drop(deadpool_postgres::Object::take(client));
+                Err(DbError::Timeout)
+            }
+        }
     }
 }
+
+/// How long [`Database::ping`] waits for the database.
+pub const PING_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// The deployment's key-checksum secret, made on first start from the operating system's
 /// random source and kept in the catalog (readable only by the control role).

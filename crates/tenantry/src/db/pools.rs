@@ -291,6 +291,10 @@ impl TenantPools {
             .max_size(size)
             .runtime(deadpool::Runtime::Tokio1)
             .wait_timeout(Some(self.inner.settings.wait))
+            // A server that accepts the TCP connection and then answers nothing (frozen, or
+            // overloaded) must not hold a request forever.
+            .create_timeout(Some(self.inner.settings.wait))
+            .recycle_timeout(Some(self.inner.settings.wait))
             .build()
             .map_err(|e| DbError::Config(e.to_string()))
     }

@@ -249,11 +249,33 @@ impl ScopedTx {
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Vec<Row>, DbError> {
-        if self.state == TxState::Fresh {
-            self.first_or_retry(sql, params, false).await
-        } else {
-            self.pipeline(sql, params, false).await
+        let deadline = self.answer_deadline();
+        let run = async {
+            if self.state == TxState::Fresh {
+                self.first_or_retry(sql, params, false).await
+            } else {
+                self.pipeline(sql, params, false).await
+            }
+        };
+        match tokio::time::timeout(deadline, run).await {
+            Ok(rows) => rows,
+            Err(_) => Err(self.gone()),
         }
+    }
+
+    /// How long a statement's answer may take: the statement timeout, which the server
+    /// enforces itself, and a grace. Past it the server is not answering at all (frozen, or
+    /// the network is gone), which only a deadline of our own can tell.
+    fn answer_deadline(&self) -> std::time::Duration {
+        self.timeout + CANCEL_GRACE
+    }
+
+    /// The server did not answer in time: the connection is closed, never reused (what it
+    /// was doing is unknown), and the transaction is over.
+    fn gone(&mut self) -> DbError {
+        self.state = TxState::Done;
+        self.conn.discard();
+        DbError::Timeout
     }
 
     /// Runs a statement that returns at most one row.
@@ -275,7 +297,14 @@ impl ScopedTx {
         if self.state == TxState::Open {
             // Until COMMIT's answer arrives the outcome is unknown; if this future is dropped
             // the Drop impl sends ROLLBACK after it, which is then a harmless no-op warning.
-            self.conn.client()?.batch_execute("COMMIT").await?;
+            // Without an answer in time the outcome stays unknown, and is reported as a
+            // failure (never as a success that may not have happened).
+            let deadline = self.answer_deadline();
+            let client = self.conn.client()?;
+            match tokio::time::timeout(deadline, client.batch_execute("COMMIT")).await {
+                Ok(done) => done?,
+                Err(_) => return Err(self.gone()),
+            }
         }
         self.state = TxState::Done;
         Ok(())
