@@ -4,6 +4,7 @@
 //! Figures that compare configurations are measured in the same run, interleaved, because this
 //! machine is shared and noisy: a ratio from one run means more than two absolute numbers.
 
+pub mod chaos;
 pub mod forged;
 pub mod http;
 pub mod jobs;

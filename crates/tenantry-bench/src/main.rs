@@ -149,6 +149,21 @@ enum Scenario {
         #[arg(long, default_value_t = 16)]
         clients: usize,
     },
+    /// A deployment of its own (PostgreSQL, Redis, two nodes) under load while PostgreSQL is
+    /// restarted, backends and Redis are killed and a node dies: failures in and outside each
+    /// fault's window, recovery, lost writes, rows returned to the wrong tenant.
+    Chaos {
+        #[arg(long, default_value_t = 100)]
+        tenants: usize,
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds a dependency stays down (Redis, a node).
+        #[arg(long, default_value_t = 5)]
+        outage: u64,
+        /// Seconds of load before and after each fault.
+        #[arg(long, default_value_t = 10)]
+        settle: u64,
+    },
     /// A quiet tenant's latency alone and while a noisy tenant floods slow queries.
     NoisyNeighbour {
         /// Seconds per phase.
@@ -378,6 +393,34 @@ async fn main() {
                 &format!("seconds={secs} rounds={rounds} clients={clients} smoke={smoke}"),
                 &[t],
             );
+        }
+        Scenario::Chaos {
+            tenants,
+            clients,
+            outage,
+            settle,
+        } => {
+            let opts = if smoke {
+                tenantry_bench::chaos::Options {
+                    tenants: 6,
+                    clients: 4,
+                    outage: std::time::Duration::from_secs(1),
+                    settle: std::time::Duration::from_secs(2),
+                }
+            } else {
+                tenantry_bench::chaos::Options {
+                    tenants,
+                    clients,
+                    outage: std::time::Duration::from_secs(outage),
+                    settle: std::time::Duration::from_secs(settle),
+                }
+            };
+            let settings = format!(
+                "tenants={} clients={} outage={:?} settle={:?} smoke={smoke}",
+                opts.tenants, opts.clients, opts.outage, opts.settle
+            );
+            let tables = tenantry_bench::chaos::chaos(opts).await;
+            report::publish("chaos", &settings, &tables);
         }
         Scenario::Move {
             orders,

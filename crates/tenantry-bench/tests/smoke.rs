@@ -127,3 +127,39 @@ async fn move_scenario_runs() {
         assert_eq!(row[5], "0 / 0", "no request failed: {row:?}");
     }
 }
+
+#[tokio::test]
+async fn chaos_rig_loses_nothing() {
+    let tables = tenantry_bench::chaos::chaos(tenantry_bench::chaos::Options {
+        tenants: 6,
+        clients: 4,
+        outage: std::time::Duration::from_secs(1),
+        settle: std::time::Duration::from_secs(1),
+    })
+    .await;
+    assert_eq!(tables.len(), 2);
+    assert_eq!(
+        tables[0].rows.len(),
+        5,
+        "every fault ran: {:?}",
+        tables[0].rows
+    );
+    for row in &tables[0].rows {
+        assert_eq!(
+            row[4], "0",
+            "inside a window, only 503 with Retry-After: {row:?}"
+        );
+        assert!(!row[5].contains("none"), "every node recovered: {row:?}");
+    }
+    let summary = &tables[1].rows[0];
+    assert_eq!(
+        summary[1], "0",
+        "no failure outside the fault windows: {summary:?}"
+    );
+    assert_ne!(summary[2], "0", "writes were acknowledged: {summary:?}");
+    assert_eq!(summary[3], "0", "no acknowledged write lost: {summary:?}");
+    assert_eq!(
+        summary[4], "0",
+        "no row returned to the wrong tenant: {summary:?}"
+    );
+}

@@ -101,33 +101,56 @@ impl LocalPostgres {
         if me.is_running() {
             tracing::info!(path = %me.data.display(), "reusing the running local PostgreSQL");
         } else {
-            // Logical replication is what moves a tenant between databases with a short write
-            // hold; it needs wal_level = logical and room for slots and workers.
-            let opts = format!(
-                "-c listen_addresses='' -k {} -p {PORT} {}",
-                me.socket_dir.display(),
-                REPLICATION_SETTINGS
-            );
-            let log = me.socket_dir.join("postgres.log");
-            me.run(
-                "pg_ctl",
-                &[
-                    "-D".as_ref(),
-                    me.data.as_os_str(),
-                    "-l".as_ref(),
-                    log.as_os_str(),
-                    "-o".as_ref(),
-                    opts.as_ref(),
-                    "-w".as_ref(),
-                    "-t".as_ref(),
-                    "60".as_ref(),
-                    "start".as_ref(),
-                ],
-            )?;
+            me.pg_ctl_start()?;
             me.started_here = true;
             tracing::info!(socket = %me.socket_dir.display(), "started the local PostgreSQL (DATABASE_URL unset)");
         }
         Ok(me)
+    }
+
+    /// `pg_ctl start` with the cluster's options, waiting until it accepts connections.
+    fn pg_ctl_start(&self) -> Result<(), LocalPgError> {
+        // Logical replication is what moves a tenant between databases with a short write
+        // hold; it needs wal_level = logical and room for slots and workers.
+        let opts = format!(
+            "-c listen_addresses='' -k {} -p {PORT} {}",
+            self.socket_dir.display(),
+            REPLICATION_SETTINGS
+        );
+        let log = self.socket_dir.join("postgres.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                self.data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-o".as_ref(),
+                opts.as_ref(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "start".as_ref(),
+            ],
+        )
+    }
+
+    /// Stops the cluster in `mode` (`fast`: sessions ended, data flushed; `immediate`: like a
+    /// crash, recovered from the WAL at the next start) and starts it again: what an operator,
+    /// or a failure, does to a running deployment (the chaos rig does it on purpose).
+    pub fn restart(&self, mode: &str) -> Result<(), LocalPgError> {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D".as_ref(),
+                self.data.as_os_str(),
+                "-m".as_ref(),
+                mode.as_ref(),
+                "-w".as_ref(),
+                "stop".as_ref(),
+            ],
+        )?;
+        self.pg_ctl_start()
     }
 
     /// How to connect: the unix socket, as the cluster's superuser.
