@@ -180,6 +180,9 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
         args.redis_url = Some(format!("redis://127.0.0.1:{redis_port}"));
         args.worker_concurrency = Some(1);
         let mut settings = Settings::load(&args).expect("settings");
+        // Two nodes' pools must fit the cluster's max_connections (100): each node's runtime
+        // (16) and control (4) pools, its tenant-database budget, and its listener and worker.
+        settings.tenant_db_budget = (24, 4);
         // A plan whose rate limits never refuse the rig's load (429s are not what it measures).
         let mut plan = tenantry::Plan::per_hour(1_000_000_000);
         plan.max_concurrent = 1024;
@@ -335,7 +338,12 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
                 let status = r.status().as_u16();
                 let retry_after = r.headers().contains_key("retry-after");
                 let value: Value = r.json().await.unwrap_or(Value::Null);
-                if probe && status == 200 {
+                // Another tenant's order must be 404; one's own must be the order asked for.
+                let asked = path.rsplit('/').next().unwrap_or_default();
+                if status == 200
+                    && method == reqwest::Method::GET
+                    && (probe || value["id"].as_str() != Some(asked))
+                {
                     wrong.fetch_add(1, Ordering::Relaxed);
                 }
                 if method == reqwest::Method::POST && status == 201 {
@@ -357,6 +365,45 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
             }
         }));
     }
+
+    // What must answer without the database: `/healthz`, and a refusal of a malformed key
+    // (401, or 429 once the address has failed too often), on each node, every 100 ms (the
+    // refusal once a second: the per-address budget of failures refills at one a second).
+    let dbless: Arc<Mutex<Vec<Outcome>>> = Arc::default();
+    let prober = {
+        let (http, addrs, stop, dbless) =
+            (http.clone(), addrs.clone(), stop.clone(), dbless.clone());
+        tokio::spawn(async move {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                round += 1;
+                for (node, addr) in addrs.iter().enumerate() {
+                    let mut probes = vec![http.get(format!("{addr}/healthz"))];
+                    if round % 10 == 0 {
+                        probes.push(
+                            http.get(format!("{addr}/v1/orders"))
+                                .bearer_auth("tk_malformed"),
+                        );
+                    }
+                    for probe in probes {
+                        let status = probe
+                            .timeout(Duration::from_secs(2))
+                            .send()
+                            .await
+                            .map_or(0, |r| r.status().as_u16());
+                        let ok = matches!(status, 200 | 401 | 429);
+                        dbless.lock().unwrap().push(Outcome {
+                            at: begun.elapsed(),
+                            node,
+                            status: if ok { 200 } else { status },
+                            retry_after: false,
+                        });
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
 
     // The faults, one after another, each with load before and after.
     let mut windows: Vec<(String, Duration, Duration)> = Vec::new();
@@ -394,14 +441,22 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
                 .unwrap();
             }
             "Redis killed" => {
-                {
-                    let mut child = redis.lock().unwrap();
+                // Process calls block: off the runtime that runs the load and the probes.
+                let r = redis.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut child = r.lock().unwrap();
                     let _ = child.kill();
                     let _ = child.wait();
-                }
+                })
+                .await
+                .unwrap();
                 tokio::time::sleep(opts.outage).await;
-                let fresh = start_redis(&dir, redis_port);
-                *redis.lock().unwrap() = fresh;
+                let (r, dir) = (redis.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || {
+                    *r.lock().unwrap() = start_redis(&dir, redis_port);
+                })
+                .await
+                .unwrap();
             }
             _ => {
                 first.kill();
@@ -417,10 +472,12 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
     for c in clients {
         let _ = c.await;
     }
+    let _ = prober.await;
 
     // Every acknowledged write, read back on both nodes.
     let acked = acked.lock().unwrap().clone();
-    let lost: usize = {
+    // (missing: answered 404, unverified: no 200 or 404 after retries, with the last status).
+    let (lost, unverified): (usize, BTreeMap<u16, usize>) = {
         use futures_util::StreamExt;
         let tenants: &[Tenant] = &tenants;
         let reads: Vec<(String, &str)> = acked
@@ -431,23 +488,44 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
                     .map(move |addr| (format!("{addr}/v1/orders/{id}"), tenants[*t].key.as_str()))
             })
             .collect();
-        futures_util::stream::iter(reads)
+        let answers: Vec<Option<u16>> = futures_util::stream::iter(reads)
             .map(|(url, key)| {
                 let http = &http;
                 async move {
-                    for _ in 0..3 {
+                    let mut last = 0;
+                    for attempt in 0..10u64 {
                         match http.get(&url).bearer_auth(key).send().await {
-                            Ok(r) if r.status() == 200 => return 0,
-                            Ok(r) if r.status() == 404 => return 1,
-                            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                            Ok(r) if r.status() == 200 => return None,
+                            Ok(r) if r.status() == 404 => return Some(404),
+                            Ok(r) => {
+                                last = r.status().as_u16();
+                                if attempt == 9 {
+                                    eprintln!(
+                                        "unverified {url}: {last} {}",
+                                        r.text().await.unwrap_or_default()
+                                    );
+                                }
+                            }
+                            Err(_) => last = 0,
                         }
+                        tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
                     }
-                    1
+                    Some(last)
                 }
             })
-            .buffer_unordered(32)
-            .fold(0, |n, lost| async move { n + lost })
-            .await
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        let mut unverified = BTreeMap::new();
+        let mut lost = 0;
+        for answer in answers.into_iter().flatten() {
+            if answer == 404 {
+                lost += 1;
+            } else {
+                *unverified.entry(answer).or_insert(0) += 1;
+            }
+        }
+        (lost, unverified)
     };
 
     let outcomes = outcomes.lock().unwrap().clone();
@@ -465,8 +543,10 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
             "failed: 503 with Retry-After",
             "failed otherwise",
             "recovery ms (node a / node b)",
+            "/healthz and 401 failed",
         ],
     );
+    let dbless = dbless.lock().unwrap().clone();
     for (i, (fault, s, e)) in windows.iter().enumerate() {
         let inside: Vec<&Outcome> = outcomes
             .iter()
@@ -498,25 +578,21 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
             format!("{:.1}", (*e - *s).as_secs_f64()),
             inside.len().to_string(),
             polite.to_string(),
-            if other.is_empty() {
-                "0".into()
-            } else {
-                other
-                    .iter()
-                    .map(|(s, n)| {
-                        format!(
-                            "{n}x {}",
-                            if *s == 0 {
-                                "no answer".to_owned()
-                            } else {
-                                s.to_string()
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            },
+            counts(&other),
             recovery.join(" / "),
+            {
+                // The killed node answers nothing while it is down: only the other counts.
+                let killed = fault.starts_with("node a").then_some(0);
+                let mut failed = BTreeMap::new();
+                for o in dbless
+                    .iter()
+                    .filter(|o| o.at >= *s && o.at <= *e + RECOVERY_GRACE)
+                    .filter(|o| Some(o.node) != killed && o.status != 200)
+                {
+                    *failed.entry(o.status).or_insert(0) += 1;
+                }
+                counts(&failed)
+            },
         ]);
     }
     per_fault.notes.push(format!(
@@ -540,6 +616,7 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
             "failed outside the windows",
             "acknowledged writes",
             "lost (reads on both nodes)",
+            "reads that never answered 200 or 404",
             "rows returned to the wrong tenant",
         ],
     );
@@ -548,6 +625,7 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
         outside_failed.len().to_string(),
         acked.len().to_string(),
         lost.to_string(),
+        counts(&unverified),
         wrong_tenant.load(Ordering::Relaxed).to_string(),
     ]);
 
@@ -562,4 +640,19 @@ pub async fn chaos(opts: Options) -> Vec<Table> {
     let _ = tokio::task::spawn_blocking(move || pg2.stop()).await;
     let _ = std::fs::remove_dir_all(&dir);
     vec![per_fault, summary]
+}
+
+/// Counts by status, `0` when there are none (status 0: no answer).
+fn counts(by_status: &BTreeMap<u16, usize>) -> String {
+    if by_status.is_empty() {
+        return "0".into();
+    }
+    by_status
+        .iter()
+        .map(|(s, n)| match s {
+            0 => format!("{n}x no answer"),
+            s => format!("{n}x {s}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -174,6 +174,13 @@ enum Scenario {
 
 #[tokio::main]
 async fn main() {
+    // Logs of the servers a scenario runs, when asked for (`RUST_LOG=warn`, say).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let cli = Cli::parse();
     let smoke = cli.smoke;
     let scale = |full: usize, tiny: usize| if smoke { tiny } else { full };

@@ -128,7 +128,8 @@ async fn move_scenario_runs() {
     }
 }
 
-#[tokio::test]
+// Like the bench binary: the load and the probes on more than one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_rig_loses_nothing() {
     let tables = tenantry_bench::chaos::chaos(tenantry_bench::chaos::Options {
         tenants: 6,
@@ -160,6 +161,10 @@ async fn chaos_rig_loses_nothing() {
     assert_eq!(summary[3], "0", "no acknowledged write lost: {summary:?}");
     assert_eq!(
         summary[4], "0",
+        "every acknowledged write was read back: {summary:?}"
+    );
+    assert_eq!(
+        summary[5], "0",
         "no row returned to the wrong tenant: {summary:?}"
     );
 }
