@@ -80,16 +80,23 @@ where
                     TowerToHyperService::new(PerConnection { service, peer }),
                 );
             tokio::pin!(conn);
-            loop {
-                tokio::select! {
-                    r = conn.as_mut() => {
-                        if let Err(e) = r {
-                            tracing::debug!(error = %e, %peer, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stopped.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+            let stopping = async {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = stopping => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None => {
+                    // The request being served finishes; no other is read.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
                 }
+            };
+            if let Err(e) = ended {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
             drop(done);
         });
