@@ -137,6 +137,45 @@ async fn storage_exists(cfg: &tokio_postgres::Config, placement: &Placement) -> 
     }
 }
 
+/// Runs a move of `slug` to `to` until it asks, for the `nth` time (from 0), whether it may go
+/// on at `stop_at`, and drops it there: what a killed server leaves.
+async fn kill_move_at(
+    tenancy: &Tenancy,
+    slug: &Slug,
+    to: Isolation,
+    stop_at: moves::Phase,
+    nth: usize,
+) {
+    let asked = std::sync::atomic::AtomicUsize::new(0);
+    let hung = tokio::sync::Notify::new();
+    let target = MoveTarget {
+        isolation: to,
+        server: None,
+    };
+    let mover = moves::relocate(
+        tenancy.catalog(),
+        slug,
+        &target,
+        Duration::ZERO,
+        |_, _| {},
+        |phase| {
+            let hang = phase == stop_at && asked.fetch_add(1, Ordering::SeqCst) == nth;
+            let hung = &hung;
+            async move {
+                if hang {
+                    hung.notify_one();
+                    std::future::pending::<()>().await;
+                }
+                true
+            }
+        },
+    );
+    tokio::select! {
+        r = mover => panic!("-> {to:?} did not stop at {stop_at:?}: {r:?}"),
+        () = hung.notified() => {}
+    }
+}
+
 /// Replication slots, publications and subscriptions of this test's databases: none once no
 /// move runs (a forgotten slot keeps WAL forever).
 async fn replication_left(cfg: &tokio_postgres::Config) -> i64 {
@@ -531,36 +570,8 @@ async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_ag
             let before = rows(&cfg, &tenant, &tenant.placement).await;
             // The mover hangs where it asks at `stop_at` (at Copying: after the first table),
             // and is dropped there.
-            let asked = std::sync::atomic::AtomicUsize::new(0);
-            let hung = tokio::sync::Notify::new();
-            let target = MoveTarget {
-                isolation: to,
-                server: None,
-            };
-            let mover = moves::relocate(
-                tenancy.catalog(),
-                &tenant.slug,
-                &target,
-                Duration::ZERO,
-                |_, _| {},
-                |phase| {
-                    let hang = phase == stop_at
-                        && (stop_at != moves::Phase::Copying
-                            || asked.fetch_add(1, Ordering::SeqCst) == 1);
-                    let hung = &hung;
-                    async move {
-                        if hang {
-                            hung.notify_one();
-                            std::future::pending::<()>().await;
-                        }
-                        true
-                    }
-                },
-            );
-            tokio::select! {
-                r = mover => panic!("{from:?} -> {to:?} did not stop at {stop_at:?}: {r:?}"),
-                () = hung.notified() => {}
-            }
+            let nth = usize::from(stop_at == moves::Phase::Copying);
+            kill_move_at(&tenancy, &tenant.slug, to, stop_at, nth).await;
             if (from, to) == (Isolation::Shared, Isolation::Database)
                 && wal_level_is_logical(&cfg).await
             {
@@ -687,33 +698,7 @@ async fn a_move_killed_between_the_sources_marker_and_the_catalog_is_completed_b
         fill(&cfg, &tenant, 3, 60).await;
         // The state that crash leaves: the fence installed and the tenant marked moved out of
         // its database, the catalog unchanged (a move stopped at the flip installs the fence).
-        let target = MoveTarget {
-            isolation: to,
-            server: None,
-        };
-        let hung = tokio::sync::Notify::new();
-        let mover = moves::relocate(
-            tenancy.catalog(),
-            &tenant.slug,
-            &target,
-            Duration::ZERO,
-            |_, _| {},
-            |phase| {
-                let hang = phase == moves::Phase::Flipping;
-                let hung = &hung;
-                async move {
-                    if hang {
-                        hung.notify_one();
-                        std::future::pending::<()>().await;
-                    }
-                    true
-                }
-            },
-        );
-        tokio::select! {
-            r = mover => panic!("did not stop at the flip: {r:?}"),
-            () = hung.notified() => {}
-        }
+        kill_move_at(&tenancy, &tenant.slug, to, moves::Phase::Flipping, 0).await;
         let (c, s) = support::storage(&cfg, &tenant.placement).await;
         c.execute(
             "INSERT INTO tenantry.moved_out (tenant_id, schema_name) VALUES ($1, $2)",
