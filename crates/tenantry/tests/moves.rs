@@ -137,6 +137,11 @@ async fn storage_exists(cfg: &tokio_postgres::Config, placement: &Placement) -> 
     }
 }
 
+/// The tenant as the catalog has it now.
+async fn current(tenancy: &Tenancy, slug: &Slug) -> Tenant {
+    tenancy.catalog().get_tenant(slug).await.unwrap().unwrap()
+}
+
 /// Runs a move of `slug` to `to` until it asks, for the `nth` time (from 0), whether it may go
 /// on at `stop_at`, and drops it there: what a killed server leaves.
 async fn kill_move_at(
@@ -246,7 +251,7 @@ async fn every_pair_of_placements_moves_with_its_rows_and_leaves_nothing_behind(
                 assert_eq!(report.method, moves::COPY, "{from:?} -> {to:?}");
                 assert!(report.why_copied.is_some());
             }
-            let moved = catalog.get_tenant(&tenant.slug).await.unwrap().unwrap();
+            let moved = current(&tenancy, &tenant.slug).await;
             assert_eq!(moved.isolation, to);
             assert_eq!(moved.id, tenant.id, "a move keeps the tenant's id");
             assert_eq!(
@@ -289,11 +294,7 @@ async fn every_pair_of_placements_moves_with_its_rows_and_leaves_nothing_behind(
     relocate(&tenancy, "mover-0-1", Isolation::Shared)
         .await
         .unwrap();
-    let back = catalog
-        .get_tenant(&Slug::parse("mover-0-1").unwrap())
-        .await
-        .unwrap()
-        .unwrap();
+    let back = current(&tenancy, &Slug::parse("mover-0-1").unwrap()).await;
     assert_eq!(rows(&cfg, &back, &back.placement).await.len(), 210);
     let ctx = ctx(&tenancy, &back.slug).await;
     support::write(
@@ -419,12 +420,7 @@ async fn writes_during_a_move_wait_or_are_refused_and_none_is_lost() {
             reads > 0 && written.len() > 2,
             "{from:?} -> {to:?}: the tenant was busy"
         );
-        let moved = tenancy
-            .catalog()
-            .get_tenant(&tenant.slug)
-            .await
-            .unwrap()
-            .unwrap();
+        let moved = current(&tenancy, &tenant.slug).await;
         let (c, s) = support::storage(&cfg, &moved.placement).await;
         let ids: Vec<i32> = c
             .query(
@@ -521,12 +517,7 @@ async fn a_move_cancelled_before_the_flip_changes_nothing() {
     )
     .await;
     assert!(matches!(r, Err(MoveError::Cancelled)), "{r:?}");
-    let still = tenancy
-        .catalog()
-        .get_tenant(&tenant.slug)
-        .await
-        .unwrap()
-        .unwrap();
+    let still = current(&tenancy, &tenant.slug).await;
     assert_eq!(still.placement, tenant.placement);
     assert_eq!(rows(&cfg, &still, &still.placement).await, before);
     let target = Placement::Schema {
@@ -596,12 +587,7 @@ async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_ag
                 );
             }
             // Served where it was, whole, and writable there.
-            let still = tenancy
-                .catalog()
-                .get_tenant(&tenant.slug)
-                .await
-                .unwrap()
-                .unwrap();
+            let still = current(&tenancy, &tenant.slug).await;
             assert_eq!(still.placement, tenant.placement, "{from:?} at {stop_at:?}");
             assert_eq!(rows(&cfg, &still, &still.placement).await, before);
             let ctx = ctx(&tenancy, &tenant.slug).await;
@@ -615,12 +601,7 @@ async fn a_move_killed_at_any_phase_before_the_flip_is_finished_by_running_it_ag
             // Again, to the end.
             let report = relocate(&tenancy, &slug, to).await.unwrap();
             assert_eq!(report.rows, 125);
-            let moved = tenancy
-                .catalog()
-                .get_tenant(&tenant.slug)
-                .await
-                .unwrap()
-                .unwrap();
+            let moved = current(&tenancy, &tenant.slug).await;
             assert_eq!(moved.isolation, to);
             assert_eq!(
                 rows(&cfg, &moved, &moved.placement).await,
@@ -653,12 +634,7 @@ async fn of_two_moves_at_once_one_wins_and_the_other_changes_nothing() {
         matches!(a, Err(MoveError::Busy(_))) || matches!(b, Err(MoveError::Busy(_))),
         "{a:?} {b:?}"
     );
-    let now = tenancy
-        .catalog()
-        .get_tenant(&tenant.slug)
-        .await
-        .unwrap()
-        .unwrap();
+    let now = current(&tenancy, &tenant.slug).await;
     let (winner, loser) = if a.is_ok() {
         (Isolation::Schema, Isolation::Database)
     } else {
@@ -707,12 +683,7 @@ async fn a_move_killed_between_the_sources_marker_and_the_catalog_is_completed_b
         .await
         .unwrap();
         let before = rows(&cfg, &tenant, &tenant.placement).await;
-        let still = tenancy
-            .catalog()
-            .get_tenant(&tenant.slug)
-            .await
-            .unwrap()
-            .unwrap();
+        let still = current(&tenancy, &tenant.slug).await;
         assert_eq!(
             still.placement, tenant.placement,
             "served from one placement"
@@ -727,12 +698,7 @@ async fn a_move_killed_between_the_sources_marker_and_the_catalog_is_completed_b
 
         let report = relocate(&tenancy, &slug, to).await.unwrap();
         assert_eq!(report.rows, 63, "{to:?}");
-        let moved = tenancy
-            .catalog()
-            .get_tenant(&tenant.slug)
-            .await
-            .unwrap()
-            .unwrap();
+        let moved = current(&tenancy, &tenant.slug).await;
         assert_eq!(moved.isolation, to);
         assert_eq!(rows(&cfg, &moved, &moved.placement).await, before, "{to:?}");
         assert!(!storage_exists(&cfg, &tenant.placement).await, "{to:?}");
